@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Shared BPF pieces of every sockray tool: in-kernel filters (set by user space through .rodata before
+ * load), the lost-event counter, and the ring-buffer reserve that counts what it could not take. */
+#ifndef SOCKRAY_COMMON_BPF_H
+#define SOCKRAY_COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define TASK_COMM_LEN 16
+
+/* ---- filters, written by user space before load (see src/filter.rs) ---- */
+const volatile __u32 filter_tgid = 0;         /* 0: any process */
+const volatile __u8 filter_uid_on = 0;
+const volatile __u32 filter_uid = 0;
+const volatile __u16 filter_family = 0;       /* 0: any, AF_INET or AF_INET6 */
+const volatile __u8 filter_lport_on = 0;      /* local ports: bit per port */
+const volatile __u8 filter_lports[8192] = {};
+const volatile __u8 filter_rport_on = 0;      /* remote ports: bit per port */
+const volatile __u8 filter_rports[8192] = {};
+const volatile __u64 filter_cgroup_id = 0;    /* 0: any cgroup (v2 id) */
+
+static __always_inline bool port_in(const volatile __u8 *bits, __u16 port)
+{
+	return bits[port >> 3] & (1 << (port & 7));
+}
+
+static __always_inline bool family_ok(__u16 family)
+{
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	return !filter_family || filter_family == family;
+}
+
+static __always_inline bool ports_ok(__u16 lport, __u16 rport)
+{
+	if (filter_lport_on && !port_in(filter_lports, lport))
+		return false;
+	if (filter_rport_on && !port_in(filter_rports, rport))
+		return false;
+	return true;
+}
+
+static __always_inline bool tgid_ok(__u32 tgid)
+{
+	return !filter_tgid || filter_tgid == tgid;
+}
+
+static __always_inline bool uid_ok(__u32 uid)
+{
+	return !filter_uid_on || filter_uid == uid;
+}
+
+static __always_inline bool cgroup_ok(__u64 cgroup_id)
+{
+	return !filter_cgroup_id || filter_cgroup_id == cgroup_id;
+}
+
+/* ---- events out, lost events counted ---- */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+/* Events the ring buffer could not take, per CPU; user space sums them at exit (src/runtime.rs). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost_events SEC(".maps");
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost_events, &zero);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void *event_reserve(__u64 size)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+	if (!e)
+		count_lost();
+	return e;
+}
+
+/* ---- socket addresses, read with CO-RE from struct sock ---- */
+struct sk_tuple {
+	__u16 family;
+	__u16 lport; /* host order */
+	__u16 rport; /* host order */
+	__u8 laddr[16];
+	__u8 raddr[16];
+};
+
+/* Local port, host order. From inet_sport, not skc_num: at TCP_CLOSE inet_put_port() has already
+ * zeroed inet_num when inet_sock_set_state fires. */
+static __always_inline __u16 sk_lport(const struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
+static __always_inline void read_sk_tuple(const struct sock *sk, struct sk_tuple *t)
+{
+	t->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	t->lport = sk_lport(sk);
+	t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (t->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&t->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&t->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		BPF_CORE_READ_INTO((__u32 *)t->laddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)t->raddr, sk, __sk_common.skc_daddr);
+	}
+}
+
+static __always_inline __u32 sk_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+#endif

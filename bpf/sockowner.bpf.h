@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Socket-owner attribution, shared by every tool whose events fire outside the owning process
+ * (state changes, drops, retransmits and tcp_probe run in softirq or timer context, where
+ * bpf_get_current_pid_tgid() names whichever task happened to be on the CPU).
+ *
+ * sock_owners maps a struct sock * to the process that owns it. It is written only where the kernel is
+ * known to run in the owner's own context:
+ *   - connect():  CLOSE -> SYN_SENT (tcp_v4/v6_connect, process context);
+ *   - listen():   CLOSE -> LISTEN (inet_listen); also recorded by (netns, port) in listen_owners;
+ *   - close()/shutdown(): ESTABLISHED/SYN_RECV -> FIN_WAIT1 and CLOSE_WAIT -> LAST_ACK (tcp_close,
+ *     tcp_shutdown: always the calling process);
+ *   - accept():   syscalls sys_exit_accept/accept4, the returned fd resolved to its socket;
+ * and is seeded at start by an iter/task_file walk over every process's socket fds (so sockets opened
+ * before the tool started are attributed too). A passively opened socket (LISTEN -> SYN_RECV, created in
+ * softirq) inherits its listener's owner until accept() names the accepting process.
+ *
+ * A tool includes this header, calls owner_on_state() from its inet_sock_set_state handler, and reads
+ * owner_of() / forgets with owner_forget() at TCP_CLOSE. */
+#ifndef SOCKRAY_SOCKOWNER_BPF_H
+#define SOCKRAY_SOCKOWNER_BPF_H
+
+#include "common.bpf.h"
+#include "sockowner.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct sock_owner);
+} sock_owners SEC(".maps");
+
+struct listen_key {
+	__u32 netns;
+	__u32 port;
+};
+
+struct listen_owner {
+	__u64 sk;
+	struct sock_owner owner;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct listen_key);
+	__type(value, struct listen_owner);
+} listen_owners SEC(".maps");
+
+static __always_inline void owner_from_task(struct sock_owner *o, struct task_struct *task)
+{
+	o->pid = BPF_CORE_READ(task, tgid);
+	o->uid = BPF_CORE_READ(task, cred, uid.val);
+	o->cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	BPF_CORE_READ_STR_INTO(&o->comm, task, comm);
+}
+
+/* The current task as owner: pid is the tgid; comm is the thread's name (as BCC prints it). */
+static __always_inline void owner_from_current(struct sock_owner *o)
+{
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	o->cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&o->comm, sizeof(o->comm));
+}
+
+static __always_inline void owner_set_current(const struct sock *sk)
+{
+	struct sock_owner o = {};
+	__u64 key = (__u64)sk;
+
+	owner_from_current(&o);
+	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
+}
+
+static __always_inline struct sock_owner *owner_of(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	return bpf_map_lookup_elem(&sock_owners, &key);
+}
+
+static __always_inline void owner_forget(const struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	bpf_map_delete_elem(&sock_owners, &key);
+}
+
+static __always_inline void listener_record(const struct sock *sk, const struct sock_owner *o)
+{
+	struct listen_key k = { .netns = sk_netns(sk), .port = sk_lport(sk) };
+	struct listen_owner lo = { .sk = (__u64)sk, .owner = *o };
+
+	bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY);
+}
+
+/* Keep the owner maps in step with a state change. Call first in every inet_sock_set_state handler. */
+static __always_inline void owner_on_state(const struct sock *sk, int oldstate, int newstate)
+{
+	__u64 key = (__u64)sk;
+
+	switch (newstate) {
+	case TCP_SYN_SENT:
+	case TCP_FIN_WAIT1:
+	case TCP_LAST_ACK:
+		owner_set_current(sk);
+		return;
+	case TCP_LISTEN: {
+		struct sock_owner o = {};
+		owner_from_current(&o);
+		bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
+		listener_record(sk, &o);
+		return;
+	}
+	case TCP_SYN_RECV:
+		if (oldstate == TCP_LISTEN) {
+			/* a child socket cloned from its listener, in softirq: inherit the listener's owner */
+			struct listen_key k = { .netns = sk_netns(sk),
+						.port = sk_lport(sk) };
+			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
+			if (lo)
+				bpf_map_update_elem(&sock_owners, &key, &lo->owner, BPF_NOEXIST);
+		}
+		return;
+	case TCP_CLOSE:
+		if (oldstate == TCP_LISTEN) {
+			struct listen_key k = { .netns = sk_netns(sk),
+						.port = sk_lport(sk) };
+			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
+			if (lo && lo->sk == key)
+				bpf_map_delete_elem(&listen_owners, &k);
+		}
+		return;
+	}
+}
+
+/* The owner to print for an event on sk: the recorded owner, else (only in a transition known to run in
+ * process context) the current task; else pid 0 ("unknown"), never the task that merely happens to be on
+ * the CPU. */
+static __always_inline void owner_resolve(const struct sock *sk, int newstate, struct sock_owner *out)
+{
+	struct sock_owner *o = owner_of(sk);
+
+	if (o) {
+		*out = *o;
+		return;
+	}
+	if (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN || newstate == TCP_FIN_WAIT1 ||
+	    newstate == TCP_LAST_ACK) {
+		owner_from_current(out);
+		return;
+	}
+	__builtin_memset(out, 0, sizeof(*out));
+}
+
+/* ---- accept(): the returned fd names the socket the calling process now owns ---- */
+static __always_inline struct sock *sock_from_fd(int fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *file = NULL;
+	struct socket *sock;
+
+	if (fd < 0 || (unsigned int)fd >= max)
+		return NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+static __always_inline int owner_on_accept(long ret)
+{
+	struct sock *sk;
+
+	if (ret < 0)
+		return 0;
+	sk = sock_from_fd((int)ret);
+	if (sk)
+		owner_set_current(sk);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int sockowner_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return owner_on_accept(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int sockowner_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return owner_on_accept(ctx->ret);
+}
+
+/* ---- seeding: every TCP socket held by a process when the tool starts ---- */
+SEC("iter/task_file")
+int sockowner_seed(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct sock_owner o = {};
+	struct socket *sock;
+	struct sock *sk;
+	__u16 fam;
+	__u64 key;
+
+	if (!task || !file)
+		return 0;
+	/* threads share the fd table: visit each process once, through its leader */
+	if (task->pid != task->tgid)
+		return 0;
+	sock = bpf_sock_from_file(file);
+	if (!sock)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (fam != AF_INET && fam != AF_INET6)
+		return 0;
+	owner_from_task(&o, task);
+	key = (__u64)sk;
+	bpf_map_update_elem(&sock_owners, &key, &o, BPF_NOEXIST);
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
+		listener_record(sk, &o);
+	return 0;
+}
+
+#endif

@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* tcplife: one line per TCP session when it closes: owner, addresses, bytes each way, lifespan. */
+#include "common.bpf.h"
+#include "sockowner.bpf.h"
+#include "tcplife.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct tcplife_event _tcplife_event = {};
+
+#define SESSION_ACTIVE 1   /* we sent the SYN: bytes_acked counts it */
+#define SESSION_FIN_SENT 2 /* we queued a FIN (FIN_WAIT1 or LAST_ACK) */
+
+struct session {
+	__u64 born; /* first SYN_SENT, SYN_RECV or ESTABLISHED seen */
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct session);
+} sessions SEC(".maps");
+
+/* The kernel's counters count sequence numbers: bytes_acked includes our SYN (active open) and our FIN
+ * once acked; bytes_received includes the peer's FIN. Take those out so TX/RX are payload bytes. */
+static __always_inline void payload_bytes(const struct sock *sk, __u32 flags, __u64 *tx, __u64 *rx)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
+	__u64 received = BPF_CORE_READ(tp, bytes_received);
+	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+
+	if ((flags & SESSION_ACTIVE) && acked)
+		acked--;
+	if ((flags & SESSION_FIN_SENT) && acked && BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
+		acked--;
+	/* tcp_fin() sets SOCK_DONE when the peer's FIN arrives */
+	if ((sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && received)
+		received--;
+	*tx = acked;
+	*rx = received;
+}
+
+static __always_inline int handle_set_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
+{
+	struct tcplife_event *e;
+	struct sk_tuple t = {};
+	__u64 key = (__u64)sk, now;
+	struct session *sess;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	owner_on_state(sk, oldstate, newstate);
+
+	if (newstate < TCP_FIN_WAIT1) {
+		struct session fresh = { .born = bpf_ktime_get_ns() };
+		bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST);
+		sess = bpf_map_lookup_elem(&sessions, &key);
+		if (sess && newstate == TCP_SYN_SENT)
+			sess->flags |= SESSION_ACTIVE;
+		return 0;
+	}
+	sess = bpf_map_lookup_elem(&sessions, &key);
+	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK) {
+		if (sess)
+			sess->flags |= SESSION_FIN_SENT;
+		return 0;
+	}
+	if (newstate != TCP_CLOSE)
+		return 0;
+	if (!sess)
+		goto out; /* listener, or a session born before we started */
+	now = bpf_ktime_get_ns();
+	read_sk_tuple(sk, &t);
+	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
+		goto out;
+
+	e = event_reserve(sizeof(*e));
+	if (!e)
+		goto out;
+	owner_resolve(sk, newstate, &e->owner);
+	if (!tgid_ok(e->owner.pid) || !uid_ok(e->owner.uid) || !cgroup_ok(e->owner.cgroup)) {
+		bpf_ringbuf_discard(e, 0);
+		goto out;
+	}
+	e->skaddr = key;
+	e->ts_ns = now;
+	e->span_ns = now - sess->born;
+	payload_bytes(sk, sess->flags, &e->tx_bytes, &e->rx_bytes);
+	e->family = t.family;
+	e->lport = t.lport;
+	e->rport = t.rport;
+	e->pad = 0;
+	__builtin_memcpy(e->laddr, t.laddr, 16);
+	__builtin_memcpy(e->raddr, t.raddr, 16);
+	bpf_ringbuf_submit(e, 0);
+out:
+	bpf_map_delete_elem(&sessions, &key);
+	owner_forget(sk);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcplife_set_state__btf, const struct sock *sk, int oldstate, int newstate)
+{
+	return handle_set_state(ctx, sk, oldstate, newstate);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(tcplife_set_state__raw, const struct sock *sk, int oldstate, int newstate)
+{
+	return handle_set_state(ctx, sk, oldstate, newstate);
+}

@@ -1,0 +1,78 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* tcpstates: every TCP state change, with the time spent in the previous state and the owning process. */
+#include "common.bpf.h"
+#include "sockowner.bpf.h"
+#include "tcpstates.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* puts the event type into BTF, so the skeleton carries it to Rust */
+struct tcpstates_event _tcpstates_event = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} last_change SEC(".maps");
+
+static __always_inline int handle_set_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
+{
+	struct tcpstates_event *e;
+	struct sk_tuple t = {};
+	__u64 key = (__u64)sk, now, *prev;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	owner_on_state(sk, oldstate, newstate);
+
+	now = bpf_ktime_get_ns();
+	prev = bpf_map_lookup_elem(&last_change, &key);
+	__u64 delta = prev ? now - *prev : 0;
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&last_change, &key);
+	else
+		bpf_map_update_elem(&last_change, &key, &now, BPF_ANY);
+
+	read_sk_tuple(sk, &t);
+	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
+		goto out;
+
+	e = event_reserve(sizeof(*e));
+	if (!e)
+		goto out;
+	owner_resolve(sk, newstate, &e->owner);
+	if (!tgid_ok(e->owner.pid) || !uid_ok(e->owner.uid) || !cgroup_ok(e->owner.cgroup)) {
+		bpf_ringbuf_discard(e, 0);
+		goto out;
+	}
+	e->skaddr = key;
+	e->ts_ns = now;
+	e->delta_ns = delta;
+	e->ctx_pid = bpf_get_current_pid_tgid() >> 32;
+	e->family = t.family;
+	e->lport = t.lport;
+	e->rport = t.rport;
+	e->pad = 0;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	__builtin_memcpy(e->laddr, t.laddr, 16);
+	__builtin_memcpy(e->raddr, t.raddr, 16);
+	bpf_ringbuf_submit(e, 0);
+out:
+	if (newstate == TCP_CLOSE)
+		owner_forget(sk);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcpstates_set_state__btf, const struct sock *sk, int oldstate, int newstate)
+{
+	return handle_set_state(ctx, sk, oldstate, newstate);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(tcpstates_set_state__raw, const struct sock *sk, int oldstate, int newstate)
+{
+	return handle_set_state(ctx, sk, oldstate, newstate);
+}

@@ -1,0 +1,379 @@
+//! Attach strategy: for every hook a tool needs, pick the best kind the running kernel offers, by probing
+//! the kernel (never by version number), and switch the other alternatives off before load.
+//!
+//! Convention in `bpf/*.bpf.c`: alternatives for one hook are programs named `<stem>__<kind>`
+//! (e.g. `tcplife_set_state__btf`, `tcplife_set_state__raw`); a program without `__` stands alone.
+//! Preference: tp_btf > raw_tp > tracepoint > fentry/fexit > kprobe/kretprobe.
+//! Programs named `sockowner_*` or `opt_*` are optional: when the kernel offers none of their kinds they
+//! are switched off (said with --verbose) instead of failing the tool. `iter/` programs are run by the
+//! runtime, not attached.
+//!
+//! `SOCKRAY_ATTACH=tracepoint|tp_btf|raw_tp|fentry|kprobe` forces a path where a hook has it (tests use this
+//! to exercise every fallback on kernels that have them).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{Result, bail};
+use libbpf_rs::OpenObject;
+use libbpf_rs::libbpf_sys;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    TpBtf,
+    RawTp,
+    Tracepoint,
+    Fentry,
+    Fexit,
+    Kprobe,
+    Kretprobe,
+    Iter,
+    Other,
+}
+
+impl Kind {
+    fn rank(self) -> u8 {
+        match self {
+            Kind::TpBtf => 0,
+            Kind::RawTp => 1,
+            Kind::Tracepoint => 2,
+            Kind::Fentry | Kind::Fexit => 3,
+            Kind::Kprobe | Kind::Kretprobe => 4,
+            Kind::Iter | Kind::Other => 5,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::TpBtf => "tp_btf",
+            Kind::RawTp => "raw_tp",
+            Kind::Tracepoint => "tracepoint",
+            Kind::Fentry => "fentry",
+            Kind::Fexit => "fexit",
+            Kind::Kprobe => "kprobe",
+            Kind::Kretprobe => "kretprobe",
+            Kind::Iter => "iter",
+            Kind::Other => "other",
+        }
+    }
+
+    /// Does a forced path (`SOCKRAY_ATTACH`) name this kind?
+    fn in_path(self, path: &str) -> bool {
+        match path {
+            "tracepoint" => matches!(self, Kind::TpBtf | Kind::RawTp | Kind::Tracepoint),
+            "tp_btf" => self == Kind::TpBtf,
+            "raw_tp" => self == Kind::RawTp,
+            "fentry" => matches!(self, Kind::Fentry | Kind::Fexit),
+            "kprobe" => matches!(self, Kind::Kprobe | Kind::Kretprobe),
+            _ => false,
+        }
+    }
+}
+
+/// A program's hook, from its ELF section name.
+pub fn parse_section(sec: &str) -> (Kind, String) {
+    let (head, target) = sec.split_once('/').unwrap_or((sec, ""));
+    let kind = match head {
+        "tp_btf" => Kind::TpBtf,
+        "raw_tp" | "raw_tracepoint" => Kind::RawTp,
+        "tp" | "tracepoint" => Kind::Tracepoint,
+        "fentry" => Kind::Fentry,
+        "fexit" => Kind::Fexit,
+        "kprobe" => Kind::Kprobe,
+        "kretprobe" => Kind::Kretprobe,
+        "iter" => Kind::Iter,
+        _ => Kind::Other,
+    };
+    (kind, target.to_string())
+}
+
+/// The kernel feature behind a hook, for error messages.
+pub fn hook_hint(target: &str) -> &'static str {
+    let name = target.rsplit('/').next().unwrap_or(target);
+    match name {
+        "inet_sock_set_state" => "tracepoint sock:inet_sock_set_state, Linux 4.16+",
+        "sock_send_length" | "sock_recv_length" => {
+            "tracepoint sock:sock_send_length/sock_recv_length, Linux 6.3+"
+        }
+        "tcp_cong_state_set" => "tracepoint tcp:tcp_cong_state_set, Linux 5.19+",
+        "kfree_skb" => "tracepoint skb:kfree_skb (drop reasons: Linux 5.17+)",
+        n if n.starts_with("sys_e") => "syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
+        _ => "a kernel hook this tool needs",
+    }
+}
+
+fn tracefs_root() -> Option<&'static str> {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .find(|p| Path::new(p).join("events").is_dir())
+}
+
+/// Loads a two-instruction tracing program against a BTF id: the kernel's own answer to
+/// "can I use tp_btf / fentry on this target".
+fn probe_tracing(target: &str, attach_type: libbpf_sys::bpf_attach_type) -> Result<(), String> {
+    let name = CString::new(target).map_err(|_| "bad name".to_string())?;
+    // SAFETY: plain C call with a valid NUL-terminated string.
+    let id = unsafe { libbpf_sys::libbpf_find_vmlinux_btf_id(name.as_ptr(), attach_type) };
+    if id < 0 {
+        return Err(format!("no BTF type for {target} in this kernel"));
+    }
+    // r0 = 0; exit
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let license = c"GPL";
+    let opts = libbpf_sys::bpf_prog_load_opts {
+        sz: size_of::<libbpf_sys::bpf_prog_load_opts>() as _,
+        expected_attach_type: attach_type,
+        attach_btf_id: id as u32,
+        ..Default::default()
+    };
+    let mut opts = opts;
+    // SAFETY: insns outlive the call; opts is a properly sized, initialised struct.
+    let fd = unsafe {
+        libbpf_sys::bpf_prog_load(
+            libbpf_sys::BPF_PROG_TYPE_TRACING,
+            std::ptr::null(),
+            license.as_ptr(),
+            insns.as_ptr() as *const libbpf_sys::bpf_insn,
+            2,
+            &mut opts,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "the kernel refused the program: {}",
+            std::io::Error::from_raw_os_error(-fd)
+        ));
+    }
+    // SAFETY: fd is a file descriptor we own.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn kallsyms_has(func: &str) -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .map(|s| s.lines().any(|l| l.split_whitespace().nth(2) == Some(func)))
+        .unwrap_or(false)
+}
+
+fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
+    match kind {
+        Kind::TpBtf => probe_tracing(target, libbpf_sys::BPF_TRACE_RAW_TP),
+        Kind::Fentry => probe_tracing(target, libbpf_sys::BPF_TRACE_FENTRY),
+        Kind::Fexit => probe_tracing(target, libbpf_sys::BPF_TRACE_FEXIT),
+        Kind::RawTp => {
+            let name = CString::new(target).map_err(|_| "bad name".to_string())?;
+            // SAFETY: plain C call with a valid NUL-terminated string.
+            let id = unsafe {
+                libbpf_sys::libbpf_find_vmlinux_btf_id(name.as_ptr(), libbpf_sys::BPF_TRACE_RAW_TP)
+            };
+            let in_tracefs = tracefs_root().is_some_and(|root| {
+                std::fs::read_dir(Path::new(root).join("events"))
+                    .map(|d| d.flatten().any(|cat| cat.path().join(target).is_dir()))
+                    .unwrap_or(false)
+            });
+            if id >= 0 || in_tracefs {
+                Ok(())
+            } else {
+                Err(format!("no tracepoint {target} in this kernel"))
+            }
+        }
+        Kind::Tracepoint => match tracefs_root() {
+            None => {
+                Err("tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".into())
+            }
+            Some(root) if Path::new(root).join("events").join(target).is_dir() => Ok(()),
+            Some(_) => Err(format!("no tracepoint {target} in this kernel")),
+        },
+        Kind::Kprobe | Kind::Kretprobe => {
+            if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+                Err("this kernel has no kprobes (CONFIG_KPROBES)".into())
+            } else if !kallsyms_has(target) {
+                Err(format!("no kernel function {target} to probe"))
+            } else {
+                Ok(())
+            }
+        }
+        Kind::Iter | Kind::Other => Ok(()),
+    }
+}
+
+static PROBES: Mutex<Option<HashMap<(Kind, String), Result<(), String>>>> = Mutex::new(None);
+
+/// Can a program of this kind attach to target here? Cached per process.
+pub fn probe(kind: Kind, target: &str) -> Result<(), String> {
+    let key = (kind, target.to_string());
+    if let Some(r) = PROBES
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned()))
+    {
+        return r;
+    }
+    let r = probe_uncached(kind, target);
+    if let Ok(mut m) = PROBES.lock() {
+        m.get_or_insert_with(HashMap::new).insert(key, r.clone());
+    }
+    r
+}
+
+/// What was picked for one hook.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub group: String,
+    pub prog: String,
+    pub kind: Kind,
+    pub target: String,
+}
+
+struct Candidate {
+    prog: String,
+    kind: Kind,
+    target: String,
+}
+
+fn optional(group: &str) -> bool {
+    group.starts_with("sockowner_") || group.starts_with("opt_")
+}
+
+/// Picks one program per hook, switches autoload off for the rest. Returns what was chosen (iterators
+/// included, with kind Iter), in program order.
+pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Choice>> {
+    let forced = std::env::var("SOCKRAY_ATTACH")
+        .ok()
+        .filter(|s| !s.is_empty());
+    if let Some(f) = &forced
+        && !["tracepoint", "tp_btf", "raw_tp", "fentry", "kprobe"].contains(&f.as_str())
+    {
+        bail!("SOCKRAY_ATTACH={f}: expected tracepoint, tp_btf, raw_tp, fentry or kprobe");
+    }
+
+    let mut groups: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for prog in obj.progs() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let (kind, target) = parse_section(&prog.section().to_string_lossy());
+        let group = name
+            .split_once("__")
+            .map(|(g, _)| g.to_string())
+            .unwrap_or_else(|| name.clone());
+        if !groups.contains_key(&group) {
+            order.push(group.clone());
+        }
+        groups.entry(group).or_default().push(Candidate {
+            prog: name,
+            kind,
+            target,
+        });
+    }
+
+    let mut enabled: HashMap<String, bool> = HashMap::new();
+    let mut chosen = Vec::new();
+    for group in &order {
+        let cands = &mut groups.get_mut(group).expect("group");
+        cands.sort_by_key(|c| c.kind.rank());
+        let pool: Vec<&Candidate> = match &forced {
+            Some(f) if cands.iter().any(|c| c.kind.in_path(f)) => {
+                cands.iter().filter(|c| c.kind.in_path(f)).collect()
+            }
+            _ => cands.iter().collect(),
+        };
+        let mut pick = None;
+        let mut why = Vec::new();
+        for c in pool {
+            match probe(c.kind, &c.target) {
+                Ok(()) => {
+                    pick = Some(c);
+                    break;
+                }
+                Err(e) => why.push(format!("{}/{}: {e}", c.kind.name(), c.target)),
+            }
+        }
+        for c in cands.iter() {
+            enabled.insert(c.prog.clone(), pick.is_some_and(|p| p.prog == c.prog));
+        }
+        match pick {
+            Some(c) => {
+                if verbose && c.kind != Kind::Iter {
+                    eprintln!(
+                        "sockray: {tool}: {group}: using {}/{}",
+                        c.kind.name(),
+                        c.target
+                    );
+                }
+                chosen.push(Choice {
+                    group: group.clone(),
+                    prog: c.prog.clone(),
+                    kind: c.kind,
+                    target: c.target.clone(),
+                });
+            }
+            None if optional(group) => {
+                if verbose {
+                    eprintln!(
+                        "sockray: {tool}: {group}: not available, continuing without it ({})",
+                        why.join("; ")
+                    );
+                }
+            }
+            None => {
+                let target = cands.first().map(|c| c.target.as_str()).unwrap_or("");
+                bail!(
+                    "this kernel lacks the hook {group} needs ({}): {}",
+                    hook_hint(target),
+                    why.join("; ")
+                );
+            }
+        }
+    }
+    for mut prog in obj.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let on = enabled.get(&name).copied().unwrap_or(true);
+        prog.set_autoload(on);
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections() {
+        assert_eq!(
+            parse_section("tp_btf/inet_sock_set_state"),
+            (Kind::TpBtf, "inet_sock_set_state".into())
+        );
+        assert_eq!(
+            parse_section("raw_tp/tcp_probe"),
+            (Kind::RawTp, "tcp_probe".into())
+        );
+        assert_eq!(
+            parse_section("tracepoint/syscalls/sys_exit_accept4"),
+            (Kind::Tracepoint, "syscalls/sys_exit_accept4".into())
+        );
+        assert_eq!(
+            parse_section("kretprobe/inet_csk_accept"),
+            (Kind::Kretprobe, "inet_csk_accept".into())
+        );
+        assert_eq!(parse_section("iter/task_file").0, Kind::Iter);
+    }
+
+    #[test]
+    fn preference_and_forcing() {
+        assert!(Kind::TpBtf.rank() < Kind::RawTp.rank());
+        assert!(Kind::Tracepoint.rank() < Kind::Fentry.rank());
+        assert!(Kind::Fexit.rank() < Kind::Kprobe.rank());
+        assert!(Kind::RawTp.in_path("tracepoint"));
+        assert!(!Kind::RawTp.in_path("tp_btf"));
+        assert!(Kind::Kretprobe.in_path("kprobe"));
+        assert!(!Kind::Kprobe.in_path("fentry"));
+    }
+
+    #[test]
+    fn hints_name_the_feature() {
+        assert!(hook_hint("inet_sock_set_state").contains("4.16"));
+        assert!(hook_hint("syscalls/sys_exit_accept4").contains("FTRACE_SYSCALLS"));
+    }
+}

@@ -1,0 +1,82 @@
+//! Flags every tool has, and the tool-running glue shared by all tools.
+
+use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Args, Parser};
+
+/// `--json`, `--ebpf`, `--verbose`: on every tool.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Common {
+    /// Print one JSON object per line (stable field names, full addresses)
+    #[arg(long)]
+    pub json: bool,
+    /// Print the BPF C program this tool loads, and exit
+    #[arg(long)]
+    pub ebpf: bool,
+    /// Say which kernel hooks were chosen, and libbpf's messages, on stderr
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// A --verbose diagnostic on stderr.
+pub fn debug(args: std::fmt::Arguments) {
+    if VERBOSE.load(Ordering::Relaxed) {
+        eprintln!("sockray: {args}");
+    }
+}
+
+pub fn set_verbose(v: bool) {
+    VERBOSE.store(v, Ordering::Relaxed);
+}
+
+/// Parses a tool's flags; `--help` and usage errors are printed by clap, which exits (0 or 2).
+pub fn parse<T: Parser>(args: Vec<OsString>) -> T {
+    T::try_parse_from(args).unwrap_or_else(|e| e.exit())
+}
+
+/// The BPF C source a tool loads (embedded at build time), for `--ebpf`.
+pub fn ebpf_source(tool: &str) -> Option<&'static str> {
+    crate::EBPF_SOURCES
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map(|(_, s)| *s)
+}
+
+/// Prints `--ebpf` output.
+pub fn print_ebpf(tool: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let src = ebpf_source(tool).ok_or_else(|| anyhow::anyhow!("no BPF program for {tool}"))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(src.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Opens a tool's skeleton, writes the filters (and any tool-specific rodata) into it, chooses hooks,
+/// loads, attaches and seeds the socket-owner map. Evaluates to `(skel, links)`.
+macro_rules! load_tool {
+    ($builder:ty, $storage:expr, $tool:expr, $common:expr, $filters:expr, $setup:expr) => {{
+        use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
+        $crate::runtime::preflight($tool)?;
+        $crate::cli::set_verbose($common.verbose);
+        let mut open = <$builder>::default().open($storage)?;
+        let ro = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .ok_or_else(|| anyhow::anyhow!("no rodata"))?;
+        $crate::filter::apply_filters!(&mut *ro, $filters);
+        ($setup)(ro);
+        let chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
+        let skel = open
+            .load()
+            .map_err(|e| $crate::runtime::load_error(e, $tool))?;
+        let links = $crate::runtime::attach_all(skel.object(), &chosen)?;
+        $crate::runtime::seed_owners(skel.object(), &chosen, $common.verbose)?;
+        (skel, links)
+    }};
+}
+pub(crate) use load_tool;

@@ -1,0 +1,85 @@
+//! sockray: BCC's network tools on stable kernel tracepoints. One multi-call binary:
+//! `sockray <tool> [flags]`, or a symlink named after the tool.
+
+mod attach;
+mod cli;
+mod filter;
+mod format;
+mod output;
+mod runtime;
+mod tools;
+
+include!(concat!(env!("OUT_DIR"), "/ebpf_sources.rs"));
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+fn usage() -> String {
+    let mut s = String::from(
+        "sockray: Linux TCP tracing on eBPF (BCC's network tools, on stable tracepoints)\n\n\
+         usage: sockray <tool> [flags]    (or run a symlink named after the tool)\n\
+         \x20      sockray <tool> --help     the tool's flags and examples\n\n\
+         tools:\n",
+    );
+    for t in tools::TOOLS {
+        s.push_str(&format!("  {:<12} {}\n", t.name, t.about));
+    }
+    s.push_str(
+        "\nevery tool: --json (one JSON object per line), --ebpf (print its BPF program), --verbose\n",
+    );
+    s
+}
+
+fn run_tool(tool: &tools::Tool, args: Vec<OsString>) -> ExitCode {
+    runtime::install_signal_handlers();
+    match runtime::finish((tool.run)(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockray {}: {e:#}", tool.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let argv0 = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some(tool) = tools::find(&argv0) {
+        return run_tool(tool, args);
+    }
+    let Some(first) = args.get(1).map(|a| a.to_string_lossy().into_owned()) else {
+        eprint!("{}", usage());
+        return ExitCode::from(2);
+    };
+    match first.as_str() {
+        "-h" | "--help" | "help" => {
+            print!("{}", usage());
+            ExitCode::SUCCESS
+        }
+        "-V" | "--version" => {
+            println!("sockray {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        "--list-tools" => {
+            for t in tools::TOOLS {
+                println!("{}", t.name);
+            }
+            ExitCode::SUCCESS
+        }
+        name => match tools::find(name) {
+            Some(tool) => {
+                args.remove(0);
+                run_tool(tool, args)
+            }
+            None => {
+                eprintln!("sockray: unknown tool '{name}' (sockray --help lists the tools)");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

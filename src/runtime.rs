@@ -1,0 +1,328 @@
+//! What every tool does around its own logic: privilege and kernel checks, choosing hooks, load, attach,
+//! seeding the socket-owner map, the event loop (ring buffer, SIGINT/SIGTERM, closed pipes), and the
+//! lost-event count at exit.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, PrintLevel, RingBufferBuilder};
+
+use crate::attach::{self, Choice, Kind};
+use crate::cli::Common;
+use crate::output::{Printer, Value, is_closed_pipe};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// SIGINT and SIGTERM end the event loop (the tool then detaches, flushes and prints its summary).
+pub fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: on_signal only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+pub fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Checks what tracing needs before anything is loaded, with a message a person can act on.
+pub fn preflight(tool: &str) -> Result<()> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+        bail!("needs root, or the capabilities CAP_BPF and CAP_PERFMON (try: sudo {tool})");
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!(
+            "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): sockray needs a kernel built with \
+             CONFIG_DEBUG_INFO_BTF=y (Linux 5.4+; most distributions since 2020)"
+        );
+    }
+    ensure_tracefs()?;
+    Ok(())
+}
+
+/// Classic tracepoints are attached through tracefs; mount it when it is missing and we may.
+fn ensure_tracefs() -> Result<()> {
+    let mounted = |p: &str| Path::new(p).join("events").is_dir();
+    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+        return Ok(());
+    }
+    let target = c"/sys/kernel/tracing";
+    // SAFETY: mount(2) with valid NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 || !mounted("/sys/kernel/tracing") {
+        bail!(
+            "tracefs is not mounted and could not be mounted ({}): run `mount -t tracefs tracefs /sys/kernel/tracing`",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Routes libbpf's own messages: silent, or to stderr with --verbose.
+pub fn libbpf_logging(verbose: bool) {
+    if verbose {
+        libbpf_rs::set_print(Some((PrintLevel::Info, |_, msg: String| {
+            eprint!("libbpf: {msg}") as ()
+        })));
+    } else {
+        libbpf_rs::set_print(None);
+    }
+}
+
+/// Everything before load: checks, logging, hook choice (autoload toggles).
+pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<Choice>> {
+    libbpf_logging(common.verbose);
+    attach::choose(obj, tool, common.verbose)
+}
+
+/// Explains a load failure; the raw libbpf error stays in the chain.
+pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
+    let msg = e.to_string();
+    let hint = if msg.contains("Operation not permitted") || msg.contains("EPERM") {
+        " (permission denied by the kernel: run as root, check lockdown/SELinux, or kernel.unprivileged_bpf_disabled)"
+    } else {
+        " (run with --verbose for libbpf's log)"
+    };
+    anyhow!("{tool}: loading the BPF programs failed: {msg}{hint}")
+}
+
+/// Attaches every chosen program (not iterators); the links detach when dropped.
+pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
+    let mut links = Vec::new();
+    for prog in obj.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let Some(c) = chosen.iter().find(|c| c.prog == name) else {
+            continue;
+        };
+        if c.kind == Kind::Iter {
+            continue;
+        }
+        let link = prog.attach().with_context(|| {
+            format!(
+                "attaching {}/{} ({})",
+                c.kind.name(),
+                c.target,
+                attach::hook_hint(&c.target)
+            )
+        });
+        match link {
+            Ok(l) => links.push(l),
+            Err(e) if c.group.starts_with("sockowner_") || c.group.starts_with("opt_") => {
+                crate::cli::debug(format_args!("{name}: optional hook not attached: {e:#}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(links)
+}
+
+/// Runs the socket-owner seeding iterator (bpf/sockowner.bpf.h) if the tool has it.
+pub fn seed_owners(obj: &Object, chosen: &[Choice], verbose: bool) -> Result<()> {
+    if !chosen.iter().any(|c| c.prog == "sockowner_seed") {
+        return Ok(());
+    }
+    let Some(prog) = obj.progs_mut().find(|p| p.name() == "sockowner_seed") else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    let link = match prog.attach() {
+        Ok(l) => l,
+        Err(e) => {
+            if verbose {
+                eprintln!(
+                    "sockray: cannot seed socket owners ({e}); sockets opened before start may show pid 0"
+                );
+            }
+            return Ok(());
+        }
+    };
+    let mut it = libbpf_rs::Iter::new(&link).context("creating the socket-owner iterator")?;
+    std::io::copy(&mut it, &mut std::io::sink()).context("walking existing sockets")?;
+    if verbose {
+        eprintln!("sockray: seeded socket owners in {:?}", started.elapsed());
+    }
+    Ok(())
+}
+
+/// Events the ring buffer could not take (per-CPU counters in `lost_events`, summed).
+pub fn lost_events(obj: &Object) -> u64 {
+    let Some(map) = obj.maps().find(|m| m.name() == "lost_events") else {
+        return 0;
+    };
+    match map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) {
+        Ok(Some(per_cpu)) => per_cpu
+            .iter()
+            .map(|v| {
+                v.get(..8)
+                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                    .unwrap_or(0)
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// Copies an event out of ring-buffer bytes into its skeleton type.
+pub fn read_event<T: Copy>(data: &[u8]) -> Option<T> {
+    if data.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: length checked; T is a plain C struct from the skeleton (any bit pattern is valid).
+    Some(unsafe { std::ptr::read_unaligned(data.as_ptr() as *const T) })
+}
+
+/// Polls the `events` ring buffer until SIGINT/SIGTERM, the optional duration, or a closed pipe.
+/// `on_event` gets each record; `on_tick` runs about every `tick` (interval tools), and returns false to stop.
+pub fn event_loop(
+    obj: &Object,
+    mut on_event: impl FnMut(&[u8]) -> std::io::Result<()>,
+    tick: Option<Duration>,
+    mut on_tick: impl FnMut() -> Result<bool>,
+    duration: Option<Duration>,
+) -> Result<()> {
+    let events = obj.maps().find(|m| m.name() == "events");
+    let failure: std::cell::RefCell<Option<std::io::Error>> = std::cell::RefCell::new(None);
+    let mut builder = RingBufferBuilder::new();
+    if let Some(map) = &events {
+        builder.add(map, |data: &[u8]| match on_event(data) {
+            Ok(()) => 0,
+            Err(e) => {
+                *failure.borrow_mut() = Some(e);
+                -1
+            }
+        })?;
+    }
+    let rb = if events.is_some() {
+        Some(builder.build()?)
+    } else {
+        None
+    };
+    let start = Instant::now();
+    let mut next_tick = tick.map(|t| start + t);
+    loop {
+        if stopped() {
+            break;
+        }
+        if let Some(d) = duration
+            && start.elapsed() >= d
+        {
+            break;
+        }
+        let wait = Duration::from_millis(100);
+        match &rb {
+            Some(rb) => {
+                let rc = rb.poll_raw(wait);
+                if rc < 0 && rc != -libc::EINTR {
+                    if let Some(e) = failure.borrow_mut().take() {
+                        return Err(e.into());
+                    }
+                    bail!("reading events: {}", std::io::Error::from_raw_os_error(-rc));
+                }
+            }
+            None => std::thread::sleep(wait),
+        }
+        if let Some(e) = failure.borrow_mut().take() {
+            return Err(e.into());
+        }
+        if let (Some(t), Some(at)) = (tick, next_tick)
+            && Instant::now() >= at
+        {
+            next_tick = Some(at + t);
+            if !on_tick()? {
+                break;
+            }
+        }
+    }
+    // drain what is already in the buffer
+    if let Some(rb) = &rb {
+        let _ = rb.consume_raw();
+        if let Some(e) = failure.borrow_mut().take() {
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
+
+/// The end of every run: the lost-event count on stderr (when any) and as the last JSON record.
+pub fn report_lost(printer: &mut Printer, tool: &str, lost: u64) -> Result<()> {
+    if lost > 0 {
+        eprintln!("sockray: {tool}: lost {lost} events (ring buffer full: the reader fell behind)");
+    }
+    printer.json_record(&vec![("lost", Value::U(lost))])?;
+    printer.flush()?;
+    Ok(())
+}
+
+/// Result of a tool's run, with a closed stdout (the reader went away) counted as success.
+pub fn finish(r: Result<()>) -> Result<()> {
+    match r {
+        Err(e) if is_closed_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// The common body of a tool that prints one line per event: says it is ready (--verbose), prints the
+/// header, turns each ring-buffer record of type `T` into a row until stopped, then reports lost events.
+pub fn print_events<T: Copy>(
+    obj: &Object,
+    tool: &str,
+    verbose: bool,
+    printer: &mut Printer,
+    duration: Option<Duration>,
+    mut row: impl FnMut(&T) -> Option<(u64, crate::output::Fields)>,
+) -> Result<()> {
+    if verbose {
+        eprintln!("sockray: ready");
+    }
+    printer.header()?;
+    let looped = event_loop(
+        obj,
+        |data| match read_event::<T>(data).and_then(|e| row(&e)) {
+            Some((ts, fields)) => printer.event(Some(ts), &fields),
+            None => Ok(()),
+        },
+        None,
+        || Ok(true),
+        duration,
+    );
+    if let Err(e) = looped {
+        return Err(e);
+    }
+    report_lost(printer, tool, lost_events(obj))
+}

@@ -1,0 +1,153 @@
+//! tcpstates: every TCP state change, with the time spent in the previous state and the owning process.
+//! Hook: sock:inet_sock_set_state (tp_btf, else raw_tp).
+
+use std::ffi::OsString;
+use std::mem::MaybeUninit;
+
+use anyhow::Result;
+use clap::Parser;
+use libbpf_rs::skel::Skel as _;
+
+use crate::cli::{self, Common, load_tool};
+use crate::filter::{Filters, PortList, parse_ports};
+use crate::format::{ip_addr, ip_version, owner_fields, tcp_state};
+use crate::output::{Col, Mode, Printer, TimeCols, Value};
+use crate::runtime;
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/tcpstates.skel.rs"));
+}
+use skel::{TcpstatesSkelBuilder, types};
+
+const EXAMPLES: &str = "examples:
+    tcpstates           # trace all TCP state changes
+    tcpstates -t        # include timestamp column
+    tcpstates -T        # include time column (HH:MM:SS)
+    tcpstates -w        # wider columns (fit IPv6)
+    tcpstates -stT      # csv output, with times & timestamps
+    tcpstates -L 80     # only trace local port 80
+    tcpstates -L 80,81  # only trace local ports 80 and 81
+    tcpstates -D 80     # only trace remote port 80
+    tcpstates -4        # trace IPv4 family only
+    tcpstates -6        # trace IPv6 family only
+    tcpstates --json    # one JSON object per state change
+
+C-PID and C-COMM are the process that owns the socket (BCC printed whichever task was on the CPU,
+which in softirq context is often another process); JSON adds ctx_pid, that task. MS is the time
+spent in OLDSTATE.";
+
+/// Trace TCP session state changes and durations
+#[derive(Parser, Debug)]
+#[command(name = "tcpstates", after_help = EXAMPLES)]
+struct Args {
+    /// include time column on output (HH:MM:SS)
+    #[arg(short = 'T', long = "time")]
+    time: bool,
+    /// include timestamp on output (seconds)
+    #[arg(short = 't', long = "timestamp")]
+    timestamp: bool,
+    /// wide column output (fits IPv6 addresses)
+    #[arg(short = 'w', long)]
+    wide: bool,
+    /// comma separated values output
+    #[arg(short = 's', long)]
+    csv: bool,
+    /// comma-separated list of local ports to trace
+    #[arg(short = 'L', long = "localport", value_parser = parse_ports)]
+    localport: Option<PortList>,
+    /// comma-separated list of remote ports to trace
+    #[arg(short = 'D', long = "remoteport", value_parser = parse_ports)]
+    remoteport: Option<PortList>,
+    /// trace IPv4 family only
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    ipv4: bool,
+    /// trace IPv6 family only
+    #[arg(short = '6', long = "ipv6")]
+    ipv6: bool,
+    #[command(flatten)]
+    common: Common,
+}
+
+fn columns(wide: bool) -> Vec<Col> {
+    let (comm, addr) = if wide { (16, 26) } else { (10, 15) };
+    let mut cols = vec![
+        Col::left("SKADDR", "skaddr", 16),
+        Col::left("C-PID", "pid", 5),
+        Col::cut("C-COMM", "comm", comm),
+    ];
+    if wide {
+        cols.push(Col::left("IP", "ip", 2));
+    }
+    cols.extend([
+        Col::left("LADDR", "laddr", addr),
+        Col::left("LPORT", "lport", 5),
+        Col::left("RADDR", "raddr", addr),
+        Col::left("RPORT", "rport", 5),
+        Col::left("OLDSTATE", "oldstate", 11),
+        Col::literal("->"),
+        Col::left("NEWSTATE", "newstate", 11),
+        Col::left("MS", "ms", 0),
+    ]);
+    cols
+}
+
+pub fn run(argv: Vec<OsString>) -> Result<()> {
+    let a: Args = cli::parse(argv);
+    if a.common.ebpf {
+        return cli::print_ebpf("tcpstates");
+    }
+    let filters = Filters {
+        family: Filters::family_from_flags(a.ipv4, a.ipv6),
+        lports: a.localport.clone(),
+        rports: a.remoteport.clone(),
+        ..Default::default()
+    };
+    let mode = if a.common.json {
+        Mode::Json
+    } else if a.csv {
+        Mode::Csv
+    } else {
+        Mode::Table
+    };
+    let mut printer = Printer::new(
+        mode,
+        columns(a.wide || a.csv),
+        TimeCols {
+            hms: a.time,
+            secs: a.timestamp,
+        },
+    );
+
+    let mut storage = MaybeUninit::uninit();
+    let (skel, _links) = load_tool!(
+        TcpstatesSkelBuilder,
+        &mut storage,
+        "tcpstates",
+        &a.common,
+        &filters,
+        |_| {}
+    );
+    runtime::print_events(
+        skel.object(),
+        "tcpstates",
+        a.common.verbose,
+        &mut printer,
+        None,
+        |e: &types::tcpstates_event| {
+            let mut f = vec![("skaddr", Value::Hex(e.skaddr))];
+            f.extend(owner_fields(e.owner.pid, e.owner.uid, &e.owner.comm));
+            f.extend([
+                ("ctx_pid", Value::U(e.ctx_pid as u64)),
+                ("ip", Value::U(ip_version(e.family) as u64)),
+                ("laddr", Value::Ip(ip_addr(e.family, &e.laddr))),
+                ("lport", Value::U(e.lport as u64)),
+                ("raddr", Value::Ip(ip_addr(e.family, &e.raddr))),
+                ("rport", Value::U(e.rport as u64)),
+                ("oldstate", Value::S(tcp_state(e.oldstate).into())),
+                ("newstate", Value::S(tcp_state(e.newstate).into())),
+                ("ms", Value::F(e.delta_ns as f64 / 1e6, 3)),
+            ]);
+            Some((e.ts_ns, f))
+        },
+    )
+}
