@@ -199,7 +199,8 @@ fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
     }
 }
 
-static PROBES: Mutex<Option<HashMap<(Kind, String), Result<(), String>>>> = Mutex::new(None);
+type ProbeCache = HashMap<(Kind, String), Result<(), String>>;
+static PROBES: Mutex<Option<ProbeCache>> = Mutex::new(None);
 
 /// Can a program of this kind attach to target here? Cached per process.
 pub fn probe(kind: Kind, target: &str) -> Result<(), String> {

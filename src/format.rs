@@ -79,10 +79,6 @@ impl Clock {
     pub fn wall_ns(&self, ktime_ns: u64) -> u64 {
         (ktime_ns as i128 + self.offset_ns).max(0) as u64
     }
-
-    pub fn now_ktime_ns() -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC) as u64
-    }
 }
 
 impl Default for Clock {
@@ -153,7 +149,7 @@ mod tests {
     #[test]
     fn clock_maps_monotonic_to_wall() {
         let c = Clock::new();
-        let wall = c.wall_ns(Clock::now_ktime_ns());
+        let wall = c.wall_ns(clock_ns(libc::CLOCK_MONOTONIC) as u64);
         let real = clock_ns(libc::CLOCK_REALTIME) as u64;
         assert!(real.abs_diff(wall) < 1_000_000_000);
         assert_eq!(hms(wall).len(), 8);

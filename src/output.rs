@@ -11,7 +11,6 @@ use crate::format::{Clock, hms};
 #[derive(Clone, Debug)]
 pub enum Value {
     U(u64),
-    I(i64),
     /// a float printed with this many decimals
     F(f64, usize),
     S(String),
@@ -24,7 +23,6 @@ impl Value {
     fn text(&self) -> String {
         match self {
             Value::U(v) => v.to_string(),
-            Value::I(v) => v.to_string(),
             Value::F(v, p) => format!("{v:.p$}"),
             Value::S(s) => s.clone(),
             Value::Ip(a) => a.to_string(),
@@ -35,7 +33,6 @@ impl Value {
     fn json(&self) -> String {
         match self {
             Value::U(v) => v.to_string(),
-            Value::I(v) => v.to_string(),
             Value::F(v, p) if v.is_finite() => format!("{v:.p$}"),
             Value::F(..) => "null".into(),
             Value::S(s) => serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()),
@@ -167,10 +164,6 @@ impl Printer {
         }
     }
 
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-
     fn time_cols(&self) -> Vec<Col> {
         let mut v = Vec::new();
         if self.time.hms {
@@ -265,14 +258,6 @@ impl Printer {
         writeln!(self.out, "{line}")
     }
 
-    /// A line of free text (summaries, section titles); ignored in JSON mode.
-    pub fn text(&mut self, line: &str) -> io::Result<()> {
-        if self.mode == Mode::Json {
-            return Ok(());
-        }
-        writeln!(self.out, "{line}")
-    }
-
     /// A JSON record that is not an event (e.g. `{"lost": N}`); ignored outside JSON mode.
     pub fn json_record(&mut self, fields: &Fields) -> io::Result<()> {
         if self.mode != Mode::Json {
@@ -348,7 +333,7 @@ mod tests {
             ("new", Value::S("LISTEN".into())),
             ("kb", Value::U(7)),
             ("ms", Value::F(1.5, 2)),
-            ("extra", Value::I(-1)),
+            ("extra", Value::S("x".into())),
         ];
         p.event(Some(5_000_000_000), &f).unwrap();
         p.event(Some(6_500_000_000), &f).unwrap();
@@ -395,7 +380,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
         assert_eq!(v["pid"], 42);
         assert_eq!(v["comm"], "python3.11");
-        assert_eq!(v["extra"], -1);
+        assert_eq!(v["extra"], "x");
         assert_eq!(v["ms"], 1.5);
         assert!(v["time_ns"].as_u64().unwrap() > 0);
         assert_eq!(lines[2], "{\"lost\":0}");

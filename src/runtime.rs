@@ -321,8 +321,6 @@ pub fn print_events<T: Copy>(
         || Ok(true),
         duration,
     );
-    if let Err(e) = looped {
-        return Err(e);
-    }
+    looped?;
     report_lost(printer, tool, lost_events(obj))
 }

@@ -9,7 +9,7 @@ use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
 use crate::cli::{self, Common, load_tool};
-use crate::filter::{Filters, PortList, parse_id, parse_ports};
+use crate::filter::{Filters, PortList, cgroup_id, parse_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Mode, Printer, TimeCols, Value};
 use crate::runtime;
@@ -31,6 +31,7 @@ const EXAMPLES: &str = "examples:
     tcplife -4        # only trace IPv4 family
     tcplife -6        # only trace IPv6 family
     tcplife --json    # one JSON object per session (exact byte counts)
+    tcplife --cgroup /sys/fs/cgroup/system.slice/ssh.service  # only this cgroup
 
 PID and COMM are the process that owns the socket on each end (also for the passive side, whose
 state changes run in softirq context); 0 and ? when it cannot be known (socket older than the tool
@@ -67,6 +68,9 @@ struct Args {
     /// trace IPv6 family only
     #[arg(short = '6', long = "ipv6")]
     ipv6: bool,
+    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
+    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
+    cgroup: Option<u64>,
     #[command(flatten)]
     common: Common,
 }
@@ -110,6 +114,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         family: Filters::family_from_flags(a.ipv4, a.ipv6),
         lports: a.localport.clone(),
         rports: a.remoteport.clone(),
+        cgroup_id: a.cgroup,
         ..Default::default()
     };
     let mode = if a.common.json {

@@ -9,7 +9,7 @@ use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
 use crate::cli::{self, Common, load_tool};
-use crate::filter::{Filters, PortList, parse_ports};
+use crate::filter::{Filters, PortList, cgroup_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields, tcp_state};
 use crate::output::{Col, Mode, Printer, TimeCols, Value};
 use crate::runtime;
@@ -64,6 +64,9 @@ struct Args {
     /// trace IPv6 family only
     #[arg(short = '6', long = "ipv6")]
     ipv6: bool,
+    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
+    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
+    cgroup: Option<u64>,
     #[command(flatten)]
     common: Common,
 }
@@ -100,6 +103,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         family: Filters::family_from_flags(a.ipv4, a.ipv6),
         lports: a.localport.clone(),
         rports: a.remoteport.clone(),
+        cgroup_id: a.cgroup,
         ..Default::default()
     };
     let mode = if a.common.json {
