@@ -1,0 +1,497 @@
+//! `cargo xtask <command>`: developer tasks for sockray (see `USAGE`).
+//!
+//! Plain std on purpose: it has to build on a fresh machine before anything else is installed.
+//! One function per subcommand (`cmd_*`); shared steps are `deps`, `build` and `cargo`.
+
+use std::collections::HashSet;
+use std::env;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  deps                                 install missing build/test packages (Debian/Ubuntu, apt)
+  run [--debug] [--] <tool> [args...]  build sockray and run a tool (via sudo when not root)
+  test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test
+  install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
+  bench                                benchmark against libbpf-tools (not implemented yet)
+";
+
+/// Debian/Ubuntu packages needed to build (clang for the BPF C, static libbpf/libelf/zlib),
+/// to test (`ip netns`) and to benchmark (libbpf-tools is the baseline).
+const PACKAGES: &[&str] = &[
+    "clang",
+    "llvm",
+    "gcc",
+    "make",
+    "pkg-config",
+    "libelf-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "libbpf-tools",
+];
+
+/// A failed command: message for stderr (may be empty) and the process exit code.
+struct Fail {
+    code: u8,
+    msg: String,
+}
+
+type Res<T = ()> = Result<T, Fail>;
+
+fn fail(msg: impl Into<String>) -> Fail {
+    Fail {
+        code: 1,
+        msg: msg.into(),
+    }
+}
+
+fn usage_err(msg: impl std::fmt::Display) -> Fail {
+    Fail {
+        code: 2,
+        msg: format!("{msg} (see `cargo xtask --help`)"),
+    }
+}
+
+fn print_usage() {
+    let _ = io::stdout().write_all(USAGE.as_bytes());
+}
+
+fn main() -> ExitCode {
+    let mut args = env::args_os().skip(1);
+    let cmd = args.next().map(|c| c.to_string_lossy().into_owned());
+    let rest: Vec<OsString> = args.collect();
+    let result = match cmd.as_deref() {
+        Some("-h" | "--help" | "help") => {
+            print_usage();
+            Ok(())
+        }
+        Some("deps") => cmd_deps(&rest),
+        Some("run") => cmd_run(&rest),
+        Some("test") => cmd_test(&rest),
+        Some("install") => cmd_install(&rest),
+        Some("bench") => cmd_bench(&rest),
+        other => {
+            if let Some(other) = other {
+                eprintln!("xtask: error: unknown command `{other}`");
+            }
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.msg.is_empty() {
+                eprintln!("xtask: error: {}", f.msg);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+// ---- subcommands ----
+
+fn cmd_deps(args: &[OsString]) -> Res {
+    if let Some(a) = args.first() {
+        return Err(usage_err(format!("deps: unexpected argument {a:?}")));
+    }
+    deps()
+}
+
+fn cmd_run(args: &[OsString]) -> Res {
+    let mut profile = Profile::Release;
+    let mut i = 0;
+    while let Some(a) = args.get(i).and_then(|a| a.to_str()) {
+        match a {
+            "--debug" => profile = Profile::Debug,
+            "--release" => profile = Profile::Release,
+            "-h" | "--help" => {
+                print_usage();
+                return Ok(());
+            }
+            "--" => {
+                i += 1;
+                break;
+            }
+            _ if a.starts_with('-') => return Err(usage_err(format!("run: unknown option `{a}`"))),
+            _ => break,
+        }
+        i += 1;
+    }
+    let Some((tool, tool_args)) = args[i..].split_first() else {
+        return Err(usage_err(
+            "run: missing <tool>, e.g. `cargo xtask run -- tcplife`",
+        ));
+    };
+    deps()?;
+    let bin = build(profile)?;
+    let mut cmd = if !is_root() && find_cmd("sudo").is_some() {
+        eprintln!("xtask: not root, running via sudo");
+        let mut c = Command::new("sudo");
+        c.arg("--").arg(&bin);
+        c
+    } else {
+        Command::new(&bin)
+    };
+    // exec: the tool gets our stdin/stdout/stderr, signals (Ctrl-C) and exit code directly.
+    let err = cmd.arg(tool).args(tool_args).exec();
+    Err(fail(format!("cannot run {}: {err}", bin.display())))
+}
+
+fn cmd_test(args: &[OsString]) -> Res {
+    let extra = match args.split_first() {
+        None => &[][..],
+        Some((first, rest)) if first == "--" => rest,
+        Some((first, _)) if first == "-h" || first == "--help" => {
+            print_usage();
+            return Ok(());
+        }
+        Some((first, _)) => {
+            return Err(usage_err(format!(
+                "test: unexpected argument {first:?}; cargo test arguments go after `--`"
+            )));
+        }
+    };
+    deps()?;
+    ensure_tracefs();
+    ensure_components();
+    step(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step(cargo().args(["test", "--workspace"]).args(extra))
+}
+
+fn cmd_install(args: &[OsString]) -> Res {
+    let mut prefix = PathBuf::from("/usr/local");
+    let mut profile = Profile::Release;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--debug") => profile = Profile::Debug,
+            Some("--release") => profile = Profile::Release,
+            Some("--prefix") => match it.next() {
+                Some(dir) => prefix = PathBuf::from(dir),
+                None => return Err(usage_err("install: --prefix needs a directory")),
+            },
+            Some(a) if a.starts_with("--prefix=") => {
+                prefix = PathBuf::from(&a["--prefix=".len()..])
+            }
+            Some("-h" | "--help") => {
+                print_usage();
+                return Ok(());
+            }
+            _ => return Err(usage_err(format!("install: unexpected argument {a:?}"))),
+        }
+    }
+    if prefix.as_os_str().is_empty() {
+        return Err(usage_err("install: empty --prefix"));
+    }
+    deps()?;
+    let built = build(profile)?;
+    let tools = list_tools(&built)?;
+
+    let bin_dir = prefix.join("bin");
+    fs::create_dir_all(&bin_dir).map_err(|e| io_fail("cannot create", &bin_dir, e))?;
+    let dest = bin_dir.join("sockray");
+    let previous = fs::metadata(&dest).ok(); // a tool hard-linked to it is ours too
+    // Copy beside the target and rename over it: works even while the old binary is running.
+    let tmp = bin_dir.join(".sockray.xtask-new");
+    let copied = fs::copy(&built, &tmp)
+        .and_then(|_| fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)))
+        .and_then(|()| fs::rename(&tmp, &dest));
+    if let Err(e) = copied {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_fail("cannot install", &dest, e));
+    }
+    println!("installed {}", dest.display());
+
+    let ours = |m: &fs::Metadata| {
+        m.is_file()
+            && previous
+                .as_ref()
+                .is_some_and(|p| (p.dev(), p.ino()) == (m.dev(), m.ino()))
+    };
+    let mut linked = Vec::new();
+    for tool in &tools {
+        let link = bin_dir.join(tool);
+        match fs::symlink_metadata(&link) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_fail("cannot stat", &link, e)),
+            Ok(m) if m.file_type().is_symlink() => {}
+            Ok(m) if ours(&m) => {}
+            Ok(_) => {
+                eprintln!(
+                    "xtask: warning: {} exists and is not a symlink; skipped",
+                    link.display()
+                );
+                continue;
+            }
+        }
+        let tmp = bin_dir.join(format!(".{tool}.xtask-new"));
+        let _ = fs::remove_file(&tmp);
+        symlink("sockray", &tmp)
+            .and_then(|()| fs::rename(&tmp, &link))
+            .map_err(|e| io_fail("cannot create symlink", &link, e))?;
+        linked.push(tool.as_str());
+    }
+    println!(
+        "linked {} tool(s) in {} -> sockray: {}",
+        linked.len(),
+        bin_dir.display(),
+        linked.join(" ")
+    );
+    Ok(())
+}
+
+fn cmd_bench(_args: &[OsString]) -> Res {
+    // Placeholder: deps()?, build(Profile::Release)?, then compare against libbpf-tools.
+    eprintln!("bench: not implemented yet");
+    Err(Fail {
+        code: 2,
+        msg: String::new(),
+    })
+}
+
+// ---- shared steps ----
+
+/// Installs the missing `PACKAGES` with apt-get; silent when everything is present.
+fn deps() -> Res {
+    if find_cmd("apt-get").is_none() || find_cmd("dpkg-query").is_none() {
+        return Err(fail(format!(
+            "not a Debian/Ubuntu (apt) system; install these packages (Debian names) yourself: {}",
+            PACKAGES.join(" ")
+        )));
+    }
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing missing packages: {}", missing.join(" "));
+    apt_get(&["update"])?;
+    apt_get(&[&["install", "-y", "--no-install-recommends"][..], &missing].concat())?;
+    let still = missing_packages()?;
+    if !still.is_empty() {
+        return Err(fail(format!(
+            "packages still missing after apt-get install: {}",
+            still.join(" ")
+        )));
+    }
+    Ok(())
+}
+
+/// The `PACKAGES` dpkg does not report as installed.
+fn missing_packages() -> Res<Vec<&'static str>> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package}\t${Status}\n"])
+        .args(PACKAGES)
+        .stderr(Stdio::null()) // "no packages found matching X" for never-installed ones
+        .output()
+        .map_err(|e| fail(format!("cannot run dpkg-query: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let installed: HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, status)| status.ends_with(" installed"))
+        .map(|(pkg, _)| pkg)
+        .collect();
+    Ok(PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed.contains(p))
+        .collect())
+}
+
+fn apt_get(args: &[&str]) -> Res {
+    let mut cmd = if is_root() {
+        Command::new("apt-get")
+    } else if find_cmd("sudo").is_some() {
+        let mut c = Command::new("sudo");
+        c.args(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+        c
+    } else {
+        return Err(fail(format!(
+            "need root to run `apt-get {}` (no sudo found)",
+            args.join(" ")
+        )));
+    };
+    step_quiet(cmd.env("DEBIAN_FRONTEND", "noninteractive").args(args))
+}
+
+#[derive(Clone, Copy)]
+enum Profile {
+    Release,
+    Debug,
+}
+
+/// `cargo build [--release] -p sockray`; returns the path of the built binary.
+fn build(profile: Profile) -> Res<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "-p", "sockray", "--bin", "sockray"]);
+    let dir = match profile {
+        Profile::Release => {
+            cmd.arg("--release");
+            "release"
+        }
+        Profile::Debug => "debug",
+    };
+    step_quiet(&mut cmd)?;
+    Ok(target_dir().join(dir).join("sockray"))
+}
+
+/// Tool names from `sockray --list-tools` (one per line), checked to be safe file names.
+fn list_tools(bin: &Path) -> Res<Vec<String>> {
+    let what = format!("`{} --list-tools`", bin.display());
+    let out = Command::new(bin)
+        .arg("--list-tools")
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| fail(format!("cannot run {what}: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(format!("{what} failed ({})", out.status)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut tools = Vec::new();
+    for name in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let ok = name != "sockray"
+            && !name.starts_with(['.', '-'])
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(fail(format!("{what} printed a bad tool name {name:?}")));
+        }
+        tools.push(name.to_string());
+    }
+    if tools.is_empty() {
+        return Err(fail(format!("{what} printed no tools")));
+    }
+    Ok(tools)
+}
+
+/// Mounts tracefs if it is not there (tracepoint tests need it); failure is only a warning.
+fn ensure_tracefs() {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return;
+    }
+    eprintln!("xtask: mounting tracefs on /sys/kernel/tracing");
+    let mounted = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("xtask: warning: could not mount tracefs; BPF tests may fail");
+    }
+}
+
+/// Adds the rustfmt/clippy components (once) if `cargo fmt` or `cargo clippy` is missing.
+fn ensure_components() {
+    let works = |sub: &str| {
+        cargo()
+            .args([sub, "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works("fmt") && works("clippy") {
+        return;
+    }
+    eprintln!("xtask: adding rustup components rustfmt, clippy");
+    if let Err(f) =
+        step_quiet(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))
+    {
+        eprintln!("xtask: warning: {}", f.msg);
+    }
+}
+
+// ---- helpers ----
+
+fn workspace_root() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_path_buf()
+}
+
+/// `CARGO_TARGET_DIR` (relative to the current directory, as cargo reads it) or `<root>/target`.
+fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => env::current_dir().unwrap_or_default().join(d),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The cargo that runs us, in the workspace root, with an absolute `CARGO_TARGET_DIR` if set.
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    if env::var_os("CARGO_TARGET_DIR").is_some_and(|d| !d.is_empty()) {
+        cmd.env("CARGO_TARGET_DIR", target_dir());
+    }
+    cmd
+}
+
+/// Prints `==> <command>` and runs it.
+fn step(cmd: &mut Command) -> Res {
+    eprintln!("==> {}", show(cmd));
+    step_quiet(cmd)
+}
+
+/// Runs a command with inherited stdio; non-zero exit is an error.
+fn step_quiet(cmd: &mut Command) -> Res {
+    let status = cmd
+        .status()
+        .map_err(|e| fail(format!("cannot run `{}`: {e}", show(cmd))))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(fail(format!("`{}` failed ({status})", show(cmd))))
+    }
+}
+
+fn show(cmd: &Command) -> String {
+    let prog = Path::new(cmd.get_program());
+    let mut s = prog
+        .file_name()
+        .unwrap_or(prog.as_os_str())
+        .to_string_lossy()
+        .into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn io_fail(what: &str, path: &Path, e: io::Error) -> Fail {
+    fail(format!("{what} {}: {e}", path.display()))
+}
+
+/// An executable file `name` in `PATH`.
+fn find_cmd(name: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+}
+
+fn is_root() -> bool {
+    unsafe extern "C" {
+        safe fn geteuid() -> u32;
+    }
+    geteuid() == 0
+}
