@@ -62,6 +62,11 @@ static __always_inline bool cgroup_ok(__u64 cgroup_id)
 	return !filter_cgroup_id || filter_cgroup_id == cgroup_id;
 }
 
+/* Per-socket state maps: entries are allocated when used (memory follows the number of live sockets) and
+ * removed when the socket closes; room for this many live sockets. (The kernel allocates the bucket array
+ * for max_entries at start: 262144 costs ~3 ms of start-up per map, 65536 under 1 ms.) */
+#define SOCK_MAP_ENTRIES 65536
+
 /* ---- events out, lost events counted ---- */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -90,6 +95,18 @@ static __always_inline void *event_reserve(__u64 size)
 	if (!e)
 		count_lost();
 	return e;
+}
+
+/* Submits without waking the reader until this much is waiting: a wake-up per event costs an irq_work
+ * and a cross-CPU IPI on the traced CPU (measured: ~20% fewer loopback connections per second). The
+ * reader polls at least every 100 ms (src/runtime.rs), so a quiet trace still shows events promptly. */
+#define EVENT_WAKEUP_BYTES (16 * 1024)
+
+static __always_inline void event_submit(void *e)
+{
+	__u64 flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= EVENT_WAKEUP_BYTES ?
+			      BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
 }
 
 /* ---- socket addresses, read with CO-RE from struct sock ---- */
@@ -125,6 +142,28 @@ static __always_inline void read_sk_tuple(const struct sock *sk, struct sk_tuple
 static __always_inline __u32 sk_netns(const struct sock *sk)
 {
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* The struct sock behind fd in the current task's fd table; NULL when fd is not an open socket.
+ * Checked, so any fd a syscall was given may be passed: the file's private_data must be a struct socket
+ * whose ->file points back to that file (true only for socket files). */
+static __always_inline struct sock *sock_of_fd(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *file = NULL;
+	struct socket *sock;
+
+	if (fd < 0 || fd >= (long)max)
+		return NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
 }
 
 #endif

@@ -23,8 +23,9 @@
 #include "sockowner.h"
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, SOCK_MAP_ENTRIES);
 	__type(key, __u64); /* struct sock * */
 	__type(value, struct sock_owner);
 } sock_owners SEC(".maps");
@@ -40,8 +41,9 @@ struct listen_owner {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 4096);
 	__type(key, struct listen_key);
 	__type(value, struct listen_owner);
 } listen_owners SEC(".maps");

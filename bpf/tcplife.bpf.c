@@ -17,8 +17,9 @@ struct session {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, SOCK_MAP_ENTRIES);
 	__type(key, __u64);
 	__type(value, struct session);
 } sessions SEC(".maps");
@@ -95,7 +96,7 @@ static __always_inline int handle_set_state(void *ctx, const struct sock *sk, in
 	e->pad = 0;
 	__builtin_memcpy(e->laddr, t.laddr, 16);
 	__builtin_memcpy(e->raddr, t.raddr, 16);
-	bpf_ringbuf_submit(e, 0);
+	event_submit(e);
 out:
 	bpf_map_delete_elem(&sessions, &key);
 	owner_forget(sk);

@@ -10,8 +10,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 struct tcpstates_event _tcpstates_event = {};
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, SOCK_MAP_ENTRIES);
 	__type(key, __u64);
 	__type(value, __u64);
 } last_change SEC(".maps");
@@ -58,7 +59,7 @@ static __always_inline int handle_set_state(void *ctx, const struct sock *sk, in
 	e->newstate = newstate;
 	__builtin_memcpy(e->laddr, t.laddr, 16);
 	__builtin_memcpy(e->raddr, t.raddr, 16);
-	bpf_ringbuf_submit(e, 0);
+	event_submit(e);
 out:
 	if (newstate == TCP_CLOSE)
 		owner_forget(sk);

@@ -157,7 +157,28 @@ fn kallsyms_has(func: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Strict probing loads a test program for BTF-based kinds (costs a parse of the kernel's BTF, ~4 ms);
+/// by default they are assumed to work where the kernel has BTF, and a failed load retries strictly
+/// (see `cli::load_tool!`).
+static STRICT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_strict(strict: bool) {
+    STRICT.store(strict, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn strict() -> bool {
+    STRICT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
+    let btf_kind = matches!(kind, Kind::TpBtf | Kind::Fentry | Kind::Fexit);
+    if btf_kind && !strict() && std::env::var_os("SOCKRAY_ATTACH").is_none() {
+        return if Path::new("/sys/kernel/btf/vmlinux").exists() {
+            Ok(())
+        } else {
+            Err("this kernel has no BTF".into())
+        };
+    }
     match kind {
         Kind::TpBtf => probe_tracing(target, libbpf_sys::BPF_TRACE_RAW_TP),
         Kind::Fentry => probe_tracing(target, libbpf_sys::BPF_TRACE_FENTRY),
@@ -204,7 +225,7 @@ static PROBES: Mutex<Option<ProbeCache>> = Mutex::new(None);
 
 /// Can a program of this kind attach to target here? Cached per process.
 pub fn probe(kind: Kind, target: &str) -> Result<(), String> {
-    let key = (kind, target.to_string());
+    let key = (kind, format!("{}{target}", if strict() { "!" } else { "" }));
     if let Some(r) = PROBES
         .lock()
         .ok()

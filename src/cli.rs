@@ -57,11 +57,44 @@ pub fn print_ebpf(tool: &str) -> anyhow::Result<()> {
 
 /// Opens a tool's skeleton, writes the filters (and any tool-specific rodata) into it, chooses hooks,
 /// loads, attaches and seeds the socket-owner map. Evaluates to `(skel, links)`.
+///
+/// With a seventh argument, `$skip: impl Fn(&str) -> bool`, the programs it names are neither loaded
+/// nor attached (e.g. hooks only an optional flag needs).
 macro_rules! load_tool {
-    ($builder:ty, $storage:expr, $tool:expr, $common:expr, $filters:expr, $setup:expr) => {{
+    ($builder:ty, $storage:expr, $tool:expr, $common:expr, $filters:expr, $setup:expr) => {
+        $crate::cli::load_tool!($builder, $storage, $tool, $common, $filters, $setup, |_: &str| false)
+    };
+    ($builder:ty, $storage:expr, $tool:expr, $common:expr, $filters:expr, $setup:expr, $skip:expr) => {{
         use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
         $crate::runtime::preflight($tool)?;
         $crate::cli::set_verbose($common.verbose);
+        // Hooks are chosen optimistically first (BTF-based kinds assumed to work where the kernel has
+        // BTF); if the kernel then refuses the load, probe strictly and load once more.
+        let (open, mut chosen) =
+            $crate::cli::open_prepared!($builder, $storage, $tool, $common, $filters, $setup, $skip);
+        let skel = match open.load() {
+            Ok(skel) => skel,
+            Err(e) if !$crate::attach::strict() => {
+                $crate::cli::debug(format_args!("load failed ({e}); probing hooks strictly and retrying"));
+                $crate::attach::set_strict(true);
+                let storage = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
+                let (open, strict_chosen) =
+                    $crate::cli::open_prepared!($builder, storage, $tool, $common, $filters, $setup, $skip);
+                chosen = strict_chosen;
+                open.load().map_err(|e| $crate::runtime::load_error(e, $tool))?
+            }
+            Err(e) => return Err($crate::runtime::load_error(e, $tool)),
+        };
+        let links = $crate::runtime::attach_all(skel.object(), &chosen)?;
+        $crate::runtime::seed_owners(skel.object(), &chosen, $common.verbose)?;
+        (skel, links)
+    }};
+}
+pub(crate) use load_tool;
+
+/// Part of [`load_tool!`]: opens the skeleton, writes rodata, chooses hooks. Evaluates to `(open, chosen)`.
+macro_rules! open_prepared {
+    ($builder:ty, $storage:expr, $tool:expr, $common:expr, $filters:expr, $setup:expr, $skip:expr) => {{
         let mut open = <$builder>::default().open($storage)?;
         let ro = open
             .maps
@@ -70,13 +103,9 @@ macro_rules! load_tool {
             .ok_or_else(|| anyhow::anyhow!("no rodata"))?;
         $crate::filter::apply_filters!(&mut *ro, $filters);
         ($setup)(ro);
-        let chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
-        let skel = open
-            .load()
-            .map_err(|e| $crate::runtime::load_error(e, $tool))?;
-        let links = $crate::runtime::attach_all(skel.object(), &chosen)?;
-        $crate::runtime::seed_owners(skel.object(), &chosen, $common.verbose)?;
-        (skel, links)
+        let mut chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
+        $crate::runtime::skip_programs(open.open_object_mut(), &mut chosen, $skip);
+        (open, chosen)
     }};
 }
-pub(crate) use load_tool;
+pub(crate) use open_prepared;

@@ -11,33 +11,41 @@ use crate::format::{Clock, hms};
 #[derive(Clone, Debug)]
 pub enum Value {
     U(u64),
+    /// a signed integer (e.g. a syscall's return value, -errno)
+    I(i64),
     /// a float printed with this many decimals
     F(f64, usize),
     S(String),
     Ip(IpAddr),
     /// printed as lower-case hex without 0x in columns, "0x…" string in JSON (kernel addresses)
     Hex(u64),
+    /// not known: empty in columns, null in JSON
+    Null,
 }
 
 impl Value {
     fn text(&self) -> String {
         match self {
             Value::U(v) => v.to_string(),
+            Value::I(v) => v.to_string(),
             Value::F(v, p) => format!("{v:.p$}"),
             Value::S(s) => s.clone(),
             Value::Ip(a) => a.to_string(),
             Value::Hex(v) => format!("{v:x}"),
+            Value::Null => String::new(),
         }
     }
 
     fn json(&self) -> String {
         match self {
             Value::U(v) => v.to_string(),
+            Value::I(v) => v.to_string(),
             Value::F(v, p) if v.is_finite() => format!("{v:.p$}"),
             Value::F(..) => "null".into(),
             Value::S(s) => serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()),
             Value::Ip(a) => format!("\"{a}\""),
             Value::Hex(v) => format!("\"0x{v:x}\""),
+            Value::Null => "null".into(),
         }
     }
 }
@@ -118,6 +126,8 @@ pub struct Printer {
     time: TimeCols,
     clock: Clock,
     first_ts: Option<u64>,
+    /// decimals of the TIME(s) column (BCC: 6 in most tools, 3 in tcpconnect/tcpconnlat)
+    secs_decimals: usize,
     out: Box<dyn Write>,
 }
 
@@ -153,6 +163,12 @@ impl Printer {
         )
     }
 
+    /// Decimals of the TIME(s) column (6 unless set).
+    pub fn with_secs_decimals(mut self, decimals: usize) -> Printer {
+        self.secs_decimals = decimals;
+        self
+    }
+
     pub fn to_writer(mode: Mode, cols: Vec<Col>, time: TimeCols, out: Box<dyn Write>) -> Printer {
         Printer {
             mode,
@@ -160,6 +176,7 @@ impl Printer {
             time,
             clock: Clock::new(),
             first_ts: None,
+            secs_decimals: 6,
             out,
         }
     }
@@ -208,7 +225,8 @@ impl Printer {
                 time_vals.push(hms(self.clock.wall_ns(ts)));
             }
             if self.time.secs {
-                time_vals.push(format!("{:.6}", ts.saturating_sub(first) as f64 / 1e9));
+                let d = self.secs_decimals;
+                time_vals.push(format!("{:.d$}", ts.saturating_sub(first) as f64 / 1e9));
             }
         }
         let get = |key: &str| {
@@ -346,7 +364,7 @@ mod tests {
     fn table_rows() {
         let out = render(Mode::Table, TimeCols::default());
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "PID   COMM   OLD   -> NEW      KB MS");
+        assert_eq!(lines[0], "PID   COMM   OLD   -> NEW     KB MS");
         assert_eq!(lines[1], "42    python CLOSE -> LISTEN    7 1.50");
         assert_eq!(lines.len(), 3);
     }
@@ -384,6 +402,23 @@ mod tests {
         assert_eq!(v["ms"], 1.5);
         assert!(v["time_ns"].as_u64().unwrap() > 0);
         assert_eq!(lines[2], "{\"lost\":0}");
+    }
+
+    #[test]
+    fn secs_column_decimals() {
+        let buf = Shared::default();
+        let cols = vec![Col::left("PID", "pid", 5)];
+        let time = TimeCols {
+            hms: false,
+            secs: true,
+        };
+        let mut p = Printer::to_writer(Mode::Table, cols, time, Box::new(buf.clone()))
+            .with_secs_decimals(3);
+        let f: Fields = vec![("pid", Value::U(1))];
+        p.event(Some(1_000_000_000), &f).unwrap();
+        p.event(Some(2_234_567_890), &f).unwrap();
+        let out = String::from_utf8(buf.0.borrow().clone()).unwrap();
+        assert_eq!(out, "0.000     1\n1.235     1\n");
     }
 
     #[test]

@@ -14,6 +14,12 @@ use crate::cli::Common;
 use crate::output::{Printer, Value, is_closed_pipe};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Milliseconds since the tool started (for --verbose start-up timings).
+pub fn since_start_ms() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
+}
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
@@ -21,6 +27,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 /// SIGINT and SIGTERM end the event loop (the tool then detaches, flushes and prints its summary).
 pub fn install_signal_handlers() {
+    START.get_or_init(Instant::now);
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: on_signal only stores to an atomic, which is async-signal-safe.
         unsafe {
@@ -97,8 +104,13 @@ fn ensure_tracefs() -> Result<()> {
 /// Routes libbpf's own messages: silent, or to stderr with --verbose.
 pub fn libbpf_logging(verbose: bool) {
     if verbose {
-        libbpf_rs::set_print(Some((PrintLevel::Info, |_, msg: String| {
-            eprint!("libbpf: {msg}") as ()
+        let level = if std::env::var_os("SOCKRAY_LIBBPF_DEBUG").is_some() {
+            PrintLevel::Debug
+        } else {
+            PrintLevel::Info
+        };
+        libbpf_rs::set_print(Some((level, |_, msg: String| {
+            eprint!("libbpf: {:.1} ms: {msg}", since_start_ms()) as ()
         })));
     } else {
         libbpf_rs::set_print(None);
@@ -108,7 +120,22 @@ pub fn libbpf_logging(verbose: bool) {
 /// Everything before load: checks, logging, hook choice (autoload toggles).
 pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<Choice>> {
     libbpf_logging(common.verbose);
-    attach::choose(obj, tool, common.verbose)
+    crate::cli::debug(format_args!("{:.1} ms: opened", since_start_ms()));
+    let chosen = attach::choose(obj, tool, common.verbose);
+    crate::cli::debug(format_args!("{:.1} ms: hooks chosen", since_start_ms()));
+    chosen
+}
+
+/// After [`prepare`]: leaves out (neither loads nor attaches) the programs `skip` names.
+pub fn skip_programs(obj: &mut OpenObject, chosen: &mut Vec<Choice>, skip: impl Fn(&str) -> bool) {
+    for mut prog in obj.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        if skip(&name) {
+            crate::cli::debug(format_args!("{name}: not needed for this run, not loaded"));
+            prog.set_autoload(false);
+            chosen.retain(|c| c.prog != name);
+        }
+    }
 }
 
 /// Explains a load failure; the raw libbpf error stays in the chain.
@@ -124,6 +151,7 @@ pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
 
 /// Attaches every chosen program (not iterators); the links detach when dropped.
 pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
+    crate::cli::debug(format_args!("{:.1} ms: loaded", since_start_ms()));
     let mut links = Vec::new();
     for prog in obj.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
@@ -308,7 +336,7 @@ pub fn print_events<T: Copy>(
     mut row: impl FnMut(&T) -> Option<(u64, crate::output::Fields)>,
 ) -> Result<()> {
     if verbose {
-        eprintln!("sockray: ready");
+        eprintln!("sockray: ready ({:.1} ms after start)", since_start_ms());
     }
     printer.header()?;
     let looped = event_loop(

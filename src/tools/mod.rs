@@ -2,6 +2,10 @@
 
 use std::ffi::OsString;
 
+pub mod solisten;
+pub mod tcpaccept;
+pub mod tcpconnect;
+pub mod tcpconnlat;
 pub mod tcplife;
 pub mod tcpstates;
 
@@ -12,6 +16,26 @@ pub struct Tool {
 }
 
 pub const TOOLS: &[Tool] = &[
+    Tool {
+        name: "solisten",
+        about: "listen() on TCP sockets: process, port (also kernel-picked), backlog, failures",
+        run: solisten::run,
+    },
+    Tool {
+        name: "tcpaccept",
+        about: "TCP connections accepted, named by the process that called accept()",
+        run: tcpaccept::run,
+    },
+    Tool {
+        name: "tcpconnect",
+        about: "TCP connects (every SYN sent, refused too): process, addresses, ports, result",
+        run: tcpconnect::run,
+    },
+    Tool {
+        name: "tcpconnlat",
+        about: "TCP connect latency: SYN sent until established, per connect",
+        run: tcpconnlat::run,
+    },
     Tool {
         name: "tcplife",
         about: "TCP sessions with their lifespan and bytes, one line per closed session",

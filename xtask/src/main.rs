@@ -13,6 +13,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+mod bench;
+
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
@@ -21,7 +23,7 @@ commands:
   run [--debug] [--] <tool> [args...]  build sockray and run a tool (via sudo when not root)
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
-  bench                                benchmark against libbpf-tools (not implemented yet)
+  bench                                start-up, RSS and connection-rate cost vs libbpf-tools
 ";
 
 /// Debian/Ubuntu packages needed to build (clang for the BPF C, static libbpf/libelf/zlib),
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Some("test") => cmd_test(&rest),
         Some("install") => cmd_install(&rest),
         Some("bench") => cmd_bench(&rest),
+        Some("__load") => bench::load(&rest).map_err(fail),
         other => {
             if let Some(other) = other {
                 eprintln!("xtask: error: unknown command `{other}`");
@@ -257,13 +260,24 @@ fn cmd_install(args: &[OsString]) -> Res {
     Ok(())
 }
 
-fn cmd_bench(_args: &[OsString]) -> Res {
-    // Placeholder: deps()?, build(Profile::Release)?, then compare against libbpf-tools.
-    eprintln!("bench: not implemented yet");
-    Err(Fail {
-        code: 2,
-        msg: String::new(),
-    })
+fn cmd_bench(args: &[OsString]) -> Res {
+    if let Some(a) = args.first() {
+        return Err(usage_err(format!("bench: unexpected argument {a:?}")));
+    }
+    if !is_root() {
+        return Err(fail(
+            "bench loads BPF programs and creates network namespaces: run it as root",
+        ));
+    }
+    deps()?;
+    let bin = build(Profile::Release)?;
+    let tools = list_tools(&bin)?;
+    // the bench itself (its output readers) shares CPU 0 with the tracers
+    let _ = Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status();
+    bench::run(&bin, &tools).map_err(fail)
 }
 
 // ---- shared steps ----

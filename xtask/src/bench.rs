@@ -1,0 +1,403 @@
+//! `cargo xtask bench`: sockray against Debian's libbpf-tools, measured in one run on this machine.
+//!
+//! - start-up: time from spawn to the first line on stdout (the header, printed once the probes are
+//!   attached; libbpf-tools run under `stdbuf -oL` so their header is not stuck in a stdio buffer),
+//!   median of several starts;
+//! - peak RSS (VmHWM) of the tracer during the load run;
+//! - loopback connection rate (connect/accept/close per second, a bounded generator in a fresh network
+//!   namespace per run, pinned to the last CPU) with no tracer and with each tracer attached, rounds
+//!   interleaved, median rate;
+//!   slowdown is 1 - rate(tracer)/rate(none);
+//! - sockray's lost-event count (its `{"lost": N}` record) at that rate.
+//!
+//! Figures are ratios against baselines run in the same invocation; nothing here asserts timings.
+
+use std::io::Read;
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use std::{env, fs, thread};
+
+/// Connections per load run, starts per start-up measurement, interleaved load rounds.
+const CONNS: u32 = 20_000;
+const STARTS: usize = 5;
+const ROUNDS: usize = 5;
+
+unsafe extern "C" {
+    safe fn kill(pid: i32, sig: i32) -> i32;
+}
+const SIGINT: i32 = 2;
+
+/// One tracer configuration: a name for the table and the command line (None: no tracer).
+struct Tracer {
+    name: String,
+    argv: Option<Vec<String>>,
+    /// sockray prints `{"lost":N}` last with --json
+    sockray: bool,
+}
+
+fn tracers(sockray: &Path, tools: &[String]) -> Vec<Tracer> {
+    let mut v = vec![Tracer {
+        name: "none".into(),
+        argv: None,
+        sockray: false,
+    }];
+    for tool in ["tcplife", "tcpstates", "tcpconnect"] {
+        if tools.iter().any(|t| t == tool) {
+            v.push(Tracer {
+                name: format!("sockray {tool}"),
+                argv: Some(vec![
+                    sockray.display().to_string(),
+                    tool.into(),
+                    "--json".into(),
+                ]),
+                sockray: true,
+            });
+        }
+        let libbpf = Path::new("/usr/sbin").join(tool);
+        if libbpf.exists() {
+            v.push(Tracer {
+                name: format!("libbpf-tools {tool}"),
+                argv: Some(vec![
+                    "stdbuf".into(),
+                    "-oL".into(),
+                    libbpf.display().to_string(),
+                ]),
+                sockray: false,
+            });
+        }
+    }
+    v
+}
+
+/// A started tracer: its process, a channel of stdout lines, and the last line kept at exit.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    reader: thread::JoinHandle<Option<String>>,
+}
+
+fn start(argv: &[String]) -> Result<Running, String> {
+    // tracers run on CPU 0; the load generator has the last CPU to itself (see `load_run`)
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", argv.join(" ")))?;
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    // reads in large chunks, remembers only the first line (readiness) and the last one
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut tail: Vec<u8> = Vec::new();
+        let mut first_sent = false;
+        loop {
+            let k = match out.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => k,
+            };
+            tail.extend_from_slice(&buf[..k]);
+            if !first_sent && let Some(nl) = tail.iter().position(|&b| b == b'\n') {
+                let _ = tx.send(String::from_utf8_lossy(&tail[..nl]).into_owned());
+                first_sent = true;
+            }
+            if tail.len() > 1 << 16 {
+                let keep = tail.len() - 4096;
+                tail.drain(..keep);
+            }
+        }
+        let text = String::from_utf8_lossy(&tail).into_owned();
+        text.lines().last().map(str::to_string)
+    });
+    Ok(Running {
+        child,
+        lines: rx,
+        reader,
+    })
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // fields after the command name (which may contain spaces) start at the last ')'
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+impl Running {
+    /// Waits for the first stdout line (the tracer is attached); returns how long since `t0`.
+    fn ready(&mut self, t0: Instant) -> Result<Duration, String> {
+        match self.lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(_) => Ok(t0.elapsed()),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err("it printed nothing within 30 s".into()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err("it exited before printing its header".into())
+            }
+        }
+    }
+
+    fn peak_rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGINT, wait (bounded), and the last stdout line.
+    fn stop(mut self) -> Option<String> {
+        kill(self.child.id() as i32, SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.reader.join().ok().flatten();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.reader.join().ok().flatten()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// A fresh network namespace for one load run, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(n: usize) -> Result<Netns, String> {
+        let name = format!("sockray-bench-{}-{n}", std::process::id());
+        let ok = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        if !ok(&["netns", "add", &name]) || !ok(&["-n", &name, "link", "set", "lo", "up"]) {
+            return Err(format!(
+                "cannot create network namespace {name} (needs root and iproute2)"
+            ));
+        }
+        Ok(Netns(name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Runs the load generator (this binary, `__load N`) in a fresh netns; returns connections per second.
+fn load_run(n: usize) -> Result<f64, String> {
+    let ns = Netns::new(n)?;
+    let exe = env::current_exe().map_err(|e| e.to_string())?;
+    // pinned to one CPU: cross-CPU wake-ups between the generator's client and server threads made the
+    // unpinned rate swing 3x between identical runs; the tracer's user space runs on the other CPU(s)
+    let cpu = thread::available_parallelism()
+        .map(|n| n.get() - 1)
+        .unwrap_or(0)
+        .to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "taskset", "-c", &cpu])
+        .arg(exe)
+        .args(["__load", &CONNS.to_string()])
+        .output()
+        .map_err(|e| format!("load generator: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "load generator failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<f64>()
+        .map_err(|e| format!("load generator output: {e}"))
+}
+
+/// `__load N`: N sequential loopback connections: the client connects and sends 1 byte, the server
+/// accepts, reads it and closes, the client reads EOF and closes. Lock-step, so the accept queue never
+/// overflows (an overflow drops SYNs and the 1 s retransmit would dominate the figure). Prints
+/// connections per second. Bounded by N and by socket time-outs.
+pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
+    let n: u32 = args
+        .first()
+        .and_then(|a| a.to_str())
+        .and_then(|s| s.parse().ok())
+        .ok_or("__load N")?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = thread::spawn(move || {
+        for _ in 0..n {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 1];
+            let _ = s.read(&mut buf);
+        }
+    });
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        std::io::Write::write_all(&mut s, b"x").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 16];
+        while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    let _ = server.join();
+    println!("{:.1}", n as f64 / t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn lost_of(last: Option<String>) -> Option<u64> {
+    let line = last?;
+    let rest = line.trim().strip_prefix("{\"lost\":")?;
+    rest.trim_end_matches('}').trim().parse().ok()
+}
+
+/// The whole benchmark; `sockray` is the release binary, `tools` what it offers.
+pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
+    let mut configs = tracers(sockray, tools);
+    println!(
+        "sockray bench: {CONNS} loopback connections per run, {ROUNDS} rounds, {STARTS} starts per tool"
+    );
+
+    // start-up (table form: time to the header line)
+    let mut startup: Vec<(String, f64)> = Vec::new();
+    for t in configs.iter().filter(|t| t.argv.is_some()) {
+        let mut argv = t.argv.clone().unwrap_or_default();
+        argv.retain(|a| a != "--json");
+        let mut times = Vec::new();
+        for _ in 0..STARTS {
+            let t0 = Instant::now();
+            let mut r = start(&argv)?;
+            match r.ready(t0) {
+                Ok(d) => times.push(d.as_secs_f64() * 1000.0),
+                Err(e) => {
+                    println!("{}: does not run on this kernel ({e}); left out", t.name);
+                    r.stop();
+                    break;
+                }
+            }
+            r.stop();
+        }
+        if times.len() == STARTS {
+            startup.push((t.name.clone(), median(times)));
+        }
+    }
+    configs.retain(|t| t.argv.is_none() || startup.iter().any(|(n, _)| *n == t.name));
+
+    // load rounds, interleaved so drift hits every configuration alike
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut rss: Vec<u64> = vec![0; configs.len()];
+    let mut cpu: Vec<f64> = vec![0.0; configs.len()];
+    let mut lost: Vec<Option<u64>> = vec![None; configs.len()];
+    let mut run_no = 0;
+    for _ in 0..ROUNDS {
+        for (i, t) in configs.iter().enumerate() {
+            run_no += 1;
+            let running = match &t.argv {
+                Some(argv) => {
+                    let mut r = start(argv)?;
+                    if t.sockray {
+                        // --json prints no header: give it the same settle time as the others
+                        thread::sleep(Duration::from_millis(300));
+                    } else {
+                        r.ready(Instant::now())?;
+                    }
+                    Some(r)
+                }
+                None => None,
+            };
+            let rate = load_run(run_no)?;
+            rates[i].push(rate);
+            if let Some(r) = running {
+                thread::sleep(Duration::from_millis(300));
+                rss[i] = rss[i].max(r.peak_rss_kib());
+                cpu[i] += cpu_seconds(r.child.id());
+                let last = r.stop();
+                if t.sockray {
+                    let n = lost_of(last)
+                        .ok_or_else(|| format!("{}: no {{\"lost\": N}} record at exit", t.name))?;
+                    lost[i] = Some(lost[i].unwrap_or(0) + n);
+                }
+            }
+        }
+    }
+
+    let base = median(rates[0].clone());
+    println!();
+    println!(
+        "{:<24} {:>11} {:>13} {:>12} {:>9} {:>6}",
+        "TRACER", "START(ms)", "PEAK_RSS(MiB)", "CONN/s", "SLOWDOWN", "LOST"
+    );
+    for (i, t) in configs.iter().enumerate() {
+        let st = startup
+            .iter()
+            .find(|(n, _)| *n == t.name)
+            .map(|(_, ms)| format!("{ms:.1}"))
+            .unwrap_or("-".into());
+        let mem = if t.argv.is_some() {
+            format!("{:.1}", rss[i] as f64 / 1024.0)
+        } else {
+            "-".into()
+        };
+        let rate = median(rates[i].clone());
+        let slow = if i == 0 {
+            "-".into()
+        } else {
+            format!("{:.1}%", (1.0 - rate / base) * 100.0)
+        };
+        let lo = lost[i].map(|n| n.to_string()).unwrap_or("-".into());
+        println!(
+            "{:<24} {st:>11} {mem:>13} {rate:>12.0} {slow:>9} {lo:>6}",
+            t.name
+        );
+    }
+    println!();
+    for tool in ["tcplife", "tcpstates", "tcpconnect"] {
+        let find = |n: &str| configs.iter().position(|t| t.name == n);
+        let (Some(s), Some(l)) = (
+            find(&format!("sockray {tool}")),
+            find(&format!("libbpf-tools {tool}")),
+        ) else {
+            continue;
+        };
+        let st = |n: &str| {
+            startup
+                .iter()
+                .find(|(x, _)| x == n)
+                .map(|(_, v)| *v)
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "{tool}: start-up sockray/libbpf-tools = {:.2}, peak RSS sockray/libbpf-tools = {:.2}",
+            st(&configs[s].name) / st(&configs[l].name),
+            rss[s] as f64 / rss[l].max(1) as f64
+        );
+    }
+    Ok(())
+}
