@@ -19,6 +19,42 @@ pub struct Common {
     pub verbose: bool,
 }
 
+impl Common {
+    /// The output form: `--json` wins, then CSV where the tool offers `-s`, else BCC's columns.
+    pub fn mode(&self, csv: bool) -> crate::output::Mode {
+        use crate::output::Mode;
+        if self.json {
+            Mode::Json
+        } else if csv {
+            Mode::Csv
+        } else {
+            Mode::Table
+        }
+    }
+}
+
+/// BCC's `-4` / `-6` (one or the other).
+#[derive(Args, Debug, Clone, Default)]
+pub struct FamilyArgs {
+    /// trace IPv4 family only
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// trace IPv6 family only
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+}
+
+impl FamilyArgs {
+    /// AF_INET, AF_INET6, or None for both.
+    pub fn family(&self) -> Option<u16> {
+        match (self.ipv4, self.ipv6) {
+            (true, false) => Some(crate::format::AF_INET),
+            (false, true) => Some(crate::format::AF_INET6),
+            _ => None,
+        }
+    }
+}
+
 static VERBOSE: AtomicBool = AtomicBool::new(false);
 
 /// A --verbose diagnostic on stderr.

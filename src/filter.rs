@@ -79,16 +79,6 @@ pub struct Filters {
     pub cgroup_id: Option<u64>,
 }
 
-impl Filters {
-    pub fn family_from_flags(ipv4: bool, ipv6: bool) -> Option<u16> {
-        match (ipv4, ipv6) {
-            (true, false) => Some(crate::format::AF_INET),
-            (false, true) => Some(crate::format::AF_INET6),
-            _ => None,
-        }
-    }
-}
-
 /// Writes [`Filters`] into a skeleton's `rodata` (every tool's rodata has the same `filter_*` fields).
 macro_rules! apply_filters {
     ($rodata:expr, $filters:expr) => {{
@@ -153,9 +143,11 @@ mod tests {
 
     #[test]
     fn family_flags() {
-        assert_eq!(Filters::family_from_flags(true, false), Some(2));
-        assert_eq!(Filters::family_from_flags(false, true), Some(10));
-        assert_eq!(Filters::family_from_flags(false, false), None);
+        use crate::cli::FamilyArgs;
+        let f = |ipv4, ipv6| FamilyArgs { ipv4, ipv6 }.family();
+        assert_eq!(f(true, false), Some(2));
+        assert_eq!(f(false, true), Some(10));
+        assert_eq!(f(false, false), None);
     }
 
     #[test]

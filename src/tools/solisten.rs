@@ -13,7 +13,7 @@ use libbpf_rs::skel::Skel as _;
 use crate::cli::{self, Common, load_tool};
 use crate::filter::{Filters, parse_id};
 use crate::format::{AF_INET6, errno_name, ip_addr, ip_version, owner_fields};
-use crate::output::{Col, Mode, Printer, TimeCols, Value};
+use crate::output::{Col, Printer, TimeCols, Value};
 use crate::runtime;
 
 mod skel {
@@ -106,7 +106,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         ..Default::default()
     };
     let json = a.common.json;
-    let mode = if json { Mode::Json } else { Mode::Table };
+    let mode = a.common.mode(false);
     let mut printer = Printer::new(
         mode,
         columns(a.show_netns),

@@ -16,7 +16,7 @@ use libbpf_rs::skel::Skel as _;
 use libbpf_rs::{MapCore, MapFlags};
 
 use crate::attach::{self, Kind};
-use crate::cli::{self, Common, load_tool};
+use crate::cli::{self, Common, FamilyArgs, load_tool};
 use crate::filter::{Filters, PortList, cgroup_id, parse_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Fields, Mode, Printer, TimeCols, Value};
@@ -75,12 +75,8 @@ struct Args {
     /// comma-separated list of destination ports to trace (ranges: 8000-8010)
     #[arg(short = 'P', long = "port", value_name = "PORT", value_parser = parse_ports)]
     port: Option<PortList>,
-    /// trace IPv4 family only
-    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
-    ipv4: bool,
-    /// trace IPv6 family only
-    #[arg(short = '6', long = "ipv6")]
-    ipv6: bool,
+    #[command(flatten)]
+    family: FamilyArgs,
     /// include LPORT on output
     #[arg(short = 'L', long = "lport")]
     lport: bool,
@@ -158,16 +154,12 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let filters = Filters {
         pid: a.pid,
         uid: a.uid,
-        family: Filters::family_from_flags(a.ipv4, a.ipv6),
+        family: a.family.family(),
         rports: a.port.clone(),
         cgroup_id: a.cgroup,
         ..Default::default()
     };
-    let mode = if a.common.json {
-        Mode::Json
-    } else {
-        Mode::Table
-    };
+    let mode = a.common.mode(false);
 
     // the hooks that depend on the kernel, probed after the privilege/tracefs checks
     runtime::preflight("tcpconnect")?;

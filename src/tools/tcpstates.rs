@@ -8,10 +8,10 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, load_tool};
+use crate::cli::{self, Common, FamilyArgs, load_tool};
 use crate::filter::{Filters, PortList, cgroup_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields, tcp_state};
-use crate::output::{Col, Mode, Printer, TimeCols, Value};
+use crate::output::{Col, Printer, TimeCols, Value};
 use crate::runtime;
 
 mod skel {
@@ -58,12 +58,8 @@ struct Args {
     /// comma-separated list of remote ports to trace
     #[arg(short = 'D', long = "remoteport", value_parser = parse_ports)]
     remoteport: Option<PortList>,
-    /// trace IPv4 family only
-    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
-    ipv4: bool,
-    /// trace IPv6 family only
-    #[arg(short = '6', long = "ipv6")]
-    ipv6: bool,
+    #[command(flatten)]
+    family: FamilyArgs,
     /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
     #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
     cgroup: Option<u64>,
@@ -100,19 +96,13 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         return cli::print_ebpf("tcpstates");
     }
     let filters = Filters {
-        family: Filters::family_from_flags(a.ipv4, a.ipv6),
+        family: a.family.family(),
         lports: a.localport.clone(),
         rports: a.remoteport.clone(),
         cgroup_id: a.cgroup,
         ..Default::default()
     };
-    let mode = if a.common.json {
-        Mode::Json
-    } else if a.csv {
-        Mode::Csv
-    } else {
-        Mode::Table
-    };
+    let mode = a.common.mode(a.csv);
     let mut printer = Printer::new(
         mode,
         columns(a.wide || a.csv),
