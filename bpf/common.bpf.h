@@ -125,12 +125,27 @@ static __always_inline __u16 sk_lport(const struct sock *sk)
 	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 }
 
-static __always_inline void read_sk_tuple(const struct sock *sk, struct sk_tuple *t)
+/* A field of struct sock: a plain load when `direct` (tp_btf/fentry programs, where the verifier knows
+ * sk's BTF type and makes the load fault-safe: several times cheaper than a helper call), else
+ * bpf_probe_read_kernel (raw_tp/kprobe/iterators). Every caller passes a constant, so only one branch is
+ * compiled into each program. Fields of struct inet_sock/tcp_sock are always read with the helper: the
+ * verifier types the pointer as struct sock and refuses loads past its end. */
+#define SK_FIELD(direct, sk, field) ((direct) ? (sk)->field : BPF_CORE_READ((sk), field))
+
+static __always_inline void read_sk_tuple_d(const struct sock *sk, struct sk_tuple *t, bool direct)
 {
-	t->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	t->family = SK_FIELD(direct, sk, __sk_common.skc_family);
 	t->lport = sk_lport(sk);
-	t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (t->family == AF_INET6) {
+	t->rport = bpf_ntohs(SK_FIELD(direct, sk, __sk_common.skc_dport));
+	if (direct) {
+		if (t->family == AF_INET6) {
+			__builtin_memcpy(t->laddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+			__builtin_memcpy(t->raddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		} else {
+			*(__u32 *)t->laddr = sk->__sk_common.skc_rcv_saddr;
+			*(__u32 *)t->raddr = sk->__sk_common.skc_daddr;
+		}
+	} else if (t->family == AF_INET6) {
 		BPF_CORE_READ_INTO(&t->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&t->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	} else {
@@ -139,9 +154,21 @@ static __always_inline void read_sk_tuple(const struct sock *sk, struct sk_tuple
 	}
 }
 
+static __always_inline void read_sk_tuple(const struct sock *sk, struct sk_tuple *t)
+{
+	read_sk_tuple_d(sk, t, false);
+}
+
+static __always_inline __u32 sk_netns_d(const struct sock *sk, bool direct)
+{
+	if (direct)
+		return sk->__sk_common.skc_net.net->ns.inum;
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
 static __always_inline __u32 sk_netns(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return sk_netns_d(sk, false);
 }
 
 /* The struct sock behind fd in the current task's fd table; NULL when fd is not an open socket.

@@ -67,9 +67,14 @@ static __always_inline void owner_from_current(struct sock_owner *o)
 
 static __always_inline void owner_set_current(const struct sock *sk)
 {
-	struct sock_owner o = {};
 	__u64 key = (__u64)sk;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sock_owner *cur = bpf_map_lookup_elem(&sock_owners, &key);
+	struct sock_owner o = {};
 
+	/* the common case on close(): the owner is already this process, nothing to write */
+	if (cur && cur->pid == pid_tgid >> 32)
+		return;
 	owner_from_current(&o);
 	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
 }
@@ -86,16 +91,17 @@ static __always_inline void owner_forget(const struct sock *sk)
 	bpf_map_delete_elem(&sock_owners, &key);
 }
 
-static __always_inline void listener_record(const struct sock *sk, const struct sock_owner *o)
+static __always_inline void listener_record(const struct sock *sk, const struct sock_owner *o, bool direct)
 {
-	struct listen_key k = { .netns = sk_netns(sk), .port = sk_lport(sk) };
+	struct listen_key k = { .netns = sk_netns_d(sk, direct), .port = sk_lport(sk) };
 	struct listen_owner lo = { .sk = (__u64)sk, .owner = *o };
 
 	bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY);
 }
 
-/* Keep the owner maps in step with a state change. Call first in every inet_sock_set_state handler. */
-static __always_inline void owner_on_state(const struct sock *sk, int oldstate, int newstate)
+/* Keep the owner maps in step with a state change. Call first in every inet_sock_set_state handler;
+ * `direct` as for SK_FIELD (true in tp_btf programs). */
+static __always_inline void owner_on_state_d(const struct sock *sk, int oldstate, int newstate, bool direct)
 {
 	__u64 key = (__u64)sk;
 
@@ -109,13 +115,13 @@ static __always_inline void owner_on_state(const struct sock *sk, int oldstate, 
 		struct sock_owner o = {};
 		owner_from_current(&o);
 		bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
-		listener_record(sk, &o);
+		listener_record(sk, &o, direct);
 		return;
 	}
 	case TCP_SYN_RECV:
 		if (oldstate == TCP_LISTEN) {
 			/* a child socket cloned from its listener, in softirq: inherit the listener's owner */
-			struct listen_key k = { .netns = sk_netns(sk),
+			struct listen_key k = { .netns = sk_netns_d(sk, direct),
 						.port = sk_lport(sk) };
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
 			if (lo)
@@ -124,7 +130,7 @@ static __always_inline void owner_on_state(const struct sock *sk, int oldstate, 
 		return;
 	case TCP_CLOSE:
 		if (oldstate == TCP_LISTEN) {
-			struct listen_key k = { .netns = sk_netns(sk),
+			struct listen_key k = { .netns = sk_netns_d(sk, direct),
 						.port = sk_lport(sk) };
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
 			if (lo && lo->sk == key)
@@ -132,6 +138,11 @@ static __always_inline void owner_on_state(const struct sock *sk, int oldstate, 
 		}
 		return;
 	}
+}
+
+static __always_inline void owner_on_state(const struct sock *sk, int oldstate, int newstate)
+{
+	owner_on_state_d(sk, oldstate, newstate, false);
 }
 
 /* The owner to print for an event on sk: the recorded owner, else (only in a transition known to run in
@@ -227,7 +238,7 @@ int sockowner_seed(struct bpf_iter__task_file *ctx)
 	key = (__u64)sk;
 	bpf_map_update_elem(&sock_owners, &key, &o, BPF_NOEXIST);
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
-		listener_record(sk, &o);
+		listener_record(sk, &o, false);
 	return 0;
 }
 

@@ -44,16 +44,17 @@ static __always_inline void payload_bytes(const struct sock *sk, __u32 flags, __
 	*rx = received;
 }
 
-static __always_inline int handle_set_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
+/* direct: true in the tp_btf program (plain loads from sk), false in raw_tp (helper reads) */
+static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate, bool direct)
 {
 	struct tcplife_event *e;
 	struct sk_tuple t = {};
 	__u64 key = (__u64)sk, now;
 	struct session *sess;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	owner_on_state(sk, oldstate, newstate);
+	owner_on_state_d(sk, oldstate, newstate, direct);
 
 	if (newstate < TCP_FIN_WAIT1) {
 		struct session fresh = { .born = bpf_ktime_get_ns() };
@@ -74,7 +75,7 @@ static __always_inline int handle_set_state(void *ctx, const struct sock *sk, in
 	if (!sess)
 		goto out; /* listener, or a session born before we started */
 	now = bpf_ktime_get_ns();
-	read_sk_tuple(sk, &t);
+	read_sk_tuple_d(sk, &t, direct);
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		goto out;
 
@@ -106,11 +107,11 @@ out:
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcplife_set_state__btf, const struct sock *sk, int oldstate, int newstate)
 {
-	return handle_set_state(ctx, sk, oldstate, newstate);
+	return handle_set_state(sk, oldstate, newstate, true);
 }
 
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(tcplife_set_state__raw, const struct sock *sk, int oldstate, int newstate)
 {
-	return handle_set_state(ctx, sk, oldstate, newstate);
+	return handle_set_state(sk, oldstate, newstate, false);
 }

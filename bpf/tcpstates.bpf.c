@@ -17,15 +17,16 @@ struct {
 	__type(value, __u64);
 } last_change SEC(".maps");
 
-static __always_inline int handle_set_state(void *ctx, const struct sock *sk, int oldstate, int newstate)
+/* direct: true in the tp_btf program (plain loads from sk), false in raw_tp (helper reads) */
+static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate, bool direct)
 {
 	struct tcpstates_event *e;
 	struct sk_tuple t = {};
 	__u64 key = (__u64)sk, now, *prev;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	owner_on_state(sk, oldstate, newstate);
+	owner_on_state_d(sk, oldstate, newstate, direct);
 
 	now = bpf_ktime_get_ns();
 	prev = bpf_map_lookup_elem(&last_change, &key);
@@ -35,7 +36,7 @@ static __always_inline int handle_set_state(void *ctx, const struct sock *sk, in
 	else
 		bpf_map_update_elem(&last_change, &key, &now, BPF_ANY);
 
-	read_sk_tuple(sk, &t);
+	read_sk_tuple_d(sk, &t, direct);
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		goto out;
 
@@ -69,11 +70,11 @@ out:
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcpstates_set_state__btf, const struct sock *sk, int oldstate, int newstate)
 {
-	return handle_set_state(ctx, sk, oldstate, newstate);
+	return handle_set_state(sk, oldstate, newstate, true);
 }
 
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(tcpstates_set_state__raw, const struct sock *sk, int oldstate, int newstate)
 {
-	return handle_set_state(ctx, sk, oldstate, newstate);
+	return handle_set_state(sk, oldstate, newstate, false);
 }

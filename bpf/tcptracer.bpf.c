@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* tcptracer: one line per connect (C), accept (A) and close (X) of an established TCP connection.
+ *
+ * BCC hooks tcp_v4/v6_connect, tcp_set_state and tcp_close with kprobes and inet_csk_accept with a
+ * kretprobe. Here:
+ *   C  sock:inet_sock_set_state SYN_SENT -> ESTABLISHED (an active open that succeeded). It runs in
+ *      softirq context (on loopback: in whichever task sent the SYN-ACK), so the process is the owner the
+ *      socket-owner map recorded at CLOSE -> SYN_SENT, inside the connecting task's connect().
+ *   A  syscalls:sys_exit_accept4 / sys_exit_accept: the returned fd resolved to its socket, in the
+ *      accepting task (which also becomes the socket's recorded owner).
+ *   X  sock:inet_sock_set_state to CLOSE from a state of an established connection (ESTABLISHED,
+ *      FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING): not from SYN_SENT or SYN_RECV (a connection that was
+ *      never established, as BCC) nor LISTEN. The owner comes from the socket-owner map: the final
+ *      transition usually runs in softirq context, on loopback in the peer's task.
+ * SADDR/SPORT are always the local end, DADDR/DPORT the remote end. */
+#include "common.bpf.h"
+#include "sockowner.bpf.h"
+#include "tcptracer.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct tcptracer_event _tcptracer_event = {};
+
+/* -N/--netns: only sockets of this network namespace (inode number); 0: any */
+const volatile __u32 filter_netns = 0;
+
+static __always_inline void emit(const struct sock *sk, __u32 kind, const struct sock_owner *o)
+{
+	struct tcptracer_event *e;
+	struct sk_tuple t = {};
+	__u32 netns;
+
+	read_sk_tuple(sk, &t);
+	if (!family_ok(t.family) || !t.lport || !t.rport)
+		return;
+	netns = sk_netns(sk);
+	if (filter_netns && netns != filter_netns)
+		return;
+	if (!tgid_ok(o->pid) || !uid_ok(o->uid) || !cgroup_ok(o->cgroup))
+		return;
+
+	e = event_reserve(sizeof(*e));
+	if (!e)
+		return;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->owner = *o;
+	e->kind = kind;
+	e->netns = netns;
+	e->family = t.family;
+	e->sport = t.lport;
+	e->dport = t.rport;
+	e->pad = 0;
+	__builtin_memcpy(e->saddr, t.laddr, 16);
+	__builtin_memcpy(e->daddr, t.raddr, 16);
+	event_submit(e);
+}
+
+/* States of a connection that was established; a CLOSE from any of them is BCC's "close". */
+static __always_inline bool was_established(int state)
+{
+	switch (state) {
+	case TCP_ESTABLISHED:
+	case TCP_FIN_WAIT1:
+	case TCP_FIN_WAIT2:
+	case TCP_CLOSE_WAIT:
+	case TCP_LAST_ACK:
+	case TCP_CLOSING:
+	case TCP_TIME_WAIT:
+		return true;
+	}
+	return false;
+}
+
+static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate)
+{
+	struct sock_owner o;
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	owner_on_state(sk, oldstate, newstate);
+
+	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
+		owner_resolve(sk, newstate, &o);
+		emit(sk, TCPTRACER_CONNECT, &o);
+	} else if (newstate == TCP_CLOSE) {
+		if (was_established(oldstate)) {
+			owner_resolve(sk, newstate, &o);
+			emit(sk, TCPTRACER_CLOSE, &o);
+		}
+		owner_forget(sk);
+	}
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcptracer_set_state__btf, const struct sock *sk, int oldstate, int newstate)
+{
+	return handle_set_state(sk, oldstate, newstate);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(tcptracer_set_state__raw, const struct sock *sk, int oldstate, int newstate)
+{
+	return handle_set_state(sk, oldstate, newstate);
+}
+
+/* accept()/accept4() returned fd ret: the accepting process now owns that socket. This replaces the
+ * socket-owner component's own accept hooks (user space does not load those for tcptracer). */
+static __always_inline int on_accept_exit(long ret)
+{
+	struct sock_owner o = {};
+	struct sock *sk;
+	__u64 key;
+
+	if (ret < 0)
+		return 0;
+	sk = sock_of_fd(ret);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	owner_from_current(&o);
+	key = (__u64)sk;
+	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
+	emit(sk, TCPTRACER_ACCEPT, &o);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int tcptracer_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int tcptracer_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept_exit(ctx->ret);
+}
