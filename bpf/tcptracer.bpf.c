@@ -24,16 +24,17 @@ struct tcptracer_event _tcptracer_event = {};
 /* -N/--netns: only sockets of this network namespace (inode number); 0: any */
 const volatile __u32 filter_netns = 0;
 
-static __always_inline void emit(const struct sock *sk, __u32 kind, const struct sock_owner *o)
+/* direct: true in the tp_btf program (plain loads from sk, see SK_FIELD), false elsewhere */
+static __always_inline void emit(const struct sock *sk, __u32 kind, const struct sock_owner *o, bool direct)
 {
 	struct tcptracer_event *e;
 	struct sk_tuple t = {};
 	__u32 netns;
 
-	read_sk_tuple(sk, &t);
+	read_sk_tuple_d(sk, &t, direct);
 	if (!family_ok(t.family) || !t.lport || !t.rport)
 		return;
-	netns = sk_netns(sk);
+	netns = sk_netns_d(sk, direct);
 	if (filter_netns && netns != filter_netns)
 		return;
 	if (!tgid_ok(o->pid) || !uid_ok(o->uid) || !cgroup_ok(o->cgroup))
@@ -71,21 +72,21 @@ static __always_inline bool was_established(int state)
 	return false;
 }
 
-static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate, bool direct)
 {
 	struct sock_owner o;
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	owner_on_state(sk, oldstate, newstate);
+	owner_on_state_d(sk, oldstate, newstate, direct);
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
 		owner_resolve(sk, newstate, &o);
-		emit(sk, TCPTRACER_CONNECT, &o);
+		emit(sk, TCPTRACER_CONNECT, &o, direct);
 	} else if (newstate == TCP_CLOSE) {
 		if (was_established(oldstate)) {
 			owner_resolve(sk, newstate, &o);
-			emit(sk, TCPTRACER_CLOSE, &o);
+			emit(sk, TCPTRACER_CLOSE, &o, direct);
 		}
 		owner_forget(sk);
 	}
@@ -95,13 +96,13 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcptracer_set_state__btf, const struct sock *sk, int oldstate, int newstate)
 {
-	return handle_set_state(sk, oldstate, newstate);
+	return handle_set_state(sk, oldstate, newstate, true);
 }
 
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(tcptracer_set_state__raw, const struct sock *sk, int oldstate, int newstate)
 {
-	return handle_set_state(sk, oldstate, newstate);
+	return handle_set_state(sk, oldstate, newstate, false);
 }
 
 /* accept()/accept4() returned fd ret: the accepting process now owns that socket. This replaces the
@@ -120,7 +121,7 @@ static __always_inline int on_accept_exit(long ret)
 	owner_from_current(&o);
 	key = (__u64)sk;
 	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
-	emit(sk, TCPTRACER_ACCEPT, &o);
+	emit(sk, TCPTRACER_ACCEPT, &o, false);
 	return 0;
 }
 

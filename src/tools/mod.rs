@@ -8,6 +8,7 @@ pub mod tcpconnect;
 pub mod tcpconnlat;
 pub mod tcplife;
 pub mod tcpstates;
+pub mod tcptracer;
 
 pub struct Tool {
     pub name: &'static str,
@@ -45,6 +46,11 @@ pub const TOOLS: &[Tool] = &[
         name: "tcpstates",
         about: "TCP state changes, with time in each state and the owning process",
         run: tcpstates::run,
+    },
+    Tool {
+        name: "tcptracer",
+        about: "TCP connects, accepts and closes of established connections, with their owners",
+        run: tcptracer::run,
     },
 ];
 

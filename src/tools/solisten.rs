@@ -63,7 +63,7 @@ struct Args {
 
 /// A network namespace: an inode number (as `--show-netns` prints it), or a file naming one
 /// (`/run/netns/NAME`, `/proc/PID/ns/net`).
-fn parse_netns(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_netns(s: &str) -> Result<u32, String> {
     if let Ok(n) = s.trim().parse::<u32>() {
         return if n == 0 {
             Err("invalid network namespace '0'".into())
