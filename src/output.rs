@@ -356,8 +356,7 @@ mod tests {
         p.event(Some(5_000_000_000), &f).unwrap();
         p.event(Some(6_500_000_000), &f).unwrap();
         p.json_record(&vec![("lost", Value::U(0))]).unwrap();
-        let s = String::from_utf8(buf.0.borrow().clone()).unwrap();
-        s
+        String::from_utf8(buf.0.borrow().clone()).unwrap()
     }
 
     #[test]

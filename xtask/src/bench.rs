@@ -121,6 +121,50 @@ fn start(argv: &[String]) -> Result<Running, String> {
     })
 }
 
+/// Time the kernel spent running a process's BPF programs so far, in ns: the sum of `run_time_ns` over
+/// the BPF program fds in /proc/PID/fdinfo (counted while kernel.bpf_stats_enabled is 1). Exact and
+/// immune to scheduling noise, and the same measure for sockray and libbpf-tools.
+fn bpf_run_ns(pid: u32) -> u64 {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in dir.flatten() {
+        let Ok(info) = fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if !info.contains("prog_type:") {
+            continue;
+        }
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_time_ns:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// Turns kernel.bpf_stats_enabled on for the bench, restores it after.
+struct BpfStats(Option<String>);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    fn enable() -> BpfStats {
+        let old = fs::read_to_string(Self::PATH).ok();
+        let _ = fs::write(Self::PATH, "1");
+        BpfStats(old)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = fs::write(Self::PATH, old.trim());
+        }
+    }
+}
+
 /// CPU time (user + system) a process has used so far, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -314,6 +358,8 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut rss: Vec<u64> = vec![0; configs.len()];
     let mut cpu: Vec<f64> = vec![0.0; configs.len()];
+    let mut bpf_ns: Vec<u64> = vec![0; configs.len()];
+    let _stats = BpfStats::enable();
     let mut lost: Vec<Option<u64>> = vec![None; configs.len()];
     let mut run_no = 0;
     for _ in 0..ROUNDS {
@@ -338,6 +384,7 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
                 thread::sleep(Duration::from_millis(300));
                 rss[i] = rss[i].max(r.peak_rss_kib());
                 cpu[i] += cpu_seconds(r.child.id());
+                bpf_ns[i] += bpf_run_ns(r.child.id());
                 let last = r.stop();
                 if t.sockray {
                     let n = lost_of(last)
@@ -351,8 +398,15 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
     let base = median(rates[0].clone());
     println!();
     println!(
-        "{:<24} {:>11} {:>13} {:>12} {:>9} {:>6}",
-        "TRACER", "START(ms)", "PEAK_RSS(MiB)", "CONN/s", "SLOWDOWN", "LOST"
+        "{:<24} {:>11} {:>13} {:>10} {:>9} {:>12} {:>10} {:>6}",
+        "TRACER",
+        "START(ms)",
+        "PEAK_RSS(MiB)",
+        "CONN/s",
+        "SLOWDOWN",
+        "BPF_NS/CONN",
+        "CPU_MS/1K",
+        "LOST"
     );
     for (i, t) in configs.iter().enumerate() {
         let st = startup
@@ -372,8 +426,17 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
             format!("{:.1}%", (1.0 - rate / base) * 100.0)
         };
         let lo = lost[i].map(|n| n.to_string()).unwrap_or("-".into());
+        let conns = (CONNS as usize * ROUNDS) as f64;
+        let (kns, ucpu) = if t.argv.is_some() {
+            (
+                format!("{:.0}", bpf_ns[i] as f64 / conns),
+                format!("{:.1}", cpu[i] * 1e6 / conns),
+            )
+        } else {
+            ("-".into(), "-".into())
+        };
         println!(
-            "{:<24} {st:>11} {mem:>13} {rate:>12.0} {slow:>9} {lo:>6}",
+            "{:<24} {st:>11} {mem:>13} {rate:>10.0} {slow:>9} {kns:>12} {ucpu:>10} {lo:>6}",
             t.name
         );
     }

@@ -1,0 +1,160 @@
+//! The command line, without BPF: help, flag errors, --ebpf, and the multi-call symlink. Runs as any user.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{run_timeout, sockray_bin};
+
+fn sockray(args: &[&str]) -> Output {
+    run_timeout(
+        Command::new(sockray_bin()).args(args),
+        Duration::from_secs(20),
+    )
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn no_panic(o: &Output) {
+    let all = text(&o.stdout) + &text(&o.stderr);
+    assert!(!all.contains("panicked"), "panic output: {all}");
+    assert!(!all.contains("RUST_BACKTRACE"), "panic output: {all}");
+}
+
+#[test]
+fn top_level_help_lists_the_tools() {
+    let o = sockray(&["--help"]);
+    assert!(o.status.success(), "sockray --help: {}", o.status);
+    let out = text(&o.stdout);
+    assert!(out.contains("tcplife"), "{out}");
+    assert!(out.contains("tcpstates"), "{out}");
+    no_panic(&o);
+}
+
+#[test]
+fn tool_help_shows_its_flags() {
+    for tool in ["tcplife", "tcpstates"] {
+        let o = sockray(&[tool, "--help"]);
+        assert!(o.status.success(), "sockray {tool} --help: {}", o.status);
+        let out = text(&o.stdout);
+        for flag in ["-L", "-D", "-4", "-6", "--json"] {
+            assert!(
+                out.contains(flag),
+                "sockray {tool} --help lacks {flag}:\n{out}"
+            );
+        }
+        no_panic(&o);
+    }
+    let out = text(&sockray(&["tcplife", "--help"]).stdout);
+    assert!(out.contains("-p"), "tcplife --help lacks -p:\n{out}");
+}
+
+#[test]
+fn bad_port_is_a_one_line_error() {
+    for tool in ["tcplife", "tcpstates"] {
+        for flag in ["-L", "-D"] {
+            let o = sockray(&[tool, flag, "70000"]);
+            assert!(!o.status.success(), "sockray {tool} {flag} 70000 succeeded");
+            no_panic(&o);
+            let err = text(&o.stderr);
+            // the message itself is one line; clap's "For more information, try '--help'." hint may follow
+            let lines: Vec<&str> = err
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with("For more information"))
+                .collect();
+            assert_eq!(
+                lines.len(),
+                1,
+                "sockray {tool} {flag} 70000: want a one-line error, got:\n{err}"
+            );
+            assert!(
+                lines[0].contains("70000"),
+                "the error does not name the port:\n{err}"
+            );
+            assert!(o.stdout.is_empty(), "stdout: {}", text(&o.stdout));
+        }
+    }
+}
+
+#[test]
+fn unknown_tool_fails() {
+    let o = sockray(&["nosuchtool"]);
+    assert!(!o.status.success(), "sockray nosuchtool succeeded");
+    no_panic(&o);
+    assert!(
+        text(&o.stderr).contains("nosuchtool"),
+        "stderr: {}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn ebpf_prints_the_program() {
+    for tool in ["tcplife", "tcpstates"] {
+        let o = sockray(&[tool, "--ebpf"]);
+        assert!(
+            o.status.success(),
+            "sockray {tool} --ebpf: {} {}",
+            o.status,
+            text(&o.stderr)
+        );
+        let out = text(&o.stdout);
+        assert!(
+            out.contains("inet_sock_set_state"),
+            "sockray {tool} --ebpf:\n{out}"
+        );
+        assert!(out.contains("SEC("), "not BPF C:\n{out}");
+        no_panic(&o);
+    }
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sockray-cli-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn symlink_named_after_a_tool_runs_it() {
+    let dir = TempDir::new();
+    for tool in ["tcplife", "tcpstates"] {
+        let link = dir.0.join(tool);
+        std::os::unix::fs::symlink(sockray_bin(), &link).unwrap();
+        let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));
+        assert!(
+            o.status.success(),
+            "{tool} --help via symlink: {} {}",
+            o.status,
+            text(&o.stderr)
+        );
+        let out = text(&o.stdout);
+        assert!(out.contains("-L"), "{tool} --help via symlink:\n{out}");
+        assert!(
+            out.contains(tool),
+            "{tool} --help via symlink does not name the tool:\n{out}"
+        );
+        no_panic(&o);
+    }
+}

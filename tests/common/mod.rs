@@ -1,0 +1,1281 @@
+//! Shared harness of the BPF integration tests: a network namespace per test, the tracer under test run
+//! in the root namespace (BPF tracing is system-wide), and `sockray-testgen` run inside the namespace to
+//! make traffic whose owners (pid, comm) and byte counts are known exactly.
+//!
+//! The tracer sees the whole host's TCP traffic, so every test picks its rows by the ports (and
+//! addresses) it used itself.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+/// The binary under test (`SOCKRAY_TEST_BIN` overrides it, e.g. to test an installed build).
+pub fn sockray_bin() -> String {
+    std::env::var("SOCKRAY_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sockray").to_string())
+}
+
+pub const TESTGEN: &str = env!("CARGO_BIN_EXE_sockray-testgen");
+
+/// How long a tracer may take to attach its probes.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a tracer may take to exit after SIGINT.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between the end of the traffic and stopping the tracer, so the last events arrive.
+pub const SETTLE: Duration = Duration::from_millis(300);
+/// Upper bound of any session lifespan / state duration in these tests, in ms.
+pub const MAX_MS: f64 = 5000.0;
+
+// ---------------------------------------------------------------------------------------------------
+// preconditions
+
+/// True when BPF tests can run here: root and kernel BTF. Otherwise panics under CI (`CI` set: the tests
+/// must fail there, not pass vacuously) or prints a skip note and returns false.
+pub fn require_bpf() -> bool {
+    // SAFETY: geteuid never fails.
+    let root = unsafe { libc::geteuid() } == 0;
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    if root && btf {
+        return true;
+    }
+    let why = match (root, btf) {
+        (false, false) => "not root and no /sys/kernel/btf/vmlinux",
+        (false, true) => "not root",
+        _ => "no /sys/kernel/btf/vmlinux (kernel without BTF)",
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("BPF integration tests cannot run under CI: {why}");
+    }
+    eprintln!("note: skipping BPF integration test: {why}");
+    false
+}
+
+// ---------------------------------------------------------------------------------------------------
+// processes with time limits
+
+/// Run a command to completion, killing it (by PID) if it overruns. Panics on overrun or spawn failure.
+pub fn run_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let out_t = drain(child.stdout.take().unwrap());
+    let err_t = drain(child.stderr.take().unwrap());
+    let status = wait_timeout(&mut child, limit).unwrap_or_else(|| {
+        kill_by_pid(&mut child, libc::SIGKILL);
+        let _ = child.wait();
+        panic!("{desc} did not finish within {limit:?}");
+    });
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+fn drain<R: Read + Send + 'static>(mut r: R) -> JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Poll for the child's exit until the limit.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Signal one child we started, by its PID (only while it has not been reaped).
+pub fn kill_by_pid(child: &mut Child, sig: libc::c_int) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: kill(2) on the PID of our own, not yet reaped child.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// network namespaces
+
+static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace of this test, with loopback up; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("sockray-t-{}-{}", std::process::id(), n);
+        let add_ns = || {
+            run_timeout(
+                Command::new("ip").args(["netns", "add", &name]),
+                Duration::from_secs(10),
+            )
+        };
+        let mut add = add_ns();
+        if !add.status.success() && String::from_utf8_lossy(&add.stderr).contains("exists") {
+            // left over by an earlier run whose PID this process now has: ours to replace
+            let _ = run_timeout(
+                Command::new("ip").args(["netns", "del", &name]),
+                Duration::from_secs(10),
+            );
+            add = add_ns();
+        }
+        assert!(
+            add.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&add.stderr)
+        );
+        let ns = Netns { name };
+        let up = run_timeout(
+            Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]),
+            Duration::from_secs(10),
+        );
+        assert!(
+            up.status.success(),
+            "ip -n {} link set lo up: {}",
+            ns.name,
+            String::from_utf8_lossy(&up.stderr)
+        );
+        ns
+    }
+
+    /// `ip netns exec NAME args...`
+    pub fn exec(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// ports, clocks
+
+static PORT_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A port in 20000..32768, different for every call in this process (random start per process).
+///
+/// Below the kernel's ephemeral range (32768-60999 by default): an earlier client of the same netns
+/// whose socket lingers in TIME_WAIT / FIN_WAIT2 on an ephemeral port makes bind(2) of that port fail
+/// with EADDRINUSE even with SO_REUSEADDR (the client did not set it). No collision is possible inside
+/// a fresh netns otherwise; the tracer sees host traffic too, so rows are still picked by port *and*
+/// pid / address.
+pub fn pick_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const SPAN: u32 = 12768;
+    static BASE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        (h.finish() % SPAN as u64) as u32
+    });
+    let n = PORT_COUNTER.fetch_add(1, Ordering::SeqCst);
+    (20000 + (base + n * 7) % SPAN) as u16
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Hold for a whole test to run this binary's BPF tests one at a time. Tests in parallel disturb each
+/// other through the tracer itself: a starting tracer walks every process's sockets (task_file
+/// iterator), holding a reference to each file for a moment; a socket closed by its owner during that
+/// moment is then released in the *tracer's* context (see process_context). Poisoning (a failed test)
+/// does not stop the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+// ---------------------------------------------------------------------------------------------------
+// the tracer under test
+
+/// `sockray <tool> --json --verbose args...`, running in the root namespace.
+pub struct Tracer {
+    child: Option<Child>,
+    desc: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What a tracer printed: its records (without the final `{"lost": N}`) and its stderr.
+pub struct Trace {
+    pub rows: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Tracer {
+    /// Start the tool and wait (up to READY_TIMEOUT) for `sockray: ready` on its stderr.
+    pub fn start(tool: &str, args: &[&str]) -> Tracer {
+        let bin = sockray_bin();
+        let mut cmd = Command::new(&bin);
+        cmd.arg(tool).arg("--json").arg("--verbose").args(args);
+        let desc = format!("sockray {tool} --json --verbose {}", args.join(" "));
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel::<bool>();
+
+        let err_pipe = child.stderr.take().unwrap();
+        let err_buf = Arc::clone(&stderr);
+        let t_err = thread::spawn(move || {
+            let mut r = BufReader::new(err_pipe);
+            let mut line = String::new();
+            let mut told = false;
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        err_buf.lock().unwrap().push_str(&line);
+                        if !told && line.contains("sockray: ready") {
+                            told = true;
+                            let _ = ready_tx.send(true);
+                        }
+                    }
+                }
+            }
+            if !told {
+                let _ = ready_tx.send(false);
+            }
+        });
+
+        let out_pipe = child.stdout.take().unwrap();
+        let out_buf = Arc::clone(&stdout);
+        let t_out = thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines() {
+                match line {
+                    Ok(l) => out_buf.lock().unwrap().push(l),
+                    Err(_) => break,
+                }
+            }
+        });
+
+        let mut tracer = Tracer {
+            child: Some(child),
+            desc,
+            stdout,
+            stderr,
+            threads: vec![t_err, t_out],
+        };
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(true) => tracer,
+            Ok(false) | Err(RecvTimeoutError::Disconnected) => {
+                let child = tracer.child.as_mut().unwrap();
+                let st = wait_timeout(child, Duration::from_secs(5));
+                let err = tracer.stderr.lock().unwrap().clone();
+                panic!(
+                    "{} exited before it was ready (status {st:?}); stderr:\n{err}",
+                    tracer.desc
+                );
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let err = tracer.stderr.lock().unwrap().clone();
+                panic!(
+                    "{} not ready within {READY_TIMEOUT:?}; stderr:\n{err}",
+                    tracer.desc
+                );
+                // Drop kills the child
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGINT, wait for a clean exit (status 0), check the final `{"lost": 0}` record, return the rest.
+    pub fn stop(mut self) -> Trace {
+        let mut child = self.child.take().unwrap();
+        // The tracer may still be running a while after it was ready; give events time to arrive.
+        kill_by_pid(&mut child, libc::SIGINT);
+        let status = match wait_timeout(&mut child, STOP_TIMEOUT) {
+            Some(st) => st,
+            None => {
+                kill_by_pid(&mut child, libc::SIGKILL);
+                let _ = child.wait();
+                let err = self.stderr.lock().unwrap().clone();
+                panic!(
+                    "{} did not exit within {STOP_TIMEOUT:?} of SIGINT; stderr:\n{err}",
+                    self.desc
+                );
+            }
+        };
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let stderr = self.stderr.lock().unwrap().clone();
+        let lines = std::mem::take(&mut *self.stdout.lock().unwrap());
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGINT; stderr:\n{stderr}",
+            self.desc
+        );
+
+        let mut rows: Vec<Value> = lines
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("{}: stdout line is not JSON ({e}): {l:?}", self.desc)
+                });
+                assert!(
+                    v.is_object(),
+                    "{}: stdout line is not a JSON object: {l}",
+                    self.desc
+                );
+                v
+            })
+            .collect();
+        let last = rows
+            .pop()
+            .unwrap_or_else(|| panic!("{}: no output at all; stderr:\n{stderr}", self.desc));
+        let obj = last.as_object().unwrap();
+        assert!(
+            obj.len() == 1 && obj.contains_key("lost"),
+            "{}: last line must be {{\"lost\": N}}, got {last}; stderr:\n{stderr}",
+            self.desc
+        );
+        assert_eq!(
+            last["lost"].as_u64(),
+            Some(0),
+            "{}: events were lost: {last} (is something flooding the host with TCP connections, \
+             e.g. `cargo xtask bench`, at the same time?)",
+            self.desc
+        );
+        for r in &rows {
+            assert!(
+                !r.as_object().unwrap().contains_key("lost"),
+                "{}: a lost record before the end: {r}",
+                self.desc
+            );
+        }
+        Trace { rows, stderr }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // Only when stop() was not reached (a failed test): never leave a tracer behind.
+        if let Some(mut child) = self.child.take() {
+            kill_by_pid(&mut child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// the traffic generator
+
+/// One run of `sockray-testgen` inside a namespace; its stdout JSON lines arrive on a thread.
+pub struct Gen {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    desc: String,
+    lines: Receiver<String>,
+    seen: Vec<Value>,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Gen {
+    pub fn spawn(ns: &Netns, args: &[String]) -> Gen {
+        let mut full: Vec<&str> = vec![TESTGEN];
+        full.extend(args.iter().map(String::as_str));
+        let mut cmd = ns.exec(&full);
+        let desc = format!("sockray-testgen {}", args.join(" "));
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Some(drain(child.stderr.take().unwrap()));
+        Gen {
+            child: Some(child),
+            stdin,
+            desc,
+            lines: rx,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn push(&mut self, l: &str) -> Value {
+        let v: Value = serde_json::from_str(l)
+            .unwrap_or_else(|e| panic!("{}: bad JSON line ({e}): {l:?}", self.desc));
+        self.seen.push(v.clone());
+        v
+    }
+
+    /// Wait (bounded) for the first line with this role; earlier lines are kept for finish().
+    pub fn wait_role(&mut self, role: &str, limit: Duration) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| v["role"] == role) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let v = self.push(&l);
+                    if v["role"] == role {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no {role:?} line within {limit:?} (seen: {:?})",
+                    self.desc, self.seen
+                ),
+            }
+        }
+    }
+
+    /// Let a `--wait-go` client start.
+    pub fn go(&mut self) {
+        let mut s = self.stdin.take().expect("go() twice");
+        s.write_all(b"go\n").expect("write go");
+    }
+
+    /// Wait (bounded) for exit 0 and return every JSON line it printed.
+    pub fn finish(mut self, limit: Duration) -> Vec<Value> {
+        drop(self.stdin.take());
+        let mut child = self.child.take().unwrap();
+        let st = wait_timeout(&mut child, limit);
+        let err = self.stderr.take().unwrap();
+        let Some(st) = st else {
+            kill_by_pid(&mut child, libc::SIGKILL);
+            let _ = child.wait();
+            panic!("{} did not finish within {limit:?}", self.desc);
+        };
+        let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+        // the reader thread ends at EOF, after the generator (and its children) exited
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.push(&l);
+        }
+        assert!(st.success(), "{} failed ({st}); stderr:\n{err}", self.desc);
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Gen {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_by_pid(&mut child, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Run the generator to completion (30 s at most) and return its JSON lines.
+pub fn run_gen(ns: &Netns, args: &[String]) -> Vec<Value> {
+    Gen::spawn(ns, args).finish(Duration::from_secs(30))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closer {
+    Client,
+    Server,
+}
+
+/// Arguments of `sockray-testgen session`.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub addr: &'static str,
+    pub port: u16,
+    pub server_comm: &'static str,
+    pub client_comm: &'static str,
+    pub client_send: u64,
+    pub server_send: u64,
+    pub hold_ms: u64,
+    pub closer: Closer,
+    pub count: u32,
+    pub wait_go: bool,
+}
+
+impl Session {
+    pub fn new(
+        addr: &'static str,
+        port: u16,
+        server_comm: &'static str,
+        client_comm: &'static str,
+    ) -> Session {
+        Session {
+            addr,
+            port,
+            server_comm,
+            client_comm,
+            client_send: 3000,
+            server_send: 2000,
+            hold_ms: 300,
+            closer: Closer::Client,
+            count: 1,
+            wait_go: false,
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "session",
+            "--addr",
+            self.addr,
+            "--port",
+            &self.port.to_string(),
+            "--server-comm",
+            self.server_comm,
+            "--client-comm",
+            self.client_comm,
+            "--client-send",
+            &self.client_send.to_string(),
+            "--server-send",
+            &self.server_send.to_string(),
+            "--hold-ms",
+            &self.hold_ms.to_string(),
+            "--closer",
+            match self.closer {
+                Closer::Client => "client",
+                Closer::Server => "server",
+            },
+            "--count",
+            &self.count.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if self.wait_go {
+            a.push("--wait-go".into());
+        }
+        a
+    }
+
+    /// Run it in the namespace to completion.
+    pub fn run(&self, ns: &Netns) -> SessionOut {
+        SessionOut::parse(self, run_gen(ns, &self.args()))
+    }
+}
+
+/// One connection as one end saw it (a `client` or `server` line of the generator).
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub role: String,
+    pub pid: u64,
+    pub comm: String,
+    pub uid: u64,
+    pub family: u64,
+    pub laddr: String,
+    pub lport: u64,
+    pub raddr: String,
+    pub rport: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub closed_first: bool,
+}
+
+impl Conn {
+    pub fn from_json(v: &Value) -> Conn {
+        let s = |k: &str| {
+            v[k].as_str()
+                .unwrap_or_else(|| panic!("generator line without {k}: {v}"))
+                .to_string()
+        };
+        let u = |k: &str| {
+            v[k].as_u64()
+                .unwrap_or_else(|| panic!("generator line without {k}: {v}"))
+        };
+        Conn {
+            role: s("role"),
+            pid: u("pid"),
+            comm: s("comm"),
+            uid: u("uid"),
+            family: u("family"),
+            laddr: s("laddr"),
+            lport: u("lport"),
+            raddr: s("raddr"),
+            rport: u("rport"),
+            sent: v["sent"].as_u64().unwrap_or(0),
+            received: v["received"].as_u64().unwrap_or(0),
+            closed_first: v["closed_first"].as_bool().unwrap_or(false),
+        }
+    }
+}
+
+/// What a session run reported.
+#[derive(Debug)]
+pub struct SessionOut {
+    pub spec: Session,
+    /// The listener: pid, comm, uid, family, laddr, lport.
+    pub listen: Value,
+    pub server_pid: u64,
+    pub client_pid: u64,
+    /// Matching pairs, in order: clients[i] talked to servers[i].
+    pub clients: Vec<Conn>,
+    pub servers: Vec<Conn>,
+}
+
+impl SessionOut {
+    pub fn parse(spec: &Session, lines: Vec<Value>) -> SessionOut {
+        let listen = lines
+            .iter()
+            .find(|v| v["role"] == "server-listen")
+            .cloned()
+            .unwrap_or_else(|| panic!("no server-listen line: {lines:?}"));
+        let clients: Vec<Conn> = lines
+            .iter()
+            .filter(|v| v["role"] == "client")
+            .map(Conn::from_json)
+            .collect();
+        let mut servers: Vec<Conn> = lines
+            .iter()
+            .filter(|v| v["role"] == "server")
+            .map(Conn::from_json)
+            .collect();
+        assert_eq!(
+            clients.len(),
+            spec.count as usize,
+            "client lines: {lines:?}"
+        );
+        assert_eq!(
+            servers.len(),
+            spec.count as usize,
+            "server lines: {lines:?}"
+        );
+        // pair them by the 4-tuple
+        servers.sort_by_key(|s| {
+            clients
+                .iter()
+                .position(|c| c.lport == s.rport)
+                .expect("server without client")
+        });
+        for (c, s) in clients.iter().zip(&servers) {
+            assert_eq!(
+                (c.lport, c.rport),
+                (s.rport, s.lport),
+                "pairing {c:?} / {s:?}"
+            );
+        }
+        let server_pid = listen["pid"].as_u64().unwrap();
+        let client_pid = clients[0].pid;
+        assert_ne!(server_pid, client_pid);
+        SessionOut {
+            spec: spec.clone(),
+            listen,
+            server_pid,
+            client_pid,
+            clients,
+            servers,
+        }
+    }
+
+    pub fn port(&self) -> u64 {
+        self.listen["lport"].as_u64().unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// checking rows
+
+/// A field as u64 / str / f64, panicking with the row on a missing or mistyped field.
+pub fn u(row: &Value, k: &str) -> u64 {
+    row[k]
+        .as_u64()
+        .unwrap_or_else(|| panic!("field {k:?} missing or not an unsigned integer in {row}"))
+}
+
+pub fn s<'a>(row: &'a Value, k: &str) -> &'a str {
+    row[k]
+        .as_str()
+        .unwrap_or_else(|| panic!("field {k:?} missing or not a string in {row}"))
+}
+
+pub fn f(row: &Value, k: &str) -> f64 {
+    row[k]
+        .as_f64()
+        .unwrap_or_else(|| panic!("field {k:?} missing or not a number in {row}"))
+}
+
+/// The row has exactly these keys.
+pub fn assert_keys(row: &Value, keys: &[&str]) {
+    let have: Vec<&str> = row
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {row}"))
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    let mut want: Vec<&str> = keys.to_vec();
+    want.sort_unstable();
+    let mut have_sorted = have.clone();
+    have_sorted.sort_unstable();
+    assert_eq!(
+        have_sorted, want,
+        "record fields differ from the contract: {row}"
+    );
+}
+
+/// `skaddr` is a non-zero hex number (with or without 0x).
+pub fn assert_skaddr(row: &Value) {
+    let t = s(row, "skaddr");
+    let h = t.strip_prefix("0x").unwrap_or(t);
+    let v = u64::from_str_radix(h, 16)
+        .unwrap_or_else(|e| panic!("skaddr {t:?} is not hex ({e}): {row}"));
+    assert_ne!(v, 0, "skaddr is zero: {row}");
+}
+
+/// time_ns is wall-clock time inside [from, to] (1 s slack each side).
+pub fn assert_time(row: &Value, from_ns: u64, to_ns: u64) {
+    let t = u(row, "time_ns");
+    let slack = 1_000_000_000;
+    assert!(
+        t + slack >= from_ns && t <= to_ns + slack,
+        "time_ns {t} outside the test's wall-clock window [{from_ns}, {to_ns}]: {row}"
+    );
+}
+
+/// Rows of this socket's family and 4-tuple (as the local end sees it).
+pub fn rows_of<'a>(rows: &'a [Value], c: &Conn) -> Vec<&'a Value> {
+    rows.iter()
+        .filter(|r| {
+            r["ip"].as_u64() == Some(c.family)
+                && r["lport"].as_u64() == Some(c.lport)
+                && r["rport"].as_u64() == Some(c.rport)
+                && r["laddr"].as_str() == Some(c.laddr.as_str())
+                && r["raddr"].as_str() == Some(c.raddr.as_str())
+        })
+        .collect()
+}
+
+/// Rows that mention a port at either end.
+pub fn rows_with_port(rows: &[Value], port: u64) -> Vec<&Value> {
+    rows.iter()
+        .filter(|r| r["lport"].as_u64() == Some(port) || r["rport"].as_u64() == Some(port))
+        .collect()
+}
+
+pub const TCPLIFE_KEYS: &[&str] = &[
+    "time_ns", "pid", "comm", "uid", "ip", "laddr", "lport", "raddr", "rport", "tx_bytes",
+    "rx_bytes", "tx_kb", "rx_kb", "ms", "skaddr",
+];
+
+pub const TCPSTATES_KEYS: &[&str] = &[
+    "time_ns", "skaddr", "pid", "comm", "uid", "ctx_pid", "ip", "laddr", "lport", "raddr", "rport",
+    "oldstate", "newstate", "ms",
+];
+
+/// The one tcplife row of this connection end, checked field by field.
+///
+/// Byte counts are the kernel's tcp_sock.bytes_acked / bytes_received, which count the SYN the active
+/// opener sends (bytes_acked starts at 1 once the SYN is acked) and the FINs: tx may exceed what was
+/// written by up to 2, rx what was read by up to 1.
+/// `min_ms`: the socket was open at least this long.
+pub fn check_tcplife_row(rows: &[Value], c: &Conn, min_ms: f64, window: (u64, u64)) -> Value {
+    let mine = rows_of(rows, c);
+    assert_eq!(
+        mine.len(),
+        1,
+        "want exactly one tcplife row for {} {c:?}, got {mine:#?}",
+        c.role
+    );
+    let r = mine[0].clone();
+    assert_keys(&r, TCPLIFE_KEYS);
+    let who = format!(
+        "{} {}:{} -> {}:{}",
+        c.role, c.laddr, c.lport, c.raddr, c.rport
+    );
+    assert_eq!(
+        u(&r, "pid"),
+        c.pid,
+        "{who}: owner pid (server and client ends must each name their own process): {r}"
+    );
+    assert_eq!(s(&r, "comm"), c.comm, "{who}: owner comm: {r}");
+    assert_eq!(u(&r, "uid"), c.uid, "{who}: uid: {r}");
+    assert_eq!(u(&r, "ip"), c.family, "{who}: ip: {r}");
+    let tx = u(&r, "tx_bytes");
+    let rx = u(&r, "rx_bytes");
+    assert!(
+        tx >= c.sent && tx <= c.sent + 2,
+        "{who}: tx_bytes {tx}, the process wrote {}: {r}",
+        c.sent
+    );
+    assert!(
+        rx >= c.received && rx <= c.received + 1,
+        "{who}: rx_bytes {rx}, the process read {}: {r}",
+        c.received
+    );
+    assert_eq!(u(&r, "tx_kb"), tx / 1024, "{who}: tx_kb: {r}");
+    assert_eq!(u(&r, "rx_kb"), rx / 1024, "{who}: rx_kb: {r}");
+    let ms = f(&r, "ms");
+    assert!(
+        ms >= min_ms - 1.0 && ms <= MAX_MS,
+        "{who}: lifespan {ms} ms, want [{min_ms}, {MAX_MS}]: {r}"
+    );
+    assert_time(&r, window.0, window.1);
+    assert_skaddr(&r);
+    r
+}
+
+/// Every tcplife row of a session (both ends of every connection), checked.
+pub fn check_tcplife_session(rows: &[Value], out: &SessionOut, window: (u64, u64)) {
+    let hold = out.spec.hold_ms as f64;
+    for (c, s) in out.clients.iter().zip(&out.servers) {
+        // the client always holds the connection for hold_ms; the server's socket lives as long only
+        // when the client closes first (a server that closes first is gone once its FIN is acked)
+        check_tcplife_row(rows, c, hold, window);
+        let smin = if out.spec.closer == Closer::Client {
+            hold
+        } else {
+            0.0
+        };
+        check_tcplife_row(rows, s, smin, window);
+    }
+    // nothing else on the session's port from our processes (no row for the listener, no duplicates)
+    let port = out.port();
+    let ours: Vec<&Value> = rows_with_port(rows, port)
+        .into_iter()
+        .filter(|r| {
+            r["pid"].as_u64() == Some(out.server_pid) || r["pid"].as_u64() == Some(out.client_pid)
+        })
+        .collect();
+    assert_eq!(
+        ours.len(),
+        2 * out.clients.len(),
+        "tcplife rows on port {port} of the session's processes: {ours:#?}"
+    );
+}
+
+// ----- tcpstates -----
+
+/// The state changes of one socket from its first change to its CLOSE (socket addresses are reused
+/// once a socket is freed, so one skaddr can have several lives).
+#[derive(Debug, Clone)]
+pub struct Life {
+    pub skaddr: String,
+    pub rows: Vec<Value>,
+}
+
+impl Life {
+    pub fn transitions(&self) -> Vec<(String, String)> {
+        self.rows
+            .iter()
+            .map(|r| (s(r, "oldstate").to_string(), s(r, "newstate").to_string()))
+            .collect()
+    }
+}
+
+/// Group tcpstates rows into socket lives: by skaddr, in time order, a life ending at newstate CLOSE.
+pub fn lives(rows: &[Value]) -> Vec<Life> {
+    let mut sorted: Vec<&Value> = rows.iter().collect();
+    sorted.sort_by_key(|r| r["time_ns"].as_u64().unwrap_or(0)); // stable: ties keep output order
+    let mut open: BTreeMap<String, Life> = BTreeMap::new();
+    let mut done = Vec::new();
+    for r in sorted {
+        let sk = r["skaddr"].as_str().unwrap_or("").to_string();
+        let life = open.entry(sk.clone()).or_insert_with(|| Life {
+            skaddr: sk.clone(),
+            rows: Vec::new(),
+        });
+        life.rows.push(r.clone());
+        if r["newstate"] == "CLOSE" {
+            done.push(open.remove(&sk).unwrap());
+        }
+    }
+    done.extend(open.into_values());
+    done
+}
+
+/// The one life that has a row with this end's 4-tuple.
+pub fn life_of<'a>(
+    lives: &'a [Life],
+    family: u64,
+    laddr: &str,
+    lport: u64,
+    raddr: &str,
+    rport: u64,
+) -> &'a Life {
+    let found: Vec<&Life> = lives
+        .iter()
+        .filter(|l| {
+            l.rows.iter().any(|r| {
+                r["ip"].as_u64() == Some(family)
+                    && r["laddr"] == laddr
+                    && r["lport"].as_u64() == Some(lport)
+                    && r["raddr"] == raddr
+                    && r["rport"].as_u64() == Some(rport)
+            })
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "want one socket life for {laddr}:{lport} -> {raddr}:{rport}, got {found:#?}"
+    );
+    found[0]
+}
+
+pub fn seq(t: &[(&str, &str)]) -> Vec<(String, String)> {
+    t.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Expected transitions of a connection end.
+pub fn expected_states(active: bool, closes_first: bool) -> Vec<(String, String)> {
+    let mut v = if active {
+        vec![("CLOSE", "SYN_SENT"), ("SYN_SENT", "ESTABLISHED")]
+    } else {
+        vec![("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED")]
+    };
+    if closes_first {
+        v.extend([
+            ("ESTABLISHED", "FIN_WAIT1"),
+            ("FIN_WAIT1", "FIN_WAIT2"),
+            ("FIN_WAIT2", "CLOSE"),
+        ]);
+    } else {
+        v.extend([
+            ("ESTABLISHED", "CLOSE_WAIT"),
+            ("CLOSE_WAIT", "LAST_ACK"),
+            ("LAST_ACK", "CLOSE"),
+        ]);
+    }
+    seq(&v)
+}
+
+/// Transitions the kernel always makes inside the owner's own connect(2) / listen(2), so ctx_pid
+/// must be the owner. The others run in softirq (on loopback: whichever process sent the packet) or in
+/// the backlog. Even the close-driven ones (ESTABLISHED->FIN_WAIT1, CLOSE_WAIT->LAST_ACK,
+/// LISTEN->CLOSE) run in whichever task drops the *last* reference to the socket's file, which is not
+/// always the process that called close(2): a BPF task_file iterator walking that process's fds at
+/// that moment (another sockray seeding its owner map) holds one, and then the tracer does it.
+/// ctx_pid is not checked for them.
+fn process_context(old: &str, new: &str) -> bool {
+    matches!((old, new), ("CLOSE", "SYN_SENT") | ("CLOSE", "LISTEN"))
+}
+
+/// Check every row of one connection end's life: states in order, owner, tuple, times.
+/// `hold_ms`: how long the client held the connection after the exchange.
+pub fn check_tcpstates_conn(
+    all: &[Life],
+    c: &Conn,
+    active: bool,
+    hold_ms: f64,
+    window: (u64, u64),
+) {
+    let life = life_of(all, c.family, &c.laddr, c.lport, &c.raddr, c.rport);
+    let who = format!(
+        "{} {}:{} -> {}:{}",
+        c.role, c.laddr, c.lport, c.raddr, c.rport
+    );
+    assert_eq!(
+        life.transitions(),
+        expected_states(active, c.closed_first),
+        "{who}: state sequence; rows: {:#?}",
+        life.rows
+    );
+    for r in &life.rows {
+        assert_keys(r, TCPSTATES_KEYS);
+        let (old, new) = (s(r, "oldstate"), s(r, "newstate"));
+        let tr = format!("{who} {old}->{new}");
+        assert_eq!(
+            u(r, "pid"),
+            c.pid,
+            "{tr}: owner pid (every transition belongs to the socket's owner): {r}"
+        );
+        assert_eq!(s(r, "comm"), c.comm, "{tr}: owner comm: {r}");
+        assert_eq!(u(r, "uid"), c.uid, "{tr}: uid: {r}");
+        assert_eq!(u(r, "ip"), c.family, "{tr}: ip: {r}");
+        assert_eq!(s(r, "laddr"), c.laddr, "{tr}: laddr: {r}");
+        assert_eq!(s(r, "raddr"), c.raddr, "{tr}: raddr: {r}");
+        assert_eq!(u(r, "rport"), c.rport, "{tr}: rport: {r}");
+        if (old, new) == ("CLOSE", "SYN_SENT") {
+            // the kernel changes state before it picks the local port (BCC shows 0 here too)
+            let lp = u(r, "lport");
+            assert!(
+                lp == 0 || lp == c.lport,
+                "{tr}: lport {lp}, want 0 or {}: {r}",
+                c.lport
+            );
+        } else {
+            assert_eq!(u(r, "lport"), c.lport, "{tr}: lport: {r}");
+        }
+        let ctx = u(r, "ctx_pid");
+        if process_context(old, new) {
+            assert_eq!(
+                ctx, c.pid,
+                "{tr}: ctx_pid of a change made by the owner itself: {r}"
+            );
+        }
+        let ms = f(r, "ms");
+        assert!((0.0..=MAX_MS).contains(&ms), "{tr}: ms {ms}: {r}");
+        // the state that spans the client's hold
+        let spans_hold = match (active, c.closed_first) {
+            (true, true) => old == "ESTABLISHED",
+            (true, false) => old == "CLOSE_WAIT",
+            (false, false) => old == "ESTABLISHED",
+            (false, true) => false,
+        };
+        if spans_hold {
+            assert!(
+                ms >= hold_ms - 1.0,
+                "{tr}: {ms} ms in {old}, the client held the connection {hold_ms} ms: {r}"
+            );
+        }
+        assert_time(r, window.0, window.1);
+        assert_skaddr(r);
+        assert_eq!(s(r, "skaddr"), life.skaddr);
+    }
+}
+
+/// The listener's life: CLOSE->LISTEN, LISTEN->CLOSE, owned by the server process.
+pub fn check_tcpstates_listener(all: &[Life], out: &SessionOut, window: (u64, u64)) {
+    let l = &out.listen;
+    let family = u(l, "family");
+    let any = if family == 4 { "0.0.0.0" } else { "::" };
+    let life = life_of(all, family, s(l, "laddr"), u(l, "lport"), any, 0);
+    assert_eq!(
+        life.transitions(),
+        seq(&[("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")]),
+        "listener: {:#?}",
+        life.rows
+    );
+    for r in &life.rows {
+        assert_keys(r, TCPSTATES_KEYS);
+        assert_eq!(u(r, "pid"), out.server_pid, "listener owner pid: {r}");
+        assert_eq!(s(r, "comm"), s(l, "comm"), "listener owner comm: {r}");
+        assert_eq!(u(r, "uid"), u(l, "uid"), "listener uid: {r}");
+        if s(r, "newstate") == "LISTEN" {
+            // listen(2) runs in the server; the close may not (see process_context)
+            assert_eq!(
+                u(r, "ctx_pid"),
+                out.server_pid,
+                "listen() runs in the server: {r}"
+            );
+        }
+        assert_eq!(u(r, "ip"), family);
+        assert_eq!(s(r, "laddr"), s(l, "laddr"));
+        assert_eq!(u(r, "lport"), u(l, "lport"));
+        assert_eq!(s(r, "raddr"), any);
+        assert_eq!(u(r, "rport"), 0);
+        let ms = f(r, "ms");
+        assert!((0.0..=60_000.0).contains(&ms), "listener ms {ms}: {r}");
+        assert_time(r, window.0, window.1);
+        assert_skaddr(r);
+    }
+}
+
+/// Every tcpstates row of a session: each connection end, the listener, nothing else of ours.
+pub fn check_tcpstates_session(rows: &[Value], out: &SessionOut, window: (u64, u64)) {
+    let all = lives(rows);
+    let hold = out.spec.hold_ms as f64;
+    for (c, s) in out.clients.iter().zip(&out.servers) {
+        check_tcpstates_conn(&all, c, true, hold, window);
+        check_tcpstates_conn(&all, s, false, hold, window);
+    }
+    check_tcpstates_listener(&all, out, window);
+    let port = out.port();
+    let ours = rows_with_port(rows, port)
+        .into_iter()
+        .filter(|r| {
+            r["pid"].as_u64() == Some(out.server_pid) || r["pid"].as_u64() == Some(out.client_pid)
+        })
+        .count();
+    assert_eq!(
+        ours,
+        10 * out.clients.len() + 2,
+        "tcpstates rows on port {port} of the session's processes"
+    );
+}
+
+/// Run a session under a tracer: returns the trace, what the generator reported, and the time window.
+pub fn traced_session(
+    tool: &str,
+    tracer_args: &[&str],
+    ns: &Netns,
+    spec: &Session,
+) -> (Trace, SessionOut, (u64, u64)) {
+    let tracer = Tracer::start(tool, tracer_args);
+    let t0 = now_ns();
+    let out = spec.run(ns);
+    let t1 = now_ns();
+    thread::sleep(SETTLE);
+    (tracer.stop(), out, (t0, t1))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// cgroups (v2) and per-namespace resolver configuration
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` or, on hybrid hosts,
+/// `/sys/fs/cgroup/unified`), from /proc/mounts.
+pub fn cgroup2_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| dir.to_string())
+    })
+}
+
+/// A fresh cgroup v2 directory of this test; processes are moved in with `add`. Removed on drop
+/// (once its processes have exited).
+pub struct Cgroup {
+    pub path: String,
+}
+
+impl Cgroup {
+    /// None when there is no cgroup v2 mount or no permission to create a child.
+    pub fn new(tag: &str) -> Option<Cgroup> {
+        let root = cgroup2_root()?;
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = format!("{root}/sockray-t-{}-{tag}-{n}", std::process::id());
+        std::fs::create_dir(&path).ok()?;
+        Some(Cgroup { path })
+    }
+
+    /// Move a process (all its threads) into this cgroup.
+    pub fn add(&self, pid: u64) {
+        std::fs::write(format!("{}/cgroup.procs", self.path), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving pid {pid} into {}: {e}", self.path));
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // the processes may take a moment to be gone after they were reaped
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `/etc/netns/<ns>/resolv.conf`: `ip netns exec` bind-mounts it over /etc/resolv.conf, so processes
+/// started with `Netns::exec` resolve names with it. Removed on drop.
+pub struct NetnsResolvConf {
+    dir: String,
+}
+
+impl Netns {
+    pub fn resolv_conf(&self, text: &str) -> NetnsResolvConf {
+        let dir = format!("/etc/netns/{}", self.name);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
+        std::fs::write(format!("{dir}/resolv.conf"), text)
+            .unwrap_or_else(|e| panic!("writing {dir}/resolv.conf: {e}"));
+        NetnsResolvConf { dir }
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `&[&str]` to the `Vec<String>` that `Gen::spawn` / `run_gen` take.
+pub fn gen_args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// Run `sockray <tool> --verbose args...` in table mode (no --json) around `traffic`: wait for it to be
+/// ready, run the traffic, let the events arrive, stop it with SIGINT; returns its stdout (exit 0
+/// checked). For asserting the columns users see.
+pub fn traced_text(tool: &str, args: &[&str], traffic: impl FnOnce()) -> String {
+    let desc = format!("sockray {tool} --verbose {}", args.join(" "));
+    let mut child = Command::new(sockray_bin())
+        .arg(tool)
+        .arg("--verbose")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+    let out_t = drain(child.stdout.take().unwrap());
+    let err_pipe = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<()>();
+    let err_t = thread::spawn(move || {
+        let mut all = String::new();
+        let mut r = BufReader::new(err_pipe);
+        let mut line = String::new();
+        while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+            if line.contains("sockray: ready") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            line.clear();
+        }
+        all
+    });
+    if rx.recv_timeout(READY_TIMEOUT).is_err() {
+        kill_by_pid(&mut child, libc::SIGKILL);
+        let _ = child.wait();
+        panic!("{desc} not ready; stderr:\n{}", err_t.join().unwrap());
+    }
+    traffic();
+    thread::sleep(SETTLE);
+    kill_by_pid(&mut child, libc::SIGINT);
+    let status = wait_timeout(&mut child, STOP_TIMEOUT).unwrap_or_else(|| {
+        kill_by_pid(&mut child, libc::SIGKILL);
+        let _ = child.wait();
+        panic!("{desc} did not exit within {STOP_TIMEOUT:?} of SIGINT");
+    });
+    let stdout = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
+    let stderr = err_t.join().unwrap();
+    assert!(
+        status.success(),
+        "{desc} exited with {status}; stderr:\n{stderr}"
+    );
+    stdout
+}

@@ -1,0 +1,382 @@
+//! `sockray tcplife` against known traffic: every field of every row of the test's own sessions, on both
+//! ends (the server end must name the server process even though on loopback its softirq work runs in
+//! the client), and the filters. Needs root and BTF; see common::require_bpf.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn session(addr: &'static str, srv: &'static str, cli: &'static str) -> Session {
+    Session::new(addr, pick_port(), srv, cli)
+}
+
+#[test]
+fn v4_client_closes_first() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("127.0.0.1", "tl-v4c-srv", "tl-v4c-cli");
+    spec.client_send = 300_000;
+    spec.server_send = 120_000;
+    spec.hold_ms = 300;
+    spec.closer = Closer::Client;
+    let (trace, out, win) = traced_session("tcplife", &[], &ns, &spec);
+    check_tcplife_session(&trace.rows, &out, win);
+}
+
+#[test]
+fn v4_server_closes_first() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("127.0.0.1", "tl-v4s-srv", "tl-v4s-cli");
+    spec.client_send = 4096;
+    spec.server_send = 1_000_000;
+    spec.hold_ms = 300;
+    spec.closer = Closer::Server;
+    let (trace, out, win) = traced_session("tcplife", &[], &ns, &spec);
+    check_tcplife_session(&trace.rows, &out, win);
+}
+
+#[test]
+fn v6_client_closes_first() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("::1", "tl-v6c-srv", "tl-v6c-cli");
+    spec.client_send = 70_000;
+    spec.server_send = 5_000;
+    spec.hold_ms = 300;
+    spec.closer = Closer::Client;
+    let (trace, out, win) = traced_session("tcplife", &[], &ns, &spec);
+    check_tcplife_session(&trace.rows, &out, win);
+}
+
+#[test]
+fn v6_server_closes_first() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("::1", "tl-v6s-srv", "tl-v6s-cli");
+    spec.client_send = 5_000;
+    spec.server_send = 70_000;
+    spec.hold_ms = 300;
+    spec.closer = Closer::Server;
+    let (trace, out, win) = traced_session("tcplife", &[], &ns, &spec);
+    check_tcplife_session(&trace.rows, &out, win);
+}
+
+#[test]
+fn three_sessions_each_end_attributed() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let tracer = Tracer::start("tcplife", &[]);
+    let t0 = now_ns();
+    let mut v4 = session("127.0.0.1", "tl-3x4-srv", "tl-3x4-cli");
+    v4.count = 3;
+    v4.hold_ms = 100;
+    v4.client_send = 10_000;
+    v4.server_send = 2_500;
+    let mut v6 = session("::1", "tl-3x6-srv", "tl-3x6-cli");
+    v6.count = 3;
+    v6.hold_ms = 100;
+    v6.closer = Closer::Server;
+    let out4 = v4.run(&ns);
+    let out6 = v6.run(&ns);
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    check_tcplife_session(&trace.rows, &out4, (t0, t1));
+    check_tcplife_session(&trace.rows, &out6, (t0, t1));
+}
+
+#[test]
+fn refused_connect_has_a_row_with_no_bytes() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let tracer = Tracer::start("tcplife", &[]);
+    let t0 = now_ns();
+    let port = pick_port().to_string();
+    let mut refused = Vec::new();
+    for (addr, comm) in [("127.0.0.1", "tl-ref4"), ("::1", "tl-ref6")] {
+        let args: Vec<String> = ["refused", "--addr", addr, "--port", &port, "--comm", comm]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let lines = run_gen(&ns, &args);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        refused.push(Conn::from_json(&lines[0]));
+    }
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    for c in &refused {
+        assert_ne!(
+            c.lport, 0,
+            "the generator binds before connecting, so it knows its port: {c:?}"
+        );
+        let mine = rows_of(&trace.rows, c);
+        assert_eq!(
+            mine.len(),
+            1,
+            "want one row for the refused connect {c:?}: {mine:#?}"
+        );
+        let r = mine[0];
+        assert_keys(r, TCPLIFE_KEYS);
+        assert_eq!(u(r, "pid"), c.pid, "refused connect owner pid: {r}");
+        assert_eq!(s(r, "comm"), c.comm, "refused connect owner comm: {r}");
+        assert_eq!(u(r, "uid"), c.uid);
+        assert_eq!(u(r, "ip"), c.family);
+        assert_eq!(u(r, "tx_bytes"), 0, "{r}");
+        assert_eq!(u(r, "rx_bytes"), 0, "{r}");
+        assert_eq!(u(r, "tx_kb"), 0, "{r}");
+        assert_eq!(u(r, "rx_kb"), 0, "{r}");
+        let ms = f(r, "ms");
+        assert!((0.0..=MAX_MS).contains(&ms), "ms {ms}: {r}");
+        assert_time(r, t0, t1);
+        assert_skaddr(r);
+    }
+    // the refusing end (no socket at all) has no row
+    let p: u64 = port.parse().unwrap();
+    let from_port: Vec<&Value> = trace
+        .rows
+        .iter()
+        .filter(|r| r["lport"].as_u64() == Some(p))
+        .collect();
+    assert!(
+        from_port
+            .iter()
+            .all(|r| !refused.iter().any(|c| r["rport"].as_u64() == Some(c.lport))),
+        "{from_port:#?}"
+    );
+}
+
+#[test]
+fn filter_local_ports() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let (p, q) = (pick_port(), pick_port());
+    let specs: Vec<Session> = [
+        (p, "tl-L1-srv", "tl-L1-cli"),
+        (q, "tl-L2-srv", "tl-L2-cli"),
+        (pick_port(), "tl-L3-srv", "tl-L3-cli"),
+    ]
+    .into_iter()
+    .map(|(port, srv, cli)| {
+        let mut s = Session::new("127.0.0.1", port, srv, cli);
+        s.hold_ms = 50;
+        s
+    })
+    .collect();
+    let filter = format!("{p},{q}");
+    let tracer = Tracer::start("tcplife", &["-L", &filter]);
+    let t0 = now_ns();
+    let outs: Vec<SessionOut> = specs.iter().map(|s| s.run(&ns)).collect();
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    for r in &trace.rows {
+        let lp = u(r, "lport");
+        assert!(
+            lp == p as u64 || lp == q as u64,
+            "-L {filter} printed a row with lport {lp}: {r}"
+        );
+    }
+    for (i, out) in outs.iter().enumerate() {
+        for (c, sv) in out.clients.iter().zip(&out.servers) {
+            assert!(
+                rows_of(&trace.rows, c).is_empty(),
+                "-L {filter}: client row shown"
+            );
+            if i < 2 {
+                check_tcplife_row(&trace.rows, sv, out.spec.hold_ms as f64, (t0, t1));
+            } else {
+                assert!(
+                    rows_of(&trace.rows, sv).is_empty(),
+                    "-L {filter}: row of port {} shown",
+                    out.port()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn filter_remote_ports() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let (p, q) = (pick_port(), pick_port());
+    let specs: Vec<Session> = [
+        (p, "tl-D1-srv", "tl-D1-cli"),
+        (q, "tl-D2-srv", "tl-D2-cli"),
+        (pick_port(), "tl-D3-srv", "tl-D3-cli"),
+    ]
+    .into_iter()
+    .map(|(port, srv, cli)| {
+        let mut s = Session::new("::1", port, srv, cli);
+        s.hold_ms = 50;
+        s
+    })
+    .collect();
+    let filter = format!("{p},{q}");
+    let tracer = Tracer::start("tcplife", &["-D", &filter]);
+    let t0 = now_ns();
+    let outs: Vec<SessionOut> = specs.iter().map(|s| s.run(&ns)).collect();
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    for r in &trace.rows {
+        let rp = u(r, "rport");
+        assert!(
+            rp == p as u64 || rp == q as u64,
+            "-D {filter} printed a row with rport {rp}: {r}"
+        );
+    }
+    for (i, out) in outs.iter().enumerate() {
+        for (c, sv) in out.clients.iter().zip(&out.servers) {
+            assert!(
+                rows_of(&trace.rows, sv).is_empty(),
+                "-D {filter}: server row shown"
+            );
+            if i < 2 {
+                check_tcplife_row(&trace.rows, c, out.spec.hold_ms as f64, (t0, t1));
+            } else {
+                assert!(
+                    rows_of(&trace.rows, c).is_empty(),
+                    "-D {filter}: row to port {} shown",
+                    out.port()
+                );
+            }
+        }
+    }
+}
+
+fn family_filter(flag: &str, want: u64) {
+    let ns = Netns::new();
+    let tracer = Tracer::start("tcplife", &[flag]);
+    let t0 = now_ns();
+    let mut s4 = session("127.0.0.1", "tl-f4-srv", "tl-f4-cli");
+    s4.hold_ms = 50;
+    let mut s6 = session("::1", "tl-f6-srv", "tl-f6-cli");
+    s6.hold_ms = 50;
+    let out4 = s4.run(&ns);
+    let out6 = s6.run(&ns);
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    for r in &trace.rows {
+        assert_eq!(
+            u(r, "ip"),
+            want,
+            "{flag} printed a row of the other family: {r}"
+        );
+    }
+    let (shown, hidden) = if want == 4 {
+        (&out4, &out6)
+    } else {
+        (&out6, &out4)
+    };
+    check_tcplife_session(&trace.rows, shown, (t0, t1));
+    for c in hidden.clients.iter().chain(&hidden.servers) {
+        assert!(rows_of(&trace.rows, c).is_empty(), "{flag}: {c:?} shown");
+    }
+}
+
+#[test]
+fn filter_ipv4_only() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    family_filter("-4", 4);
+}
+
+#[test]
+fn filter_ipv6_only() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    family_filter("-6", 6);
+}
+
+/// `-p` names the owning process: with the client's pid only client rows, with the server's only server
+/// rows (the server end is owned by the server even where its packets are handled in the client's
+/// context), with a pid that owns no socket nothing at all (but still the final lost record).
+#[test]
+fn filter_pid() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("127.0.0.1", "tl-p-srv", "tl-p-cli");
+    spec.hold_ms = 100;
+    spec.count = 2;
+    spec.wait_go = true;
+    let mut g = Gen::spawn(&ns, &spec.args());
+    let server_pid = u(
+        &g.wait_role("server-listen", Duration::from_secs(10)),
+        "pid",
+    );
+    let client_pid = u(&g.wait_role("client-ready", Duration::from_secs(10)), "pid");
+    let me = std::process::id().to_string();
+    let by_client = Tracer::start("tcplife", &["-p", &client_pid.to_string()]);
+    let by_server = Tracer::start("tcplife", &["-p", &server_pid.to_string()]);
+    let by_nobody = Tracer::start("tcplife", &["-p", &me]);
+    let t0 = now_ns();
+    g.go();
+    let lines = g.finish(Duration::from_secs(30));
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let (tc, ts, tn) = (by_client.stop(), by_server.stop(), by_nobody.stop());
+    let out = SessionOut::parse(&spec, lines);
+    assert_eq!((out.client_pid, out.server_pid), (client_pid, server_pid));
+
+    for r in &tc.rows {
+        assert_eq!(
+            u(r, "pid"),
+            client_pid,
+            "-p {client_pid} printed another process's row: {r}"
+        );
+    }
+    for r in &ts.rows {
+        assert_eq!(
+            u(r, "pid"),
+            server_pid,
+            "-p {server_pid} printed another process's row: {r}"
+        );
+    }
+    for (c, sv) in out.clients.iter().zip(&out.servers) {
+        check_tcplife_row(&tc.rows, c, spec.hold_ms as f64, (t0, t1));
+        check_tcplife_row(&ts.rows, sv, spec.hold_ms as f64, (t0, t1));
+    }
+    assert!(
+        tn.rows.is_empty(),
+        "-p {me} (a process without sockets) printed rows: {:#?}",
+        tn.rows
+    );
+}

@@ -1,0 +1,208 @@
+//! `sockray tcpstates` against known traffic: the exact state sequence of every socket of the test's own
+//! sessions (client, accepted server socket, listener), each transition attributed to the process that
+//! owns the socket, and the filters. Needs root and BTF; see common::require_bpf.
+
+mod common;
+
+use common::*;
+
+fn session(addr: &'static str, srv: &'static str, cli: &'static str) -> Session {
+    Session::new(addr, pick_port(), srv, cli)
+}
+
+fn one(addr: &'static str, closer: Closer, srv: &'static str, cli: &'static str) {
+    let ns = Netns::new();
+    let mut spec = session(addr, srv, cli);
+    spec.client_send = 20_000;
+    spec.server_send = 50_000;
+    spec.hold_ms = 300;
+    spec.closer = closer;
+    let (trace, out, win) = traced_session("tcpstates", &[], &ns, &spec);
+    check_tcpstates_session(&trace.rows, &out, win);
+}
+
+#[test]
+fn v4_client_closes_first() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    one("127.0.0.1", Closer::Client, "ts-v4c-srv", "ts-v4c-cli");
+}
+
+#[test]
+fn v4_server_closes_first() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    one("127.0.0.1", Closer::Server, "ts-v4s-srv", "ts-v4s-cli");
+}
+
+#[test]
+fn v6_client_closes_first() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    one("::1", Closer::Client, "ts-v6c-srv", "ts-v6c-cli");
+}
+
+#[test]
+fn v6_server_closes_first() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    one("::1", Closer::Server, "ts-v6s-srv", "ts-v6s-cli");
+}
+
+#[test]
+fn three_sessions_each_socket_attributed() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let tracer = Tracer::start("tcpstates", &[]);
+    let t0 = now_ns();
+    let mut v4 = session("127.0.0.1", "ts-3x4-srv", "ts-3x4-cli");
+    v4.count = 3;
+    v4.hold_ms = 100;
+    v4.closer = Closer::Server;
+    let mut v6 = session("::1", "ts-3x6-srv", "ts-3x6-cli");
+    v6.count = 3;
+    v6.hold_ms = 100;
+    v6.closer = Closer::Client;
+    let out4 = v4.run(&ns);
+    let out6 = v6.run(&ns);
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    check_tcpstates_session(&trace.rows, &out4, (t0, t1));
+    check_tcpstates_session(&trace.rows, &out6, (t0, t1));
+}
+
+#[test]
+fn filter_local_port() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("127.0.0.1", "ts-L-srv", "ts-L-cli");
+    spec.hold_ms = 100;
+    spec.count = 2;
+    let port = spec.port.to_string();
+    let (trace, out, win) = traced_session("tcpstates", &["-L", &port], &ns, &spec);
+    for r in &trace.rows {
+        assert_eq!(
+            u(r, "lport"),
+            spec.port as u64,
+            "-L {port} printed another local port: {r}"
+        );
+    }
+    let all = lives(&trace.rows);
+    for (c, sv) in out.clients.iter().zip(&out.servers) {
+        check_tcpstates_conn(&all, sv, false, spec.hold_ms as f64, win);
+        assert!(
+            rows_of(&trace.rows, c).is_empty(),
+            "-L {port}: client rows shown"
+        );
+    }
+    check_tcpstates_listener(&all, &out, win);
+}
+
+#[test]
+fn filter_remote_port() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("::1", "ts-D-srv", "ts-D-cli");
+    spec.hold_ms = 100;
+    spec.count = 2;
+    spec.closer = Closer::Server;
+    let port = spec.port.to_string();
+    let (trace, out, win) = traced_session("tcpstates", &["-D", &port], &ns, &spec);
+    for r in &trace.rows {
+        assert_eq!(
+            u(r, "rport"),
+            spec.port as u64,
+            "-D {port} printed another remote port: {r}"
+        );
+    }
+    let all = lives(&trace.rows);
+    for (c, sv) in out.clients.iter().zip(&out.servers) {
+        // the whole client life, CLOSE->SYN_SENT included (its remote port is set before the state)
+        check_tcpstates_conn(&all, c, true, spec.hold_ms as f64, win);
+        assert!(
+            rows_of(&trace.rows, sv).is_empty(),
+            "-D {port}: server rows shown"
+        );
+    }
+    let lport = out.port();
+    assert!(
+        !trace.rows.iter().any(
+            |r| r["lport"].as_u64() == Some(lport) && r["pid"].as_u64() == Some(out.server_pid)
+        ),
+        "-D {port}: listener or server rows shown"
+    );
+}
+
+fn family_filter(flag: &str, want: u64) {
+    let ns = Netns::new();
+    let tracer = Tracer::start("tcpstates", &[flag]);
+    let t0 = now_ns();
+    let mut s4 = session("127.0.0.1", "ts-f4-srv", "ts-f4-cli");
+    s4.hold_ms = 50;
+    let mut s6 = session("::1", "ts-f6-srv", "ts-f6-cli");
+    s6.hold_ms = 50;
+    let out4 = s4.run(&ns);
+    let out6 = s6.run(&ns);
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    for r in &trace.rows {
+        assert_eq!(
+            u(r, "ip"),
+            want,
+            "{flag} printed a row of the other family: {r}"
+        );
+    }
+    let (shown, hidden) = if want == 4 {
+        (&out4, &out6)
+    } else {
+        (&out6, &out4)
+    };
+    check_tcpstates_session(&trace.rows, shown, (t0, t1));
+    let hidden_pids = [Some(hidden.server_pid), Some(hidden.client_pid)];
+    assert!(
+        !rows_with_port(&trace.rows, hidden.port())
+            .iter()
+            .any(|r| hidden_pids.contains(&r["pid"].as_u64())),
+        "{flag}: rows of the other family's session shown"
+    );
+    for c in hidden.clients.iter().chain(&hidden.servers) {
+        assert!(rows_of(&trace.rows, c).is_empty(), "{flag}: {c:?} shown");
+    }
+}
+
+#[test]
+fn filter_ipv4_only() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    family_filter("-4", 4);
+}
+
+#[test]
+fn filter_ipv6_only() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    family_filter("-6", 6);
+}
