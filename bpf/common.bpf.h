@@ -25,6 +25,9 @@ const volatile __u8 filter_lports[8192] = {};
 const volatile __u8 filter_rport_on = 0;      /* remote ports: bit per port */
 const volatile __u8 filter_rports[8192] = {};
 const volatile __u64 filter_cgroup_id = 0;    /* 0: any cgroup (v2 id) */
+/* sockray's own process: its socket-owner seeding walk holds file references for a moment, so a
+ * close() racing with it can end in sockray; never record sockray as a socket's owner. */
+const volatile __u32 self_tgid = 0;
 
 static __always_inline bool port_in(const volatile __u8 *bits, __u16 port)
 {

@@ -73,7 +73,7 @@ static __always_inline void owner_set_current(const struct sock *sk)
 	struct sock_owner o = {};
 
 	/* the common case on close(): the owner is already this process, nothing to write */
-	if (cur && cur->pid == pid_tgid >> 32)
+	if ((cur && cur->pid == pid_tgid >> 32) || pid_tgid >> 32 == self_tgid)
 		return;
 	owner_from_current(&o);
 	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);

@@ -97,6 +97,7 @@ macro_rules! apply_filters {
             r.filter_rports = p.bitmap();
         }
         r.filter_cgroup_id = f.cgroup_id.unwrap_or(0);
+        r.self_tgid = std::process::id();
     }};
 }
 pub(crate) use apply_filters;
