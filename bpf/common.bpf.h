@@ -157,6 +157,16 @@ static __always_inline void read_sk_tuple_d(const struct sock *sk, struct sk_tup
 	}
 }
 
+/* Copies a tuple into an event struct with the usual family/lport/rport/laddr/raddr fields. */
+#define EVENT_SET_TUPLE(e, t)                                      \
+	do {                                                       \
+		(e)->family = (t).family;                          \
+		(e)->lport = (t).lport;                            \
+		(e)->rport = (t).rport;                            \
+		__builtin_memcpy((e)->laddr, (t).laddr, 16);       \
+		__builtin_memcpy((e)->raddr, (t).raddr, 16);       \
+	} while (0)
+
 static __always_inline void read_sk_tuple(const struct sock *sk, struct sk_tuple *t)
 {
 	read_sk_tuple_d(sk, t, false);

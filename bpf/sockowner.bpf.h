@@ -164,33 +164,20 @@ static __always_inline void owner_resolve(const struct sock *sk, int newstate, s
 	__builtin_memset(out, 0, sizeof(*out));
 }
 
-/* ---- accept(): the returned fd names the socket the calling process now owns ---- */
-static __always_inline struct sock *sock_from_fd(int fd)
+/* Does an owner pass the process filters (-p, -u, --cgroup)? */
+static __always_inline bool owner_ok(const struct sock_owner *o)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
-	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
-	struct file *file = NULL;
-	struct socket *sock;
-
-	if (fd < 0 || (unsigned int)fd >= max)
-		return NULL;
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-	if (!file)
-		return NULL;
-	sock = BPF_CORE_READ(file, private_data);
-	if (!sock)
-		return NULL;
-	return BPF_CORE_READ(sock, sk);
+	return tgid_ok(o->pid) && uid_ok(o->uid) && cgroup_ok(o->cgroup);
 }
 
+/* ---- accept(): the returned fd names the socket the calling process now owns ---- */
 static __always_inline int owner_on_accept(long ret)
 {
 	struct sock *sk;
 
 	if (ret < 0)
 		return 0;
-	sk = sock_from_fd((int)ret);
+	sk = sock_of_fd(ret);
 	if (sk)
 		owner_set_current(sk);
 	return 0;

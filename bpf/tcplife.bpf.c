@@ -83,7 +83,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (!e)
 		goto out;
 	owner_resolve(sk, newstate, &e->owner);
-	if (!tgid_ok(e->owner.pid) || !uid_ok(e->owner.uid) || !cgroup_ok(e->owner.cgroup)) {
+	if (!owner_ok(&e->owner)) {
 		bpf_ringbuf_discard(e, 0);
 		goto out;
 	}
@@ -91,12 +91,8 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	e->ts_ns = now;
 	e->span_ns = now - sess->born;
 	payload_bytes(sk, sess->flags, &e->tx_bytes, &e->rx_bytes);
-	e->family = t.family;
-	e->lport = t.lport;
-	e->rport = t.rport;
+	EVENT_SET_TUPLE(e, t);
 	e->pad = 0;
-	__builtin_memcpy(e->laddr, t.laddr, 16);
-	__builtin_memcpy(e->raddr, t.raddr, 16);
 	event_submit(e);
 out:
 	bpf_map_delete_elem(&sessions, &key);

@@ -44,7 +44,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (!e)
 		goto out;
 	owner_resolve(sk, newstate, &e->owner);
-	if (!tgid_ok(e->owner.pid) || !uid_ok(e->owner.uid) || !cgroup_ok(e->owner.cgroup)) {
+	if (!owner_ok(&e->owner)) {
 		bpf_ringbuf_discard(e, 0);
 		goto out;
 	}
@@ -52,14 +52,10 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	e->ts_ns = now;
 	e->delta_ns = delta;
 	e->ctx_pid = bpf_get_current_pid_tgid() >> 32;
-	e->family = t.family;
-	e->lport = t.lport;
-	e->rport = t.rport;
+	EVENT_SET_TUPLE(e, t);
 	e->pad = 0;
 	e->oldstate = oldstate;
 	e->newstate = newstate;
-	__builtin_memcpy(e->laddr, t.laddr, 16);
-	__builtin_memcpy(e->raddr, t.raddr, 16);
 	event_submit(e);
 out:
 	if (newstate == TCP_CLOSE)

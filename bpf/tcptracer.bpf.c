@@ -37,7 +37,7 @@ static __always_inline void emit(const struct sock *sk, __u32 kind, const struct
 	netns = sk_netns_d(sk, direct);
 	if (filter_netns && netns != filter_netns)
 		return;
-	if (!tgid_ok(o->pid) || !uid_ok(o->uid) || !cgroup_ok(o->cgroup))
+	if (!owner_ok(o))
 		return;
 
 	e = event_reserve(sizeof(*e));
