@@ -73,7 +73,7 @@ static __always_inline bool cgroup_ok(__u64 cgroup_id)
 /* ---- events out, lost events counted ---- */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, 1024 * 1024);
 } events SEC(".maps");
 
 /* Events the ring buffer could not take, per CPU; user space sums them at exit (src/runtime.rs). */
