@@ -464,3 +464,35 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn lost_record_is_parsed() {
+        assert_eq!(lost_of(Some("{\"lost\":0}".into())), Some(0));
+        assert_eq!(lost_of(Some("{\"lost\":1234}\n".into())), Some(1234));
+        assert_eq!(lost_of(Some("{\"pid\":1}".into())), None);
+        assert_eq!(lost_of(None), None);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_read() {
+        // burn a little CPU so the counter is above zero
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0);
+        assert!(cpu_seconds(std::process::id()) > 0.0);
+        assert_eq!(cpu_seconds(u32::MAX), 0.0);
+    }
+}
