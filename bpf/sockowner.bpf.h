@@ -48,11 +48,15 @@ struct {
 	__type(value, struct listen_owner);
 } listen_owners SEC(".maps");
 
-static __always_inline void owner_from_task(struct sock_owner *o, struct task_struct *task)
+/* The owner of a socket found in task's fd table. The uid is the socket's (sk_uid: its creator's), which
+ * spares a CO-RE relocation against struct cred; the cgroup only when asked (see sockowner_seed_cg). */
+static __always_inline void owner_from_task(struct sock_owner *o, struct task_struct *task,
+					    const struct sock *sk, bool with_cgroup)
 {
 	o->pid = BPF_CORE_READ(task, tgid);
-	o->uid = BPF_CORE_READ(task, cred, uid.val);
-	o->cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	o->uid = BPF_CORE_READ(sk, sk_uid.val);
+	if (with_cgroup)
+		o->cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	BPF_CORE_READ_STR_INTO(&o->comm, task, comm);
 }
 
@@ -183,21 +187,29 @@ static __always_inline int owner_on_accept(long ret)
 	return 0;
 }
 
+/* The classic syscall-exit tracepoint record: 8-byte common header, syscall number, return value. Its
+ * layout is ABI (see the tracepoint's format file) and has not changed since syscall tracepoints exist,
+ * so it is declared here rather than relocated against vmlinux's trace_event_raw_sys_exit. */
+struct syscall_exit_record {
+	__u64 common;
+	long nr;
+	long ret;
+};
+
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int sockowner_exit_accept4(struct trace_event_raw_sys_exit *ctx)
+int sockowner_exit_accept4(struct syscall_exit_record *ctx)
 {
 	return owner_on_accept(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int sockowner_exit_accept(struct trace_event_raw_sys_exit *ctx)
+int sockowner_exit_accept(struct syscall_exit_record *ctx)
 {
 	return owner_on_accept(ctx->ret);
 }
 
 /* ---- seeding: every TCP socket held by a process when the tool starts ---- */
-SEC("iter/task_file")
-int sockowner_seed(struct bpf_iter__task_file *ctx)
+static __always_inline int seed_one(struct bpf_iter__task_file *ctx, bool with_cgroup)
 {
 	struct task_struct *task = ctx->task;
 	struct file *file = ctx->file;
@@ -221,12 +233,26 @@ int sockowner_seed(struct bpf_iter__task_file *ctx)
 	fam = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (fam != AF_INET && fam != AF_INET6)
 		return 0;
-	owner_from_task(&o, task);
+	owner_from_task(&o, task, sk, with_cgroup);
 	key = (__u64)sk;
 	bpf_map_update_elem(&sock_owners, &key, &o, BPF_NOEXIST);
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
 		listener_record(sk, &o, false);
 	return 0;
+}
+
+/* Two variants; user space loads one (src/runtime.rs): the task's cgroup costs three more CO-RE
+ * relocations at start-up (css_set, cgroup, kernfs_node; ~1 ms each) and is needed only for --cgroup. */
+SEC("iter/task_file")
+int sockowner_seed(struct bpf_iter__task_file *ctx)
+{
+	return seed_one(ctx, false);
+}
+
+SEC("iter/task_file")
+int sockowner_seed_cg(struct bpf_iter__task_file *ctx)
+{
+	return seed_one(ctx, true);
 }
 
 #endif

@@ -141,6 +141,10 @@ macro_rules! open_prepared {
         ($setup)(ro);
         let mut chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
         $crate::runtime::skip_programs(open.open_object_mut(), &mut chosen, $skip);
+        let cgroup_filter = $filters.cgroup_id.is_some();
+        $crate::runtime::skip_programs(open.open_object_mut(), &mut chosen, |n: &str| {
+            $crate::runtime::seed_variant_unused(n, cgroup_filter)
+        });
         (open, chosen)
     }};
 }

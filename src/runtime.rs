@@ -180,12 +180,22 @@ pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
     Ok(links)
 }
 
+/// The seeding iterator to load: the variant that also records each process's cgroup only when the
+/// cgroup filter needs it (it costs start-up time).
+pub fn seed_variant_unused(name: &str, cgroup_filter: bool) -> bool {
+    match name {
+        "sockowner_seed" => cgroup_filter,
+        "sockowner_seed_cg" => !cgroup_filter,
+        _ => false,
+    }
+}
+
 /// Runs the socket-owner seeding iterator (bpf/sockowner.bpf.h) if the tool has it.
 pub fn seed_owners(obj: &Object, chosen: &[Choice], verbose: bool) -> Result<()> {
-    if !chosen.iter().any(|c| c.prog == "sockowner_seed") {
+    let Some(seed) = chosen.iter().find(|c| c.prog.starts_with("sockowner_seed")) else {
         return Ok(());
-    }
-    let Some(prog) = obj.progs_mut().find(|p| p.name() == "sockowner_seed") else {
+    };
+    let Some(prog) = obj.progs_mut().find(|p| p.name() == seed.prog.as_str()) else {
         return Ok(());
     };
     let started = Instant::now();
