@@ -224,8 +224,10 @@ static __always_inline int seed_one(struct bpf_iter__task_file *ctx, bool with_c
 	/* threads share the fd table: visit each process once, through its leader */
 	if (task->pid != task->tgid)
 		return 0;
-	sock = bpf_sock_from_file(file);
-	if (!sock)
+	/* a socket file's private_data is its struct socket, whose ->file points back (bpf_sock_from_file()
+	 * would say the same, but only from Linux 5.11) */
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock || BPF_CORE_READ(sock, file) != file)
 		return 0;
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)

@@ -170,14 +170,24 @@ pub fn strict() -> bool {
     STRICT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Does tracefs list a tracepoint of this name (in any category)? None when tracefs is not mounted.
+fn tracefs_has(name: &str) -> Option<bool> {
+    let root = tracefs_root()?;
+    let cats = std::fs::read_dir(Path::new(root).join("events")).ok()?;
+    Some(cats.flatten().any(|cat| cat.path().join(name).is_dir()))
+}
+
 fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
     let btf_kind = matches!(kind, Kind::TpBtf | Kind::Fentry | Kind::Fexit);
     if btf_kind && !strict() && std::env::var_os("SOCKRAY_ATTACH").is_none() {
-        return if Path::new("/sys/kernel/btf/vmlinux").exists() {
-            Ok(())
-        } else {
-            Err("this kernel has no BTF".into())
-        };
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err("this kernel has no BTF".into());
+        }
+        // cheap checks only; the kernel's own verdict comes at load (then a strict retry)
+        if kind == Kind::TpBtf && tracefs_has(target) == Some(false) {
+            return Err(format!("no tracepoint {target} in this kernel"));
+        }
+        return Ok(());
     }
     match kind {
         Kind::TpBtf => probe_tracing(target, libbpf_sys::BPF_TRACE_RAW_TP),
@@ -189,11 +199,7 @@ fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
             let id = unsafe {
                 libbpf_sys::libbpf_find_vmlinux_btf_id(name.as_ptr(), libbpf_sys::BPF_TRACE_RAW_TP)
             };
-            let in_tracefs = tracefs_root().is_some_and(|root| {
-                std::fs::read_dir(Path::new(root).join("events"))
-                    .map(|d| d.flatten().any(|cat| cat.path().join(target).is_dir()))
-                    .unwrap_or(false)
-            });
+            let in_tracefs = tracefs_has(target).unwrap_or(false);
             if id >= 0 || in_tracefs {
                 Ok(())
             } else {
