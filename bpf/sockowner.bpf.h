@@ -9,7 +9,8 @@
  *   - listen():   CLOSE -> LISTEN (inet_listen); also recorded by (netns, port) in listen_owners;
  *   - close()/shutdown(): ESTABLISHED/SYN_RECV -> FIN_WAIT1 and CLOSE_WAIT -> LAST_ACK (tcp_close,
  *     tcp_shutdown: always the calling process);
- *   - accept():   syscalls sys_exit_accept/accept4, the returned fd resolved to its socket;
+ *   - socket I/O (sock:sock_send_length/sock_recv_length, Linux 6.3+), or else accept()
+ *     (syscalls sys_exit_accept/accept4, the returned fd resolved to its socket);
  * and is seeded at start by an iter/task_file walk over every process's socket fds (so sockets opened
  * before the tool started are attributed too). A passively opened socket (LISTEN -> SYN_RECV, created in
  * softirq) inherits its listener's owner until accept() names the accepting process.
@@ -196,14 +197,43 @@ struct syscall_exit_record {
 	long ret;
 };
 
+/* Keeping the owner right after accept() (a pre-forked worker accepts from its parent's listener; a
+ * socket passed to another process): two ways, alternatives for the attach layer (src/attach.rs).
+ *  - Linux 6.3+: sock:sock_send_length / sock_recv_length, which run in the process doing the I/O,
+ *    for socket I/O only;
+ *  - older kernels: syscalls:sys_exit_accept4 / sys_exit_accept. Enabling any syscall tracepoint puts
+ *    every syscall of every task on the tracing slow path, a cost the whole machine pays (measured: several
+ *    percent of loopback connection rate), hence the preference above. */
+static __always_inline int owner_on_io(const struct sock *sk)
+{
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (sk->__sk_common.skc_family != AF_INET && sk->__sk_common.skc_family != AF_INET6)
+		return 0;
+	owner_set_current(sk);
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(sockowner_refresh1__send, struct sock *sk, int ret, int flags)
+{
+	return owner_on_io(sk);
+}
+
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int sockowner_exit_accept4(struct syscall_exit_record *ctx)
+int sockowner_refresh1__accept4(struct syscall_exit_record *ctx)
 {
 	return owner_on_accept(ctx->ret);
 }
 
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(sockowner_refresh2__recv, struct sock *sk, int ret, int flags)
+{
+	return owner_on_io(sk);
+}
+
 SEC("tracepoint/syscalls/sys_exit_accept")
-int sockowner_exit_accept(struct syscall_exit_record *ctx)
+int sockowner_refresh2__accept(struct syscall_exit_record *ctx)
 {
 	return owner_on_accept(ctx->ret);
 }

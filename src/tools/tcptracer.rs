@@ -154,7 +154,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             ro.filter_netns = netns;
         },
         // tcptracer's own accept hooks record the accepting owner
-        |prog: &str| prog.starts_with("sockowner_exit_accept")
+        |prog: &str| prog.starts_with("sockowner_refresh") && prog.contains("__accept")
     );
     let mut first_ts: Option<u64> = None;
     runtime::print_events(
