@@ -31,10 +31,20 @@ struct {
 	__type(value, struct sock_owner);
 } sock_owners SEC(".maps");
 
+/* A listener: its network namespace (the struct net's address, which identifies it as well as the inode
+ * number and spares a CO-RE relocation against struct net at start-up) and port. */
 struct listen_key {
-	__u32 netns;
+	__u64 net;
 	__u32 port;
+	__u32 pad;
 };
+
+static __always_inline __u64 sk_net_ptr(const struct sock *sk, bool direct)
+{
+	if (direct)
+		return (__u64)sk->__sk_common.skc_net.net;
+	return (__u64)BPF_CORE_READ(sk, __sk_common.skc_net.net);
+}
 
 struct listen_owner {
 	__u64 sk;
@@ -98,7 +108,7 @@ static __always_inline void owner_forget(const struct sock *sk)
 
 static __always_inline void listener_record(const struct sock *sk, const struct sock_owner *o, bool direct)
 {
-	struct listen_key k = { .netns = sk_netns_d(sk, direct), .port = sk_lport(sk) };
+	struct listen_key k = { .net = sk_net_ptr(sk, direct), .port = sk_lport(sk) };
 	struct listen_owner lo = { .sk = (__u64)sk, .owner = *o };
 
 	bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY);
@@ -126,7 +136,7 @@ static __always_inline void owner_on_state_d(const struct sock *sk, int oldstate
 	case TCP_SYN_RECV:
 		if (oldstate == TCP_LISTEN) {
 			/* a child socket cloned from its listener, in softirq: inherit the listener's owner */
-			struct listen_key k = { .netns = sk_netns_d(sk, direct),
+			struct listen_key k = { .net = sk_net_ptr(sk, direct),
 						.port = sk_lport(sk) };
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
 			if (lo)
@@ -135,7 +145,7 @@ static __always_inline void owner_on_state_d(const struct sock *sk, int oldstate
 		return;
 	case TCP_CLOSE:
 		if (oldstate == TCP_LISTEN) {
-			struct listen_key k = { .netns = sk_netns_d(sk, direct),
+			struct listen_key k = { .net = sk_net_ptr(sk, direct),
 						.port = sk_lport(sk) };
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
 			if (lo && lo->sk == key)

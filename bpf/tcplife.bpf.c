@@ -37,8 +37,9 @@ static __always_inline void payload_bytes(const struct sock *sk, __u32 flags, __
 		acked--;
 	if ((flags & SESSION_FIN_SENT) && acked && BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
 		acked--;
-	/* tcp_fin() sets SOCK_DONE when the peer's FIN arrives */
-	if ((sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && received)
+	/* tcp_fin() sets SOCK_DONE when the peer's FIN arrives (enum sock_flags: SOCK_DEAD, SOCK_DONE, ...;
+	 * unchanged since Linux 2.6, so a constant rather than a CO-RE enum relocation) */
+	if ((sk_flags & (1UL << 1)) && received)
 		received--;
 	*tx = acked;
 	*rx = received;
