@@ -87,9 +87,14 @@ static __always_inline void owner_set_current(const struct sock *sk)
 	struct sock_owner *cur = bpf_map_lookup_elem(&sock_owners, &key);
 	struct sock_owner o = {};
 
-	/* the common case on close(): the owner is already this process, nothing to write */
+	/* the common case on close() and I/O: the owner is already this process, nothing to write */
 	if ((cur && cur->pid == pid_tgid >> 32) || pid_tgid >> 32 == self_tgid)
 		return;
+	if (cur) {
+		/* rewrite in place: a map update would allocate a new element and free the old one */
+		owner_from_current(cur);
+		return;
+	}
 	owner_from_current(&o);
 	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
 }
