@@ -122,10 +122,22 @@ struct sk_tuple {
 };
 
 /* Local port, host order. From inet_sport, not skc_num: at TCP_CLOSE inet_put_port() has already
- * zeroed inet_num when inet_sock_set_state fires. */
+ * zeroed inet_num when inet_sock_set_state fires. With `direct` (tp_btf), bpf_skc_to_tcp_sock() gives a
+ * typed pointer so the read is a plain load (Linux 5.9+ helper; tp_btf programs need 5.5+ anyway and fall
+ * back to raw_tp on kernels that refuse it). */
+static __always_inline __u16 sk_lport_d(const struct sock *sk, bool direct)
+{
+	if (direct) {
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+		if (tp)
+			return bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
+	}
+	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
 static __always_inline __u16 sk_lport(const struct sock *sk)
 {
-	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	return sk_lport_d(sk, false);
 }
 
 /* A field of struct sock: a plain load when `direct` (tp_btf/fentry programs, where the verifier knows
@@ -138,7 +150,7 @@ static __always_inline __u16 sk_lport(const struct sock *sk)
 static __always_inline void read_sk_tuple_d(const struct sock *sk, struct sk_tuple *t, bool direct)
 {
 	t->family = SK_FIELD(direct, sk, __sk_common.skc_family);
-	t->lport = sk_lport(sk);
+	t->lport = sk_lport_d(sk, direct);
 	t->rport = bpf_ntohs(SK_FIELD(direct, sk, __sk_common.skc_dport));
 	if (direct) {
 		if (t->family == AF_INET6) {

@@ -113,7 +113,7 @@ static __always_inline void owner_forget(const struct sock *sk)
 
 static __always_inline void listener_record(const struct sock *sk, const struct sock_owner *o, bool direct)
 {
-	struct listen_key k = { .net = sk_net_ptr(sk, direct), .port = sk_lport(sk) };
+	struct listen_key k = { .net = sk_net_ptr(sk, direct), .port = sk_lport_d(sk, direct) };
 	struct listen_owner lo = { .sk = (__u64)sk, .owner = *o };
 
 	bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY);
@@ -142,7 +142,7 @@ static __always_inline void owner_on_state_d(const struct sock *sk, int oldstate
 		if (oldstate == TCP_LISTEN) {
 			/* a child socket cloned from its listener, in softirq: inherit the listener's owner */
 			struct listen_key k = { .net = sk_net_ptr(sk, direct),
-						.port = sk_lport(sk) };
+						.port = sk_lport_d(sk, direct) };
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
 			if (lo)
 				bpf_map_update_elem(&sock_owners, &key, &lo->owner, BPF_NOEXIST);
@@ -151,7 +151,7 @@ static __always_inline void owner_on_state_d(const struct sock *sk, int oldstate
 	case TCP_CLOSE:
 		if (oldstate == TCP_LISTEN) {
 			struct listen_key k = { .net = sk_net_ptr(sk, direct),
-						.port = sk_lport(sk) };
+						.port = sk_lport_d(sk, direct) };
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
 			if (lo && lo->sk == key)
 				bpf_map_delete_elem(&listen_owners, &k);

@@ -26,16 +26,32 @@ struct {
 
 /* The kernel's counters count sequence numbers: bytes_acked includes our SYN (active open) and our FIN
  * once acked; bytes_received includes the peer's FIN. Take those out so TX/RX are payload bytes. */
-static __always_inline void payload_bytes(const struct sock *sk, __u32 flags, __u64 *tx, __u64 *rx)
+static __always_inline void payload_bytes(const struct sock *sk, __u32 flags, __u64 *tx, __u64 *rx,
+					  bool direct)
 {
 	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
-	__u64 received = BPF_CORE_READ(tp, bytes_received);
-	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	struct tcp_sock *btp = direct ? bpf_skc_to_tcp_sock((void *)sk) : NULL;
+	__u64 acked, received;
+	__u32 snd_una, write_seq;
+	unsigned long sk_flags;
 
+	if (btp) {
+		/* typed pointer: plain loads */
+		acked = btp->bytes_acked;
+		received = btp->bytes_received;
+		snd_una = btp->snd_una;
+		write_seq = btp->write_seq;
+		sk_flags = btp->inet_conn.icsk_inet.sk.__sk_common.skc_flags;
+	} else {
+		acked = BPF_CORE_READ(tp, bytes_acked);
+		received = BPF_CORE_READ(tp, bytes_received);
+		snd_una = BPF_CORE_READ(tp, snd_una);
+		write_seq = BPF_CORE_READ(tp, write_seq);
+		sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	}
 	if ((flags & SESSION_ACTIVE) && acked)
 		acked--;
-	if ((flags & SESSION_FIN_SENT) && acked && BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
+	if ((flags & SESSION_FIN_SENT) && acked && snd_una == write_seq)
 		acked--;
 	/* tcp_fin() sets SOCK_DONE when the peer's FIN arrives (enum sock_flags: SOCK_DEAD, SOCK_DONE, ...;
 	 * unchanged since Linux 2.6, so a constant rather than a CO-RE enum relocation) */
@@ -91,7 +107,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	e->skaddr = key;
 	e->ts_ns = now;
 	e->span_ns = now - sess->born;
-	payload_bytes(sk, sess->flags, &e->tx_bytes, &e->rx_bytes);
+	payload_bytes(sk, sess->flags, &e->tx_bytes, &e->rx_bytes, direct);
 	EVENT_SET_TUPLE(e, t);
 	e->pad = 0;
 	event_submit(e);
