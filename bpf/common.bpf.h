@@ -31,7 +31,13 @@ const volatile __u32 self_tgid = 0;
 
 static __always_inline bool port_in(const volatile __u8 *bits, __u16 port)
 {
-	return bits[port >> 3] & (1 << (port & 7));
+	__u32 idx = port >> 3;
+
+	/* Older verifiers (5.10) lose the bounds of a byte-swapped value, so the index is masked explicitly;
+	 * the empty asm keeps clang from dropping the mask as redundant for a 16-bit port. */
+	asm volatile("" : "+r"(idx));
+	idx &= 8191;
+	return bits[idx] & (1 << (port & 7));
 }
 
 static __always_inline bool family_ok(__u16 family)
