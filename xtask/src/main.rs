@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 mod bench;
+mod vmtest;
 
 const USAGE: &str = "\
 usage: cargo xtask <command> [options]
@@ -24,6 +25,8 @@ commands:
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
   bench                                start-up, RSS and connection-rate cost vs libbpf-tools
+  vmtest [--kernel S] [--path P] [--quick] [--report] [-- <test args>]
+                                       integration tests under Debian kernels in QEMU (--help)
 ";
 
 /// Debian/Ubuntu packages needed to build (clang for the BPF C, static libbpf/libelf/zlib),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Some("test") => cmd_test(&rest),
         Some("install") => cmd_install(&rest),
         Some("bench") => cmd_bench(&rest),
+        Some("vmtest") => vmtest::cmd(&rest),
         Some("__load") => bench::load(&rest).map_err(fail),
         other => {
             if let Some(other) = other {
