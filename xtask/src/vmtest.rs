@@ -16,8 +16,11 @@
 //! - One VM per (kernel, path), for a fresh guest per run; the test binaries run one after another with
 //!   `--test-threads=1` and `CI=1` (tests fail rather than skip when BPF is unusable). A path other than
 //!   `default` sets `SOCKRAY_ATTACH=<path>` in the guest (src/attach.rs).
-//! - Results: `target/vmtest/results.json`; a run of (kernel series, path) replaces the earlier one.
+//! - Results: `target/vmtest/results.json`, one record per (kernel series, path, test binary), written as
+//!   each VM run ends; a new run replaces the records of the same triples and keeps the others.
 //!   `--report` renders them into README.md between `<!-- vmtest:begin -->` and `<!-- vmtest:end -->`.
+//! - Limits: 300 s per test binary (busybox `timeout` in the guest), `--timeout` (900 s) per VM; QEMU
+//!   and virtiofsd are stopped by their PIDs.
 
 mod json;
 mod kernel;
@@ -44,7 +47,8 @@ usage: cargo xtask vmtest [options] [-- <test binary args>]
        cargo xtask vmtest --report
 
 Runs the integration tests (tests/*.rs) inside QEMU (software emulation) under Debian kernels, one VM
-per kernel and attach path, and records pass/fail in target/vmtest/results.json.
+per kernel and attach path, and records pass/fail per kernel, path and test binary in
+target/vmtest/results.json (a new run replaces the records it repeats). Exits non-zero if any failed.
 
 options:
   --kernel SERIES   a kernel series (version prefix: 5.10, 6.1, 6.12, 6.18, 7, or an exact version such as
@@ -236,7 +240,8 @@ pub fn cmd(args: &[OsString]) -> Res {
     );
 
     let file = results_path();
-    let mut runs = Vec::new();
+    let mut records = Vec::new();
+    let mut bad = Vec::new();
     let mut recorded = 0;
     for k in &kernels {
         let initrd = build_initrd(&k.dir, &busybox)?;
@@ -250,35 +255,26 @@ pub fn cmd(args: &[OsString]) -> Res {
                 initrd: &initrd_path,
                 source: source.as_deref(),
             };
-            let run = run_one(&vm, path, &tests, &o)?;
+            let (status, run) = run_one(&vm, path, &tests, &o)?;
+            if !matches!(status, "pass" | "skip") {
+                bad.push(format!("{} {path}: {status}", short_kernel(&k.version)));
+            }
             // recorded as each run ends: an interrupted matrix keeps what it has done
-            recorded = merge_results(&file, std::slice::from_ref(&run))?;
-            runs.push(run);
+            recorded = merge_results(&file, &run)?;
+            records.extend(run);
         }
     }
 
-    let text = render_table(&runs, false);
+    let text = render_table(&records, false);
     println!("\n{text}");
     println!(
-        "xtask: vmtest: {} run(s) in {}; results in {} ({} run(s) recorded); \
+        "xtask: vmtest: {} VM run(s) in {}; results in {} ({} record(s)); \
          `cargo xtask vmtest --report` puts them into README.md",
-        runs.len(),
+        kernels.len() * o.paths.len(),
         fmt_secs(t0.elapsed().as_secs_f64()),
         file.display(),
         recorded
     );
-    let bad: Vec<String> = runs
-        .iter()
-        .filter(|r| !matches!(r.str("status"), Some("pass" | "skip")))
-        .map(|r| {
-            format!(
-                "{} {}: {}",
-                r.str("kernel").unwrap_or("?"),
-                r.str("path").unwrap_or("?"),
-                r.str("status").unwrap_or("?")
-            )
-        })
-        .collect();
     if bad.is_empty() {
         Ok(())
     } else {
@@ -476,8 +472,9 @@ struct Vm<'a> {
     source: Option<&'a str>,
 }
 
-/// Boots `vm.kernel`, runs every test binary with `path`, returns the run's record for results.json.
-fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<Json> {
+/// Boots `vm.kernel`, runs every test binary with `path`; returns the run's status and one results.json
+/// record per test binary.
+fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static str, Vec<Json>)> {
     let k = vm.kernel;
     let tag = format!("{} {path}", short_kernel(&k.version));
     let run_dir = target_dir()
@@ -523,8 +520,9 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<Json> {
     // collect
     let read = |name: &str| fs::read_to_string(job.join(name)).ok();
     let uname = read("kernel").map(|s| s.trim().to_string());
+    let skipped = read("skipped").map(|s| s.trim().to_string());
     let done = job.join("done").exists();
-    let mut results = Vec::new();
+    let mut records = Vec::new();
     let mut statuses = Vec::new();
     let mut seen_missing = false;
     for t in tests {
@@ -541,7 +539,9 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<Json> {
             })
             .unwrap_or((-1, 0.0));
         let parsed = parse_libtest(&log);
-        let status = if rc.is_none() {
+        let status = if skipped.is_some() {
+            "skip"
+        } else if rc.is_none() {
             if log.is_empty() && (seen_missing || !boot.timed_out) {
                 "not-run"
             } else {
@@ -556,16 +556,26 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<Json> {
             "fail"
         };
         statuses.push(status);
-        if o.verbose || status != "pass" {
+        if o.verbose || !matches!(status, "pass" | "skip") {
             let log_path = job.join(format!("{}.log", t.name));
             print_log(&tag, &t.name, status, &log, &log_path, o.verbose);
         }
         let failures: Vec<Json> = parsed
             .failures
             .iter()
-            .map(|(name, msg)| obj([("name", s(name)), ("message", s(msg))]))
+            .map(|f| {
+                obj([
+                    ("name", s(&f.name)),
+                    ("summary", s(&f.summary)),
+                    ("message", s(&f.message)),
+                ])
+            })
             .collect();
         let mut rec = vec![
+            ("series", s(&k.series)),
+            ("kernel", s(&k.version)),
+            ("uname", uname.clone().map(s).unwrap_or(Json::Null)),
+            ("path", s(path)),
             ("test", s(&t.name)),
             ("tool", s(tool_of(&t.name))),
             ("status", s(status)),
@@ -573,17 +583,23 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<Json> {
             ("failed", n(parsed.failed)),
             ("ignored", n(parsed.ignored)),
             ("seconds", n(secs)),
+            ("started", s(&started)),
+            ("source", vm.source.map(s).unwrap_or(Json::Null)),
+            ("rootfs", s(if boot.virtiofs { "virtiofs" } else { "9p" })),
+            ("args", Json::Arr(o.test_args.iter().map(s).collect())),
         ];
-        if status == "timeout" || (status != "pass" && failures.is_empty()) {
+        if let Some(why) = &skipped {
+            rec.push(("skipped", s(why)));
+        }
+        if !matches!(status, "pass" | "skip") && (status == "timeout" || failures.is_empty()) {
             rec.push(("tail", s(tail(&log, 15))));
         }
         rec.push(("failures", Json::Arr(failures)));
-        results.push(Json::Obj(
+        records.push(Json::Obj(
             rec.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         ));
     }
-    let skipped = read("skipped").map(|s| s.trim().to_string());
-    let status = if let Some(_why) = &skipped {
+    let status = if skipped.is_some() {
         "skip"
     } else if boot.timed_out {
         "timeout"
@@ -608,28 +624,7 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<Json> {
         status.to_uppercase(),
         fmt_secs(boot.secs)
     );
-    let mut rec = vec![
-        ("series", s(&k.series)),
-        ("kernel", s(&k.version)),
-        ("uname", uname.map(s).unwrap_or(Json::Null)),
-        ("path", s(path)),
-        ("status", s(status)),
-        ("started", s(started)),
-        ("seconds", n(boot.secs.round())),
-        ("rootfs", s(if boot.virtiofs { "virtiofs" } else { "9p" })),
-        ("source", vm.source.map(s).unwrap_or(Json::Null)),
-        (
-            "args",
-            Json::Arr(o.test_args.iter().map(s).collect::<Vec<_>>()),
-        ),
-    ];
-    if let Some(why) = skipped {
-        rec.push(("skipped", s(why)));
-    }
-    rec.push(("tests", Json::Arr(results)));
-    Ok(Json::Obj(
-        rec.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-    ))
+    Ok((status, records))
 }
 
 fn print_log(tag: &str, name: &str, status: &str, log: &str, log_path: &Path, verbose: bool) {
@@ -658,27 +653,6 @@ fn print_log(tag: &str, name: &str, status: &str, log: &str, log_path: &Path, ve
     );
     eprintln!("{}", text.trim_end());
     eprintln!("---- end of {name} ----");
-}
-
-/// The line that says what went wrong: the panic message (the line after "panicked at"), else the
-/// first line mentioning an error, else the first line.
-fn headline(msg: &str) -> &str {
-    let lines: Vec<&str> = msg
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    if let Some(i) = lines.iter().position(|l| l.contains(" panicked at "))
-        && let Some(next) = lines.get(i + 1)
-    {
-        return next;
-    }
-    lines
-        .iter()
-        .find(|l| l.contains("rror"))
-        .or(lines.first())
-        .copied()
-        .unwrap_or("")
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -957,8 +931,15 @@ struct Libtest {
     passed: u32,
     failed: u32,
     ignored: u32,
-    /// (test name, its captured output / panic message, shortened)
-    failures: Vec<(String, String)>,
+    failures: Vec<Failure>,
+}
+
+struct Failure {
+    name: String,
+    /// One line: what went wrong (see `summarize`).
+    summary: String,
+    /// The test's output, shortened.
+    message: String,
 }
 
 fn parse_libtest(log: &str) -> Libtest {
@@ -966,8 +947,7 @@ fn parse_libtest(log: &str) -> Libtest {
     let mut failed_names = Vec::new();
     for line in log.lines() {
         if let Some(rest) = line.strip_prefix("test ") {
-            if let Some(name) = rest.strip_suffix(" ... ok") {
-                let _ = name;
+            if rest.ends_with(" ... ok") {
                 r.passed += 1;
             } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
                 r.failed += 1;
@@ -979,7 +959,7 @@ fn parse_libtest(log: &str) -> Libtest {
     }
     for name in failed_names {
         let head = format!("---- {name} stdout ----\n");
-        let msg = match log.find(&head) {
+        let body = match log.find(&head) {
             Some(at) => {
                 let body = &log[at + head.len()..];
                 let end = [body.find("\n---- "), body.find("\n\nfailures:\n")]
@@ -987,13 +967,53 @@ fn parse_libtest(log: &str) -> Libtest {
                     .flatten()
                     .min()
                     .unwrap_or(body.len());
-                shorten(body[..end].trim(), 25, 2500)
+                body[..end].trim()
             }
-            None => String::new(),
+            None => "",
         };
-        r.failures.push((name, msg));
+        r.failures.push(Failure {
+            name,
+            summary: summarize(body),
+            message: shorten(body, 25, 2500),
+        });
     }
     r
+}
+
+/// The line that says what went wrong: the panic message (the line after "panicked at"), preceded by
+/// the BPF verifier's verdict (the line before "processed N insns") or the tool's own error line when
+/// the panic is about a tool that did not start.
+fn summarize(body: &str) -> String {
+    let lines: Vec<&str> = body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let first = lines
+        .iter()
+        .position(|l| l.contains(" panicked at "))
+        .and_then(|i| lines.get(i + 1))
+        .or_else(|| lines.iter().find(|l| l.contains("rror")))
+        .or(lines.first())
+        .copied()
+        .unwrap_or("");
+    if !first.ends_with("stderr:") {
+        return first.to_string();
+    }
+    let verifier = lines
+        .iter()
+        .position(|l| l.starts_with("processed ") && l.contains(" insns "))
+        .and_then(|i| i.checked_sub(1))
+        .map(|i| format!("verifier: {}", lines[i]));
+    let tool = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("sockray ") && (l.contains("failed") || l.contains("rror")))
+        .map(|l| l.to_string());
+    match verifier.or(tool) {
+        Some(why) => format!("{why} — {first}"),
+        None => first.to_string(),
+    }
 }
 
 fn shorten(text: &str, max_lines: usize, max_chars: usize) -> String {
@@ -1063,8 +1083,27 @@ mod tests {
                    failures:\n    b\n\ntest result: FAILED. 1 passed; 1 failed; 1 ignored\n";
         let r = parse_libtest(log);
         assert_eq!((r.passed, r.failed, r.ignored), (1, 1, 1));
-        assert_eq!(r.failures[0].0, "b");
-        assert!(r.failures[0].1.ends_with("boom"), "{:?}", r.failures[0].1);
+        assert_eq!(r.failures[0].name, "b");
+        assert!(
+            r.failures[0].message.ends_with("boom"),
+            "{:?}",
+            r.failures[0].message
+        );
+        assert_eq!(r.failures[0].summary, "boom");
+    }
+
+    #[test]
+    fn summary_of_a_tool_that_did_not_start() {
+        let body = "thread 't' (1) panicked at tests/common/mod.rs:311:17:\n\
+                    sockray tcplife -L 1 exited before it was ready (status 1); stderr:\n\
+                    -- BEGIN PROG LOAD LOG --\n302: (71) r1 = *(u8 *)(r2 +0)\n\
+                    R2 unbounded memory access\nprocessed 139 insns (limit 1000000)\n\
+                    -- END PROG LOAD LOG --\nsockray tcplife: loading the BPF programs failed\n";
+        assert_eq!(
+            summarize(body),
+            "verifier: R2 unbounded memory access — sockray tcplife -L 1 exited before it was \
+             ready (status 1); stderr:"
+        );
     }
 
     #[test]

@@ -1,51 +1,57 @@
-//! `results.json` (merged across invocations) and the Markdown table for the terminal and README.md.
+//! `results.json` (one record per kernel series × attach path × test binary, merged across invocations)
+//! and the Markdown table for the terminal and README.md.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
 use super::json::{Json, obj, s};
 use super::kernel::version_cmp;
-use super::{ALL_PATHS, headline, now_utc, results_path, shorten, tail};
+use super::{ALL_PATHS, now_utc, results_path, shorten};
 use crate::{Res, fail, io_fail, workspace_root};
 
 const README_BEGIN: &str = "<!-- vmtest:begin -->";
 const README_END: &str = "<!-- vmtest:end -->";
 
-pub(super) fn merge_results(file: &Path, new: &[Json]) -> Res<usize> {
-    let mut runs: Vec<Json> = match fs::read_to_string(file) {
-        Ok(text) => Json::parse(&text)
+fn key(r: &Json) -> (String, String, String) {
+    let f = |k| r.str(k).unwrap_or("").to_string();
+    (f("series"), f("path"), f("test"))
+}
+
+fn read_results(file: &Path) -> Res<Vec<Json>> {
+    match fs::read_to_string(file) {
+        Ok(text) => Ok(Json::parse(&text)
             .map_err(|e| fail(format!("{}: {e}", file.display())))?
-            .arr("runs")
-            .to_vec(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io_fail("cannot read", file, e)),
-    };
-    let key = |r: &Json| {
-        (
-            r.str("series").unwrap_or("").to_string(),
-            r.str("path").unwrap_or("").to_string(),
-        )
-    };
-    let replaced: HashSet<_> = new.iter().map(key).collect();
-    runs.retain(|r| !replaced.contains(&key(r)));
-    runs.extend(new.iter().cloned());
-    runs.sort_by(|a, b| {
-        version_cmp(a.str("kernel").unwrap_or(""), b.str("kernel").unwrap_or("")).then(
-            path_rank(a.str("path").unwrap_or("")).cmp(&path_rank(b.str("path").unwrap_or(""))),
-        )
+            .arr("results")
+            .to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_fail("cannot read", file, e)),
+    }
+}
+
+/// Adds `new` records to the file; each replaces the record of the same kernel series, path and test.
+/// Returns how many records the file holds.
+pub(super) fn merge_results(file: &Path, new: &[Json]) -> Res<usize> {
+    let mut all = read_results(file)?;
+    all.retain(|r| !new.iter().any(|n| key(n) == key(r)));
+    all.extend(new.iter().cloned());
+    all.sort_by(|a, b| {
+        let (ka, kb) = (key(a), key(b));
+        version_cmp(a.str("kernel").unwrap_or(""), b.str("kernel").unwrap_or(""))
+            .then(path_rank(&ka.1).cmp(&path_rank(&kb.1)))
+            .then(ka.2.cmp(&kb.2))
     });
-    let count = runs.len();
+    let count = all.len();
     let doc = obj([
         (
             "about",
             s(
-                "cargo xtask vmtest: integration tests per kernel and attach path; a run of a kernel series \
-               and path replaces the earlier one",
+                "cargo xtask vmtest: one record per kernel series, attach path and test binary; \
+               a new run replaces the record of the same three",
             ),
         ),
         ("updated", s(now_utc())),
-        ("runs", Json::Arr(runs)),
+        ("results", Json::Arr(all)),
     ]);
     if let Some(dir) = file.parent() {
         fs::create_dir_all(dir).map_err(|e| io_fail("cannot create", dir, e))?;
@@ -66,45 +72,32 @@ pub(super) fn short_kernel(v: &str) -> &str {
     v.strip_suffix("-amd64").unwrap_or(v)
 }
 
-/// Markdown table: one row per (tool, path), one column per kernel series, then the failures.
-/// With `readme`, the notes name the source; without, it is a terminal summary.
-pub(super) fn render_table(runs: &[Json], readme: bool) -> String {
+/// Markdown: one row per (tool, path), one column per kernel series, then the failures grouped per
+/// test. With `readme`, a note says where the figures come from.
+pub(super) fn render_table(records: &[Json], readme: bool) -> String {
+    let mut sorted: Vec<&Json> = records.iter().collect();
+    sorted.sort_by(|a, b| {
+        version_cmp(a.str("kernel").unwrap_or(""), b.str("kernel").unwrap_or(""))
+            .then(path_rank(&key(a).1).cmp(&path_rank(&key(b).1)))
+    });
     // columns: series in kernel order, headed by the kernel version(s) they ran
     let mut series: Vec<(String, BTreeSet<String>)> = Vec::new();
-    let mut sorted: Vec<&Json> = runs.iter().collect();
-    sorted
-        .sort_by(|a, b| version_cmp(a.str("kernel").unwrap_or(""), b.str("kernel").unwrap_or("")));
-    for r in &sorted {
-        let (Some(se), Some(k)) = (r.str("series"), r.str("kernel")) else {
-            continue;
-        };
-        match series.iter_mut().find(|(s, _)| s == se) {
-            Some((_, ks)) => {
-                ks.insert(short_kernel(k).to_string());
-            }
-            None => series.push((
-                se.to_string(),
-                BTreeSet::from([short_kernel(k).to_string()]),
-            )),
-        }
-    }
     let mut tools: BTreeSet<String> = BTreeSet::new();
     let mut paths: BTreeSet<(usize, String)> = BTreeSet::new();
-    for r in runs {
-        paths.insert((
-            path_rank(r.str("path").unwrap_or("")),
-            r.str("path").unwrap_or("").to_string(),
-        ));
-        for t in r.arr("tests") {
-            tools.insert(t.str("tool").unwrap_or("?").to_string());
+    for r in &sorted {
+        let (se, path, _) = key(r);
+        let k = short_kernel(r.str("kernel").unwrap_or("?")).to_string();
+        match series.iter_mut().find(|(s, _)| *s == se) {
+            Some((_, ks)) => {
+                ks.insert(k);
+            }
+            None => series.push((se, BTreeSet::from([k]))),
         }
+        paths.insert((path_rank(&path), path));
+        tools.insert(r.str("tool").unwrap_or("?").to_string());
     }
-    let find = |se: &str, path: &str| {
-        runs.iter()
-            .find(|r| r.str("series") == Some(se) && r.str("path") == Some(path))
-    };
-    let mut out = String::new();
-    out.push_str("| tool | path |");
+
+    let mut out = String::from("| tool | path |");
     for (_, ks) in &series {
         out.push_str(&format!(
             " {} |",
@@ -120,7 +113,11 @@ pub(super) fn render_table(runs: &[Json], readme: bool) -> String {
             let cells: Vec<String> = series
                 .iter()
                 .map(|(se, _)| {
-                    let Some(r) = find(se, path) else {
+                    let Some(r) = sorted.iter().find(|r| {
+                        r.str("series") == Some(se)
+                            && r.str("path") == Some(path)
+                            && r.str("tool") == Some(tool)
+                    }) else {
                         return "–".to_string();
                     };
                     let star = if r.arr("args").is_empty() {
@@ -129,20 +126,13 @@ pub(super) fn render_table(runs: &[Json], readme: bool) -> String {
                         filtered = true;
                         "*"
                     };
-                    if r.str("status") == Some("skip") {
-                        return "n/a".to_string();
-                    }
-                    let Some(t) = r.arr("tests").iter().find(|t| t.str("tool") == Some(tool))
-                    else {
-                        return "–".to_string();
-                    };
-                    let st = t.str("status").unwrap_or("?");
                     let (p, f) = (
-                        t.num("passed").unwrap_or(0.0),
-                        t.num("failed").unwrap_or(0.0),
+                        r.num("passed").unwrap_or(0.0),
+                        r.num("failed").unwrap_or(0.0),
                     );
-                    match st {
+                    match r.str("status").unwrap_or("?") {
                         "pass" => format!("pass{star}"),
+                        "skip" => "n/a".to_string(),
                         "fail" if p + f > 0.0 => format!("**FAIL** {f} of {}{star}", p + f),
                         other => format!("**{}**{star}", other.to_uppercase()),
                     }
@@ -154,51 +144,87 @@ pub(super) fn render_table(runs: &[Json], readme: bool) -> String {
             out.push_str(&format!("| {tool} | {path} | {} |\n", cells.join(" | ")));
         }
     }
+
+    // failures grouped by (tool, test): where they happened, and the first one's summary
+    struct Group {
+        tool: String,
+        test: String,
+        summary: String,
+        /// (kernel, paths)
+        places: Vec<(String, Vec<String>)>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    for r in &sorted {
+        let st = r.str("status").unwrap_or("");
+        if matches!(st, "pass" | "skip") {
+            continue;
+        }
+        let kernel = short_kernel(r.str("kernel").unwrap_or("?")).to_string();
+        let path = r.str("path").unwrap_or("?").to_string();
+        let tool = r.str("tool").unwrap_or("?").to_string();
+        let mut items: Vec<(String, String)> = r
+            .arr("failures")
+            .iter()
+            .map(|f| {
+                (
+                    format!("`{}`", f.str("name").unwrap_or("?")),
+                    f.str("summary").unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        if items.is_empty() {
+            let why = r.str("tail").and_then(|t| t.lines().last()).unwrap_or("");
+            items.push((format!("({st})"), why.trim().to_string()));
+        }
+        for (test, summary) in items {
+            let i = match groups.iter().position(|g| g.tool == tool && g.test == test) {
+                Some(i) => i,
+                None => {
+                    groups.push(Group {
+                        tool: tool.clone(),
+                        test,
+                        summary,
+                        places: Vec::new(),
+                    });
+                    groups.len() - 1
+                }
+            };
+            let places = &mut groups[i].places;
+            match places.iter_mut().find(|(k, _)| *k == kernel) {
+                Some((_, paths)) => paths.push(path.clone()),
+                None => places.push((kernel.clone(), vec![path.clone()])),
+            }
+        }
+    }
+    if !groups.is_empty() {
+        out.push_str("\nFailures (the first one's message):\n\n");
+        for g in &groups {
+            let places: Vec<String> = g
+                .places
+                .iter()
+                .map(|(k, paths)| format!("{k} ({})", paths.join(", ")))
+                .collect();
+            out.push_str(&format!(
+                "- {} {} on {}: {}\n",
+                g.tool,
+                g.test,
+                places.join(", "),
+                code_span(&g.summary)
+            ));
+        }
+    }
+
     let mut notes = Vec::new();
     if filtered {
         notes.push("`*`: run with test filter arguments (not every test ran).".to_string());
     }
-    let mut fails = Vec::new();
-    for r in &sorted {
-        for t in r.arr("tests") {
-            let st = t.str("status").unwrap_or("");
-            if st == "pass" || st == "not-run" && r.str("status") == Some("skip") {
-                continue;
-            }
-            let head = format!(
-                "{} on {}, path {}",
-                t.str("tool").unwrap_or("?"),
-                short_kernel(r.str("kernel").unwrap_or("?")),
-                r.str("path").unwrap_or("?")
-            );
-            let fs_ = t.arr("failures");
-            if fs_.is_empty() {
-                let why = t.str("tail").map(|x| tail(x, 1)).unwrap_or_default();
-                fails.push(format!("- {head}: {st} {}", code_span(why.trim())));
-            }
-            for f in fs_ {
-                fails.push(format!(
-                    "- {head}: `{}` {}",
-                    f.str("name").unwrap_or("?"),
-                    code_span(headline(f.str("message").unwrap_or("")))
-                ));
-            }
-        }
-    }
-    if !fails.is_empty() {
-        out.push_str("\nFailures:\n\n");
-        for f in &fails {
-            out.push_str(f);
-            out.push('\n');
-        }
-    }
     if readme {
-        let dates: BTreeSet<&str> = runs.iter().filter_map(|r| r.str("started")).collect();
-        let (first, last) = (
-            dates.first().map(|d| &d[..10.min(d.len())]).unwrap_or("?"),
-            dates.last().map(|d| &d[..10.min(d.len())]).unwrap_or("?"),
-        );
-        let sources: BTreeSet<&str> = runs.iter().filter_map(|r| r.str("source")).collect();
+        let dates: BTreeSet<&str> = records.iter().filter_map(|r| r.str("started")).collect();
+        fn day<'a>(d: Option<&&'a str>) -> &'a str {
+            d.map(|d| &d[..10.min(d.len())]).unwrap_or("?")
+        }
+        let (first, last) = (day(dates.first()), day(dates.last()));
+        let sources: BTreeSet<&str> = records.iter().filter_map(|r| r.str("source")).collect();
         let sources: Vec<String> = sources.iter().map(|s| format!("`{s}`")).collect();
         notes.push(format!(
             "Debian `linux-image-<version>-amd64` kernels in QEMU (TCG), runs of {first}{}{}; \
@@ -230,7 +256,7 @@ fn code_span(s: &str) -> String {
     if s.is_empty() {
         return String::new();
     }
-    let s = shorten(s, 1, 200);
+    let s = shorten(s, 1, 220);
     if s.contains('`') {
         format!("`` {s} ``")
     } else {
@@ -241,18 +267,14 @@ fn code_span(s: &str) -> String {
 /// `--report`: the README table between the markers, from results.json.
 pub(super) fn report() -> Res {
     let file = results_path();
-    let text = fs::read_to_string(&file).map_err(|e| {
-        fail(format!(
-            "cannot read {}: {e} (run `cargo xtask vmtest` first)",
+    let records = read_results(&file)?;
+    if records.is_empty() {
+        return Err(fail(format!(
+            "{}: no results recorded (run `cargo xtask vmtest` first)",
             file.display()
-        ))
-    })?;
-    let doc = Json::parse(&text).map_err(|e| fail(format!("{}: {e}", file.display())))?;
-    let runs = doc.arr("runs");
-    if runs.is_empty() {
-        return Err(fail(format!("{}: no runs recorded", file.display())));
+        )));
     }
-    let table = render_table(runs, true);
+    let table = render_table(&records, true);
     let readme = workspace_root().join("README.md");
     let old = fs::read_to_string(&readme).map_err(|e| io_fail("cannot read", &readme, e))?;
     let (Some(b), Some(e)) = (old.find(README_BEGIN), old.find(README_END)) else {
