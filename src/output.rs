@@ -1,6 +1,6 @@
 //! Output shared by every tool: BCC's columns (default and `-w` wide), CSV (`-s`), and NDJSON
 //! (`--json`), with the optional time columns `-T` (HH:MM:SS) and `-t` (seconds since the first event).
-//! Writes are line-buffered; a closed pipe (`| head`) ends the tool cleanly (see [`is_closed_pipe`]).
+//! Writes are batched per ring-buffer poll; a closed pipe (`| head`) ends the tool cleanly (see [`is_closed_pipe`]).
 
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -152,15 +152,54 @@ fn pad(text: &str, col: &Col) -> String {
     }
 }
 
+thread_local! {
+    static BATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Stdout, buffered until the event loop has handled what one ring-buffer poll returned: a burst of
+/// events costs one write() instead of one per line, and every line still reaches a pipe (`| grep`)
+/// within one poll interval (src/runtime.rs).
+struct BatchedStdout;
+
+impl Write for BatchedStdout {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let full = BATCH.with(|v| {
+            let mut v = v.borrow_mut();
+            v.extend_from_slice(b);
+            v.len() >= 1 << 16
+        });
+        if full {
+            flush_batch()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        flush_batch()
+    }
+}
+
+impl Drop for BatchedStdout {
+    fn drop(&mut self) {
+        let _ = flush_batch();
+    }
+}
+
+/// Writes what the printers have buffered to stdout.
+pub fn flush_batch() -> io::Result<()> {
+    let pending = BATCH.with(|v| std::mem::take(&mut *v.borrow_mut()));
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    out.write_all(&pending)?;
+    out.flush()
+}
+
 impl Printer {
-    /// A printer to stdout, line-buffered.
+    /// A printer to stdout, written out after each batch of events (see [`flush_batch`]).
     pub fn new(mode: Mode, cols: Vec<Col>, time: TimeCols) -> Printer {
-        Self::to_writer(
-            mode,
-            cols,
-            time,
-            Box::new(io::LineWriter::new(io::stdout())),
-        )
+        Self::to_writer(mode, cols, time, Box::new(BatchedStdout))
     }
 
     /// Decimals of the TIME(s) column (6 unless set).
@@ -213,7 +252,9 @@ impl Printer {
                 .collect::<Vec<_>>()
                 .join(" "),
         };
-        writeln!(self.out, "{}", line.trim_end())
+        writeln!(self.out, "{}", line.trim_end())?;
+        // the header says "attached": out at once
+        self.out.flush()
     }
 
     /// Prints one event. `ktime_ns` is its bpf_ktime_get_ns() stamp (None for summaries).

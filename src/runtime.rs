@@ -306,6 +306,11 @@ pub fn event_loop(
                 break;
             }
         }
+        crate::output::flush_batch()?;
+        if stdout_reader_gone() {
+            // `| head -1` is satisfied: stop now, not at the next event
+            return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe).into());
+        }
     }
     // drain what is already in the buffer
     if let Some(rb) = &rb {
@@ -314,7 +319,20 @@ pub fn event_loop(
             return Err(e.into());
         }
     }
+    crate::output::flush_batch()?;
     Ok(())
+}
+
+/// True when stdout is a pipe or socket whose reader has gone away (poll reports an error/hang-up).
+fn stdout_reader_gone() -> bool {
+    let mut fd = libc::pollfd {
+        fd: 1,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// The end of every run: the lost-event count on stderr (when any) and as the last JSON record.

@@ -380,3 +380,36 @@ fn filter_pid() {
         tn.rows
     );
 }
+
+/// `sockray tcplife | head -1`: once the reader has gone, the tool ends by itself (exit 0, nothing on
+/// stderr), also when no further event comes that would hit the closed pipe.
+#[test]
+fn closed_pipe_after_header_ends_the_tool() {
+    if !require_bpf() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(sockray_bin())
+        .args(["tcplife", "-L", "1"]) // a port nothing uses: no event will come
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sockray tcplife");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    out.read_line(&mut header).expect("read header");
+    assert!(header.starts_with("PID"), "header: {header:?}");
+    drop(out); // `head -1` exits
+    let status = wait_timeout(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        kill_by_pid(&mut child, libc::SIGKILL);
+        let _ = child.wait();
+        panic!("sockray tcplife kept running after its stdout reader went away");
+    }
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.unwrap().success(), "exit {status:?}, stderr: {err}");
+    assert!(err.trim().is_empty(), "stderr: {err}");
+}

@@ -27,6 +27,17 @@ const ROUNDS: usize = 5;
 
 unsafe extern "C" {
     safe fn kill(pid: i32, sig: i32) -> i32;
+    fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+}
+
+/// Keeps the bench's own threads (the readers of the tracers' output) on CPU 0 with the tracers, off the
+/// load generator's CPU.
+fn pin_to_cpu0() {
+    let mask = [1u64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    // SAFETY: a valid cpu_set_t-sized mask for this thread; threads started later inherit it.
+    unsafe {
+        sched_setaffinity(0, size_of_val(&mask), mask.as_ptr());
+    }
 }
 const SIGINT: i32 = 2;
 
@@ -94,25 +105,20 @@ fn start(argv: &[String]) -> Result<Running, String> {
     // reads in large chunks, remembers only the first line (readiness) and the last one
     let reader = thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
-        let mut tail: Vec<u8> = Vec::new();
+        let mut lines = Lines::default();
         let mut first_sent = false;
         loop {
             let k = match out.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(k) => k,
             };
-            tail.extend_from_slice(&buf[..k]);
-            if !first_sent && let Some(nl) = tail.iter().position(|&b| b == b'\n') {
-                let _ = tx.send(String::from_utf8_lossy(&tail[..nl]).into_owned());
+            lines.feed(&buf[..k]);
+            if !first_sent && let Some(first) = &lines.first {
+                let _ = tx.send(String::from_utf8_lossy(first).into_owned());
                 first_sent = true;
             }
-            if tail.len() > 1 << 16 {
-                let keep = tail.len() - 4096;
-                tail.drain(..keep);
-            }
         }
-        let text = String::from_utf8_lossy(&tail).into_owned();
-        text.lines().last().map(str::to_string)
+        lines.last.map(|l| String::from_utf8_lossy(&l).into_owned())
     });
     Ok(Running {
         child,
@@ -214,6 +220,36 @@ impl Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
         self.reader.join().ok().flatten()
+    }
+}
+
+/// The first and the last complete line of a stream fed in chunks, in time proportional to the input
+/// (the tracer prints one line per connection: the bench's reader must not slow the load down).
+#[derive(Default)]
+struct Lines {
+    first: Option<Vec<u8>>,
+    last: Option<Vec<u8>>,
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    fn feed(&mut self, chunk: &[u8]) {
+        let Some(end) = chunk.iter().rposition(|&b| b == b'\n') else {
+            self.partial.extend_from_slice(chunk);
+            return;
+        };
+        // the line that `partial` continues, up to the chunk's first newline
+        let joined = |partial: &[u8], upto: usize| [partial, &chunk[..upto]].concat();
+        if self.first.is_none() {
+            let nl = chunk.iter().position(|&b| b == b'\n').unwrap_or(end);
+            self.first = Some(joined(&self.partial, nl));
+        }
+        self.last = Some(match chunk[..end].iter().rposition(|&b| b == b'\n') {
+            Some(nl) => chunk[nl + 1..end].to_vec(),
+            None => joined(&self.partial, end),
+        });
+        self.partial.clear();
+        self.partial.extend_from_slice(&chunk[end + 1..]);
     }
 }
 
@@ -325,6 +361,7 @@ fn lost_of(last: Option<String>) -> Option<u64> {
 /// The whole benchmark; `sockray` is the release binary, `tools` what it offers.
 pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
     let mut configs = tracers(sockray, tools);
+    pin_to_cpu0();
     println!(
         "sockray bench: {CONNS} loopback connections per run, {ROUNDS} rounds, {STARTS} starts per tool"
     );
@@ -468,6 +505,23 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_and_last_line_of_chunks() {
+        let mut l = Lines::default();
+        l.feed(b"hea");
+        assert_eq!((l.first.as_deref(), l.last.as_deref()), (None, None));
+        l.feed(b"der\nrow1\nro");
+        assert_eq!(l.first.as_deref(), Some(&b"header"[..]));
+        assert_eq!(l.last.as_deref(), Some(&b"row1"[..]));
+        l.feed(b"w2");
+        l.feed(b"\n{\"lost\":0}\n");
+        assert_eq!(l.first.as_deref(), Some(&b"header"[..]));
+        assert_eq!(l.last.as_deref(), Some(&b"{\"lost\":0}"[..]));
+        l.feed(b"a\nb");
+        l.feed(b"c\n");
+        assert_eq!(l.last.as_deref(), Some(&b"bc"[..]));
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
