@@ -24,30 +24,76 @@ pub enum Value {
 }
 
 impl Value {
+    #[cfg(test)]
     fn text(&self) -> String {
-        match self {
-            Value::U(v) => v.to_string(),
-            Value::I(v) => v.to_string(),
-            Value::F(v, p) => format!("{v:.p$}"),
-            Value::S(s) => s.clone(),
-            Value::Ip(a) => a.to_string(),
-            Value::Hex(v) => format!("{v:x}"),
-            Value::Null => String::new(),
-        }
+        let mut s = String::new();
+        self.write_text(&mut s);
+        s
     }
 
+    #[cfg(test)]
     fn json(&self) -> String {
-        match self {
-            Value::U(v) => v.to_string(),
-            Value::I(v) => v.to_string(),
-            Value::F(v, p) if v.is_finite() => format!("{v:.p$}"),
-            Value::F(..) => "null".into(),
-            Value::S(s) => serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()),
-            Value::Ip(a) => format!("\"{a}\""),
-            Value::Hex(v) => format!("\"0x{v:x}\""),
-            Value::Null => "null".into(),
+        let mut s = String::new();
+        self.write_json(&mut s);
+        s
+    }
+
+    /// Appends the column form of the value.
+    fn write_text(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = match self {
+            Value::U(v) => write!(out, "{v}"),
+            Value::I(v) => write!(out, "{v}"),
+            Value::F(v, p) => write!(out, "{v:.p$}"),
+            Value::S(s) => {
+                out.push_str(s);
+                Ok(())
+            }
+            Value::Ip(a) => write!(out, "{a}"),
+            Value::Hex(v) => write!(out, "{v:x}"),
+            Value::Null => Ok(()),
+        };
+    }
+
+    /// Appends the JSON form of the value.
+    fn write_json(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = match self {
+            Value::U(v) => write!(out, "{v}"),
+            Value::I(v) => write!(out, "{v}"),
+            Value::F(v, p) if v.is_finite() => write!(out, "{v:.p$}"),
+            Value::F(..) | Value::Null => {
+                out.push_str("null");
+                Ok(())
+            }
+            Value::S(s) => {
+                json_string(s, out);
+                Ok(())
+            }
+            Value::Ip(a) => write!(out, "\"{a}\""),
+            Value::Hex(v) => write!(out, "\"0x{v:x}\""),
+        };
+    }
+}
+
+/// Appends `s` as a JSON string literal (RFC 8259 escapes).
+fn json_string(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
         }
     }
+    out.push('"');
 }
 
 /// A record: field names (stable snake_case, used as JSON keys) and values, in order.
@@ -129,6 +175,9 @@ pub struct Printer {
     /// decimals of the TIME(s) column (BCC: 6 in most tools, 3 in tcpconnect/tcpconnlat)
     secs_decimals: usize,
     out: Box<dyn Write>,
+    /// reused between events: no allocation per line
+    line: String,
+    cell: String,
 }
 
 /// True for the error a write to a closed pipe gives: the reader went away, stop quietly.
@@ -139,16 +188,26 @@ pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+#[cfg(test)]
 fn pad(text: &str, col: &Col) -> String {
-    let text: String = if col.trunc {
-        text.chars().take(col.width).collect()
-    } else {
-        text.to_string()
+    let mut s = String::new();
+    push_padded(&mut s, text, col);
+    s
+}
+
+/// Appends `text` in the column's width and alignment (printf's `%-Ns`, `%Ns`, `%-N.Ns`).
+fn push_padded(out: &mut String, text: &str, col: &Col) {
+    let text = match (col.trunc, text.char_indices().nth(col.width)) {
+        (true, Some((cut, _))) => &text[..cut],
+        _ => text,
     };
+    let fill = col.width.saturating_sub(text.chars().count());
+    if !col.left {
+        out.extend(std::iter::repeat_n(' ', fill));
+    }
+    out.push_str(text);
     if col.left {
-        format!("{text:<w$}", w = col.width)
-    } else {
-        format!("{text:>w$}", w = col.width)
+        out.extend(std::iter::repeat_n(' ', fill));
     }
 }
 
@@ -217,6 +276,8 @@ impl Printer {
             first_ts: None,
             secs_decimals: 6,
             out,
+            line: String::new(),
+            cell: String::new(),
         }
     }
 
@@ -246,11 +307,14 @@ impl Printer {
                 .map(|c| c.title)
                 .collect::<Vec<_>>()
                 .join(","),
-            Mode::Table => cols
-                .iter()
-                .map(|c| pad(c.title, c))
-                .collect::<Vec<_>>()
-                .join(" "),
+            Mode::Table => {
+                let mut line = String::new();
+                for c in &cols {
+                    push_padded(&mut line, c.title, c);
+                    line.push(' ');
+                }
+                line
+            }
         };
         writeln!(self.out, "{}", line.trim_end())?;
         // the header says "attached": out at once
@@ -259,62 +323,84 @@ impl Printer {
 
     /// Prints one event. `ktime_ns` is its bpf_ktime_get_ns() stamp (None for summaries).
     pub fn event(&mut self, ktime_ns: Option<u64>, fields: &Fields) -> io::Result<()> {
-        let mut time_vals = Vec::new();
-        if let Some(ts) = ktime_ns {
+        use std::fmt::Write as _;
+        let mut line = std::mem::take(&mut self.line);
+        let mut cell = std::mem::take(&mut self.cell);
+        line.clear();
+        let get = |key: &str, cell: &mut String| {
+            cell.clear();
+            if let Some((_, v)) = fields.iter().find(|(k, _)| *k == key) {
+                v.write_text(cell);
+            }
+        };
+        // the time columns' text, in `cell`, one after the other
+        let mut times: [Option<(Col, String)>; 2] = [None, None];
+        if let Some(ts) = ktime_ns
+            && self.mode != Mode::Json
+        {
             let first = *self.first_ts.get_or_insert(ts);
             if self.time.hms {
-                time_vals.push(hms(self.clock.wall_ns(ts)));
+                times[0] = Some((Col::left("TIME", "", 8), hms(self.clock.wall_ns(ts))));
             }
             if self.time.secs {
                 let d = self.secs_decimals;
-                time_vals.push(format!("{:.d$}", ts.saturating_sub(first) as f64 / 1e9));
+                let secs = format!("{:.d$}", ts.saturating_sub(first) as f64 / 1e9);
+                times[1] = Some((Col::left("TIME(s)", "", 9), secs));
             }
         }
-        let get = |key: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.text())
-                .unwrap_or_default()
-        };
-        let line = match self.mode {
+        match self.mode {
             Mode::Json => {
-                let mut parts = Vec::with_capacity(fields.len() + 1);
+                line.push('{');
                 if let Some(ts) = ktime_ns {
-                    parts.push(format!("\"time_ns\":{}", self.clock.wall_ns(ts)));
+                    self.first_ts.get_or_insert(ts);
+                    let _ = write!(line, "\"time_ns\":{},", self.clock.wall_ns(ts));
                 }
-                parts.extend(fields.iter().map(|(k, v)| format!("\"{k}\":{}", v.json())));
-                format!("{{{}}}", parts.join(","))
+                for (k, v) in fields {
+                    let _ = write!(line, "\"{k}\":");
+                    v.write_json(&mut line);
+                    line.push(',');
+                }
+                if line.ends_with(',') {
+                    line.pop();
+                }
+                line.push('}');
             }
-            Mode::Csv => time_vals
-                .into_iter()
-                .chain(
-                    self.cols
-                        .iter()
-                        .filter(|c| !c.key.is_empty())
-                        .map(|c| get(c.key)),
-                )
-                .collect::<Vec<_>>()
-                .join(","),
+            Mode::Csv => {
+                for (_, t) in times.iter().flatten() {
+                    line.push_str(t);
+                    line.push(',');
+                }
+                for c in self.cols.iter().filter(|c| !c.key.is_empty()) {
+                    get(c.key, &mut cell);
+                    line.push_str(&cell);
+                    line.push(',');
+                }
+                if line.ends_with(',') {
+                    line.pop();
+                }
+            }
             Mode::Table => {
-                let time_cols = self.time_cols();
-                let mut cells: Vec<String> = time_vals
-                    .iter()
-                    .zip(&time_cols)
-                    .map(|(v, c)| pad(v, c))
-                    .collect();
-                for c in &self.cols {
-                    let text = if c.key.is_empty() {
-                        c.title.to_string()
-                    } else {
-                        get(c.key)
-                    };
-                    cells.push(pad(&text, c));
+                for (c, t) in times.iter().flatten() {
+                    push_padded(&mut line, t, c);
+                    line.push(' ');
                 }
-                cells.join(" ").trim_end().to_string()
+                for c in &self.cols {
+                    if c.key.is_empty() {
+                        push_padded(&mut line, c.title, c);
+                    } else {
+                        get(c.key, &mut cell);
+                        push_padded(&mut line, &cell, c);
+                    }
+                    line.push(' ');
+                }
+                line.truncate(line.trim_end().len());
             }
-        };
-        writeln!(self.out, "{line}")
+        }
+        line.push('\n');
+        let r = self.out.write_all(line.as_bytes());
+        self.line = line;
+        self.cell = cell;
+        r
     }
 
     /// A JSON record that is not an event (e.g. `{"lost": N}`); ignored outside JSON mode.
@@ -322,11 +408,17 @@ impl Printer {
         if self.mode != Mode::Json {
             return Ok(());
         }
-        let parts: Vec<String> = fields
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":{}", v.json()))
-            .collect();
-        writeln!(self.out, "{{{}}}", parts.join(","))
+        let mut line = String::from("{");
+        for (i, (k, v)) in fields.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            line.push('"');
+            line.push_str(k);
+            line.push_str("\":");
+            v.write_json(&mut line);
+        }
+        writeln!(self.out, "{line}}}")
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -357,6 +449,10 @@ mod tests {
         assert_eq!(Value::Hex(0xffff8881).json(), "\"0xffff8881\"");
         assert_eq!(Value::Hex(0xffff8881).text(), "ffff8881");
         assert_eq!(Value::Ip("::1".parse().unwrap()).json(), "\"::1\"");
+        let odd = "tab\there \\ \"q\" nl\n \u{1} ü";
+        let j = Value::S(odd.into()).json();
+        assert_eq!(j, "\"tab\\there \\\\ \\\"q\\\" nl\\n \\u0001 ü\"");
+        assert_eq!(serde_json::from_str::<String>(&j).unwrap(), odd);
     }
 
     /// A Write that keeps what was written, for looking at it after the printer is done.
