@@ -180,15 +180,43 @@ int opt_exit_connect(struct trace_event_raw_sys_exit *ctx)
 
 /* ---- -d: DNS answers, received over UDP from port 53 on a connected socket (as glibc's stub resolver
  * does, also towards systemd-resolved's 127.0.0.53), copied from the receiving syscall's user buffer.
- * sock_recv_length (Linux 6.3+) fires in sock_recvmsg() after the copy, in the receiving task; the
- * buffer comes from that task's syscall registers (x86_64: read, recvfrom, recvmsg). */
+ * Two ways, chosen by user space (src/tools/tcpconnect.rs):
+ *  - sock_recv_length (Linux 6.3+) fires in sock_recvmsg() after the copy, in the receiving task; the
+ *    buffer comes from that task's syscall registers (x86_64: read, recvfrom, recvmsg);
+ *  - older kernels: syscalls sys_enter/sys_exit of recvfrom and recvmsg; the entry notes the buffer when
+ *    the fd is a UDP socket connected to port 53, the exit copies what was received. */
+/* Sends the first bytes of a DNS answer: `ret` bytes were received into the user buffer buf (room: cap). */
+static __always_inline int dns_emit(__u64 buf, __u64 cap, long ret)
+{
+	struct tcpconnect_dns_event *e;
+	__u64 n = ret;
+
+	if (cap < n)
+		n = cap;
+	if (n > TCPCONNECT_DNS_MAX)
+		n = TCPCONNECT_DNS_MAX;
+	if (!buf || n < 12) /* shorter than a DNS header */
+		return 0;
+	e = event_reserve(sizeof(*e));
+	if (!e)
+		return 0;
+	e->kind = TCPCONNECT_KIND_DNS;
+	e->ts_ns = bpf_ktime_get_ns();
+	if (bpf_probe_read_user(e->data, n, (void *)buf)) {
+		bpf_ringbuf_discard(e, 0);
+		return 0;
+	}
+	e->len = n;
+	event_submit(e);
+	return 0;
+}
+
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(opt_dns_recv, struct sock *sk, int ret, int flags)
 {
-	struct tcpconnect_dns_event *e;
 	struct task_struct *task;
 	struct pt_regs *regs;
-	__u64 buf = 0, cap = 0, n;
+	__u64 buf = 0, cap = 0;
 	long nr;
 
 	if (!dns_on || ret <= 0)
@@ -221,23 +249,87 @@ int BPF_PROG(opt_dns_recv, struct sock *sk, int ret, int flags)
 	} else {
 		return 0;
 	}
-	n = ret;
-	if (cap < n)
-		n = cap;
-	if (n > TCPCONNECT_DNS_MAX)
-		n = TCPCONNECT_DNS_MAX;
-	if (!buf || n < 12) /* shorter than a DNS header */
+	return dns_emit(buf, cap, ret);
+}
+
+/* A recvfrom/recvmsg in progress on a DNS socket, per thread (the fallback below). */
+struct dns_recv {
+	__u64 buf;
+	__u64 cap;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct dns_recv);
+} dns_recvs SEC(".maps");
+
+static __always_inline bool fd_is_dns_socket(long fd)
+{
+	struct sock *sk = sock_of_fd(fd);
+
+	return sk && BPF_CORE_READ(sk, sk_protocol) == IPPROTO_UDP &&
+	       BPF_CORE_READ(sk, __sk_common.skc_dport) == bpf_htons(53);
+}
+
+static __always_inline int dns_enter(long fd, __u64 buf, __u64 cap)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct dns_recv r = { .buf = buf, .cap = cap };
+
+	if (!dns_on || !buf || !fd_is_dns_socket(fd))
 		return 0;
-	e = event_reserve(sizeof(*e));
-	if (!e)
-		return 0;
-	e->kind = TCPCONNECT_KIND_DNS;
-	e->ts_ns = bpf_ktime_get_ns();
-	if (bpf_probe_read_user(e->data, n, (void *)buf)) {
-		bpf_ringbuf_discard(e, 0);
-		return 0;
-	}
-	e->len = n;
-	event_submit(e);
+	bpf_map_update_elem(&dns_recvs, &id, &r, BPF_ANY);
 	return 0;
+}
+
+static __always_inline int dns_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct dns_recv *r = bpf_map_lookup_elem(&dns_recvs, &id);
+	struct dns_recv copy;
+
+	if (!r)
+		return 0;
+	copy = *r;
+	bpf_map_delete_elem(&dns_recvs, &id);
+	if (ret <= 0)
+		return 0;
+	return dns_emit(copy.buf, copy.cap, ret);
+}
+
+/* recvfrom(fd, buf, len, flags, addr, addrlen) */
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int opt_dnssys_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+{
+	return dns_enter(ctx->args[0], ctx->args[1], ctx->args[2]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int opt_dnssys_exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
+{
+	return dns_exit(ctx->ret);
+}
+
+/* recvmsg(fd, msg, flags): the first iovec holds the answer */
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int opt_dnssys_enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	struct user_msghdr m = {};
+	struct iovec iov = {};
+
+	if (!dns_on)
+		return 0;
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)ctx->args[1]) || !m.msg_iov || !m.msg_iovlen)
+		return 0;
+	if (bpf_probe_read_user(&iov, sizeof(iov), m.msg_iov))
+		return 0;
+	return dns_enter(ctx->args[0], (__u64)iov.iov_base, iov.iov_len);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int opt_dnssys_exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
+{
+	return dns_exit(ctx->ret);
 }

@@ -468,51 +468,29 @@ fn table_output() {
     assert!(lines.contains(&row.as_str()), "want {row:?}:\n{text}");
 }
 
-/// -d: the connect to an address a DNS answer returned is named by the query (glibc's resolver, through
-/// the netns's resolv.conf, against the generator's own DNS server on 127.0.0.1:53); other connects
-/// have none.
-/// `-d` reads DNS answers from sock:sock_recv_length (Linux 6.3+). Where the kernel lacks it, the tool
-/// must refuse `-d` with a message naming the hook, not run and print no names: checks that and
-/// returns false (the DNS test then has nothing more to check on this kernel).
-fn dns_hook_available() -> bool {
-    let has = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+/// Does this kernel have sock:sock_recv_length (Linux 6.3+), -d's preferred hook?
+fn has_recv_length() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .iter()
         .any(|t| {
             std::path::Path::new(t)
                 .join("events/sock/sock_recv_length")
                 .is_dir()
-        });
-    if has {
-        return true;
-    }
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sockray"))
-        .args(["tcpconnect", "-d"])
-        .output()
-        .expect("run sockray");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "tcpconnect -d must fail without sock_recv_length"
-    );
-    assert!(
-        err.contains("sock_recv_length"),
-        "the error names the missing hook: {err}"
-    );
-    false
+        })
 }
 
-#[test]
-fn dns_query_of_each_connect() {
-    if !require_bpf() || !dns_hook_available() {
-        return;
-    }
+/// -d: the connect to an address a DNS answer returned is named by the query (glibc's resolver, through
+/// the netns's resolv.conf, against the generator's own DNS server on 127.0.0.1:53); other connects
+/// have none. `env` may force the syscall-tracepoint fallback (SOCKRAY_ATTACH=tracepoint); `via` is the
+/// hook the tool must say (with --verbose) it reads answers from.
+fn dns_query_of_each_connect(env: &[(&str, &str)], via: &str) {
     let ns = Netns::new();
     let _rc = ns.resolv_conf("nameserver 127.0.0.1\noptions timeout:2 attempts:2\n");
     let name = "svc.sockray-test.example";
     let port = pick_port();
     let plain_port = pick_port();
     let p = port.to_string();
-    let tracer = Tracer::start("tcpconnect", &["-d"]);
+    let tracer = Tracer::start_env("tcpconnect", &["-d"], env);
     let t0 = now_ns();
     let lines = run_gen(
         &ns,
@@ -532,6 +510,11 @@ fn dns_query_of_each_connect() {
     let t1 = now_ns();
     std::thread::sleep(SETTLE);
     let trace = tracer.stop();
+    assert!(
+        trace.stderr.contains(&format!("DNS answers from {via}")),
+        "want DNS answers from {via}; stderr:\n{}",
+        trace.stderr
+    );
     let l = lines
         .iter()
         .find(|l| l["role"] == "dns-connect")
@@ -568,10 +551,33 @@ fn dns_query_of_each_connect() {
     assert!(other[0]["query_age_ms"].is_null(), "{}", other[0]);
 }
 
+/// -d on this kernel's preferred hook: sock_recv_length where it exists (6.3+), else the syscalls.
+#[test]
+fn dns_query_default_hook() {
+    if !require_bpf() {
+        return;
+    }
+    let via = if has_recv_length() && std::env::var_os("SOCKRAY_ATTACH").is_none() {
+        "tp_btf/sock_recv_length"
+    } else {
+        "syscalls:"
+    };
+    dns_query_of_each_connect(&[], via);
+}
+
+/// -d through the fallback of kernels older than 6.3 (syscall tracepoints), forced on any kernel.
+#[test]
+fn dns_query_syscall_fallback() {
+    if !require_bpf() {
+        return;
+    }
+    dns_query_of_each_connect(&[("SOCKRAY_ATTACH", "tracepoint")], "syscalls:");
+}
+
 /// The QUERY column as BCC prints it.
 #[test]
 fn dns_table_column() {
-    if !require_bpf() || !dns_hook_available() {
+    if !require_bpf() {
         return;
     }
     let ns = Netns::new();

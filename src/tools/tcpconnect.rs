@@ -3,7 +3,7 @@
 //! Hooks: sock:inet_sock_set_state CLOSE -> SYN_SENT (tp_btf, else raw_tp) in the connecting task, then
 //! syscalls:sys_exit_connect in the same thread (local port assigned, result known). Without syscall
 //! tracepoints the event is sent at SYN_SENT, with LPORT 0. `-c` counts in the kernel; `-d` adds
-//! sock:sock_recv_length (Linux 6.3+) to read DNS answers.
+//! sock:sock_recv_length (Linux 6.3+; else the recvfrom/recvmsg syscall tracepoints) to read DNS answers.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -58,7 +58,9 @@ resolver, also through systemd-resolved's 127.0.0.53 stub) and names each destin
 last query that returned its address. Not seen: DNS over TCP, DNS over TLS/HTTPS, answers a
 process gets without a DNS packet (nscd, systemd-resolved via nss-resolve/varlink, /etc/hosts),
 unconnected UDP resolvers (e.g. musl), and answers longer than 512 bytes beyond that point.
-Needs Linux 6.3+ (sock:sock_recv_length).
+On Linux 6.3+ the answers come from sock:sock_recv_length (read, recvfrom, recvmsg); on older
+kernels from the recvfrom and recvmsg syscall tracepoints (glibc's resolver uses recvfrom; answers
+read with read() are not seen there), which every such syscall on the machine then passes through.
 
 --cgroupmap and --mntnsmap (BCC) are not supported; --cgroup takes the cgroup directory itself.";
 
@@ -167,11 +169,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         && ["syscalls/sys_enter_connect", "syscalls/sys_exit_connect"]
             .iter()
             .all(|tp| attach::probe(Kind::Tracepoint, tp).is_ok());
-    if a.dns
-        && let Err(e) = attach::probe(Kind::TpBtf, "sock_recv_length")
-    {
-        bail!("-d needs the tracepoint sock:sock_recv_length (Linux 6.3+): {e}");
-    }
+    let dns_path = if a.dns { Some(dns_path()?) } else { None };
+    let dns_btf = dns_path == Some(DnsPath::RecvLength);
 
     let mut storage = MaybeUninit::uninit();
     let (skel, _links) = load_tool!(
@@ -186,7 +185,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             ro.dns_on = a.dns as u8;
         },
         |prog: &str| {
-            (prog == "opt_dns_recv" && !a.dns)
+            (prog == "opt_dns_recv" && !dns_btf)
+                || (prog.starts_with("opt_dnssys_") && dns_path != Some(DnsPath::Syscalls))
                 || (!syscall_hooks && (prog == "opt_enter_connect" || prog == "opt_exit_connect"))
         }
     );
@@ -198,6 +198,16 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         cli::debug(format_args!(
             "tcpconnect: no syscall tracepoints: events at SYN_SENT, LPORT 0, ret unknown"
         ));
+    }
+
+    match dns_path {
+        Some(DnsPath::RecvLength) => cli::debug(format_args!(
+            "tcpconnect: DNS answers from tp_btf/sock_recv_length"
+        )),
+        Some(DnsPath::Syscalls) => cli::debug(format_args!(
+            "tcpconnect: DNS answers from syscalls:sys_exit_recvfrom/sys_exit_recvmsg"
+        )),
+        None => {}
     }
 
     if a.count {
@@ -268,6 +278,49 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         None,
     )?;
     runtime::report_lost(&mut printer, "tcpconnect", runtime::lost_events(obj))
+}
+
+/// Where `-d` reads DNS answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DnsPath {
+    /// sock:sock_recv_length (Linux 6.3+): only socket receives pay for it
+    RecvLength,
+    /// syscalls:sys_enter/exit_recvfrom and recvmsg: older kernels (every such syscall pays)
+    Syscalls,
+}
+
+/// The DNS hook of this kernel: sock_recv_length where the kernel has it (and no other path is forced
+/// with SOCKRAY_ATTACH), else the syscall tracepoints.
+fn dns_path() -> Result<DnsPath> {
+    let forced = std::env::var("SOCKRAY_ATTACH")
+        .ok()
+        .filter(|f| !f.is_empty());
+    let btf_allowed = forced.as_deref().is_none_or(|f| f == "tp_btf");
+    if btf_allowed && attach::probe(Kind::TpBtf, "sock_recv_length").is_ok() {
+        return Ok(DnsPath::RecvLength);
+    }
+    let tps = [
+        "syscalls/sys_enter_recvfrom",
+        "syscalls/sys_exit_recvfrom",
+        "syscalls/sys_enter_recvmsg",
+        "syscalls/sys_exit_recvmsg",
+    ];
+    let missing: Vec<String> = tps
+        .iter()
+        .filter_map(|tp| {
+            attach::probe(Kind::Tracepoint, tp)
+                .err()
+                .map(|e| format!("{tp}: {e}"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(DnsPath::Syscalls);
+    }
+    bail!(
+        "-d needs the tracepoint sock:sock_recv_length (Linux 6.3+) or the syscall tracepoints of \
+         recvfrom and recvmsg (CONFIG_FTRACE_SYSCALLS); this kernel has neither: {}",
+        missing.join("; ")
+    )
 }
 
 // ---------------------------------------------------------------------------------------------------

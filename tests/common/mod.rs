@@ -245,10 +245,20 @@ pub struct Trace {
 impl Tracer {
     /// Start the tool and wait (up to READY_TIMEOUT) for `sockray: ready` on its stderr.
     pub fn start(tool: &str, args: &[&str]) -> Tracer {
+        Self::start_env(tool, args, &[])
+    }
+
+    /// As [`Tracer::start`], with extra environment variables (e.g. SOCKRAY_ATTACH).
+    pub fn start_env(tool: &str, args: &[&str], env: &[(&str, &str)]) -> Tracer {
         let bin = sockray_bin();
         let mut cmd = Command::new(&bin);
         cmd.arg(tool).arg("--json").arg("--verbose").args(args);
-        let desc = format!("sockray {tool} --json --verbose {}", args.join(" "));
+        cmd.envs(env.iter().copied());
+        let env_desc: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let desc = format!(
+            "{env_desc}sockray {tool} --json --verbose {}",
+            args.join(" ")
+        );
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
