@@ -73,22 +73,34 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 		return 0;
 	owner_on_state_d(sk, oldstate, newstate, direct);
 
-	if (newstate < TCP_FIN_WAIT1) {
-		struct session fresh = { .born = bpf_ktime_get_ns() };
+	switch (newstate) {
+	case TCP_SYN_SENT:
+	case TCP_SYN_RECV: {
+		/* born here (CLOSE removed any earlier session of this socket) */
+		struct session fresh = { .born = bpf_ktime_get_ns(),
+					 .flags = newstate == TCP_SYN_SENT ? SESSION_ACTIVE : 0 };
 		bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST);
-		sess = bpf_map_lookup_elem(&sessions, &key);
-		if (sess && newstate == TCP_SYN_SENT)
-			sess->flags |= SESSION_ACTIVE;
 		return 0;
 	}
-	sess = bpf_map_lookup_elem(&sessions, &key);
-	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK) {
+	case TCP_ESTABLISHED:
+		/* only a session whose handshake we did not see (tool started in between) is new here */
+		if (!bpf_map_lookup_elem(&sessions, &key)) {
+			struct session fresh = { .born = bpf_ktime_get_ns() };
+			bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST);
+		}
+		return 0;
+	case TCP_FIN_WAIT1:
+	case TCP_LAST_ACK:
+		sess = bpf_map_lookup_elem(&sessions, &key);
 		if (sess)
 			sess->flags |= SESSION_FIN_SENT;
 		return 0;
-	}
-	if (newstate != TCP_CLOSE)
+	case TCP_CLOSE:
+		break;
+	default:
 		return 0;
+	}
+	sess = bpf_map_lookup_elem(&sessions, &key);
 	if (!sess)
 		goto out; /* listener, or a session born before we started */
 	now = bpf_ktime_get_ns();
