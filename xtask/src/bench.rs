@@ -6,8 +6,9 @@
 //! - peak RSS (VmHWM) of the tracer during the load run;
 //! - loopback connection rate (connect/accept/close per second, a bounded generator in a fresh network
 //!   namespace per run, pinned to the last CPU) with no tracer and with each tracer attached, rounds
-//!   interleaved, median rate;
-//!   slowdown is 1 - rate(tracer)/rate(none);
+//!   interleaved, median rate; every tracer run sits between two runs without a tracer, and its
+//!   slowdown is 1 - rate(tracer)/mean(rate of those two), the median over the rounds (so drift of
+//!   the machine's speed during the bench, which on a shared VM is several percent, cancels out);
 //! - sockray's lost-event count (its `{"lost": N}` record) at that rate.
 //!
 //! Figures are ratios against baselines run in the same invocation; nothing here asserts timings.
@@ -352,6 +353,25 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
     Ok(())
 }
 
+/// Per configuration, the slowdown of each of its runs against the mean of the baseline runs (index 0)
+/// just before and after it.
+fn paired_slowdowns(history: &[(usize, f64)], configs: usize) -> Vec<Vec<f64>> {
+    let mut out = vec![Vec::new(); configs];
+    for (k, &(i, rate)) in history.iter().enumerate() {
+        if i == 0 {
+            continue;
+        }
+        let before = history[..k].iter().rev().find(|(c, _)| *c == 0);
+        let after = history[k + 1..].iter().find(|(c, _)| *c == 0);
+        let base: Vec<f64> = before.into_iter().chain(after).map(|(_, r)| *r).collect();
+        if !base.is_empty() {
+            let mean = base.iter().sum::<f64>() / base.len() as f64;
+            out[i].push(1.0 - rate / mean);
+        }
+    }
+    out
+}
+
 fn lost_of(last: Option<String>) -> Option<u64> {
     let line = last?;
     let rest = line.trim().strip_prefix("{\"lost\":")?;
@@ -399,40 +419,49 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
     let _stats = BpfStats::enable();
     let mut lost: Vec<Option<u64>> = vec![None; configs.len()];
     let mut run_no = 0;
+    // every tracer run between two baseline runs: none, t1, none, t2, none, ...
+    let mut sequence: Vec<usize> = Vec::new();
     for _ in 0..ROUNDS {
-        for (i, t) in configs.iter().enumerate() {
-            run_no += 1;
-            let running = match &t.argv {
-                Some(argv) => {
-                    let mut r = start(argv)?;
-                    if t.sockray {
-                        // --json prints no header: give it the same settle time as the others
-                        thread::sleep(Duration::from_millis(300));
-                    } else {
-                        r.ready(Instant::now())?;
-                    }
-                    Some(r)
-                }
-                None => None,
-            };
-            let rate = load_run(run_no)?;
-            rates[i].push(rate);
-            if let Some(r) = running {
-                thread::sleep(Duration::from_millis(300));
-                rss[i] = rss[i].max(r.peak_rss_kib());
-                cpu[i] += cpu_seconds(r.child.id());
-                bpf_ns[i] += bpf_run_ns(r.child.id());
-                let last = r.stop();
+        for i in 1..configs.len() {
+            sequence.extend([0, i]);
+        }
+    }
+    sequence.push(0);
+    let mut history: Vec<(usize, f64)> = Vec::new();
+    for &i in &sequence {
+        let t = &configs[i];
+        run_no += 1;
+        let running = match &t.argv {
+            Some(argv) => {
+                let mut r = start(argv)?;
                 if t.sockray {
-                    let n = lost_of(last)
-                        .ok_or_else(|| format!("{}: no {{\"lost\": N}} record at exit", t.name))?;
-                    lost[i] = Some(lost[i].unwrap_or(0) + n);
+                    // --json prints no header: give it the same settle time as the others
+                    thread::sleep(Duration::from_millis(300));
+                } else {
+                    r.ready(Instant::now())?;
                 }
+                Some(r)
+            }
+            None => None,
+        };
+        let rate = load_run(run_no)?;
+        rates[i].push(rate);
+        history.push((i, rate));
+        if let Some(r) = running {
+            thread::sleep(Duration::from_millis(300));
+            rss[i] = rss[i].max(r.peak_rss_kib());
+            cpu[i] += cpu_seconds(r.child.id());
+            bpf_ns[i] += bpf_run_ns(r.child.id());
+            let last = r.stop();
+            if t.sockray {
+                let n = lost_of(last)
+                    .ok_or_else(|| format!("{}: no {{\"lost\": N}} record at exit", t.name))?;
+                lost[i] = Some(lost[i].unwrap_or(0) + n);
             }
         }
     }
+    let slowdowns = paired_slowdowns(&history, configs.len());
 
-    let base = median(rates[0].clone());
     println!();
     println!(
         "{:<24} {:>11} {:>13} {:>10} {:>9} {:>12} {:>10} {:>6}",
@@ -460,7 +489,7 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
         let slow = if i == 0 {
             "-".into()
         } else {
-            format!("{:.1}%", (1.0 - rate / base) * 100.0)
+            format!("{:.1}%", median(slowdowns[i].clone()) * 100.0)
         };
         let lo = lost[i].map(|n| n.to_string()).unwrap_or("-".into());
         let conns = (CONNS as usize * ROUNDS) as f64;
@@ -521,6 +550,17 @@ mod tests {
         l.feed(b"a\nb");
         l.feed(b"c\n");
         assert_eq!(l.last.as_deref(), Some(&b"bc"[..]));
+    }
+
+    #[test]
+    fn slowdowns_against_neighbouring_baselines() {
+        // none 100, t1 90, none 110, t2 50, none 90
+        let h = [(0, 100.0), (1, 90.0), (0, 110.0), (2, 50.0), (0, 90.0)];
+        let s = paired_slowdowns(&h, 3);
+        assert!(s[0].is_empty());
+        assert_eq!(s[1].len(), 1);
+        assert!((s[1][0] - (1.0 - 90.0 / 105.0)).abs() < 1e-12);
+        assert!((s[2][0] - 0.5).abs() < 1e-12);
     }
 
     #[test]
