@@ -41,8 +41,9 @@ struct listen_key {
 
 static __always_inline __u64 sk_net_ptr(const struct sock *sk, bool direct)
 {
-	if (direct)
-		return (__u64)sk->__sk_common.skc_net.net;
+	/* Always the helper, also in tp_btf programs: a plain load of a pointer field from a BTF pointer
+	 * makes the verifier (6.x) look up "<type>__safe_trusted" by name in vmlinux BTF, a linear scan
+	 * (~1-2 ms of start-up per load site); this runs once per passive open only. */
 	return (__u64)BPF_CORE_READ(sk, __sk_common.skc_net.net);
 }
 
@@ -254,7 +255,17 @@ int sockowner_refresh2__accept(struct syscall_exit_record *ctx)
 }
 
 /* ---- seeding: every TCP socket held by a process when the tool starts ---- */
-static __always_inline int seed_one(struct bpf_iter__task_file *ctx, bool with_cgroup)
+
+/* The task_file iterator's context (Linux 5.8+; its layout is the iterator's ABI), declared without
+ * CO-RE relocation: one type fewer for libbpf to look up in vmlinux BTF at start-up. */
+struct sockray_iter_task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
+};
+
+static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool with_cgroup)
 {
 	struct task_struct *task = ctx->task;
 	struct file *file = ctx->file;
@@ -291,13 +302,13 @@ static __always_inline int seed_one(struct bpf_iter__task_file *ctx, bool with_c
 /* Two variants; user space loads one (src/runtime.rs): the task's cgroup costs three more CO-RE
  * relocations at start-up (css_set, cgroup, kernfs_node; ~1 ms each) and is needed only for --cgroup. */
 SEC("iter/task_file")
-int sockowner_seed(struct bpf_iter__task_file *ctx)
+int sockowner_seed(struct sockray_iter_task_file *ctx)
 {
 	return seed_one(ctx, false);
 }
 
 SEC("iter/task_file")
-int sockowner_seed_cg(struct bpf_iter__task_file *ctx)
+int sockowner_seed_cg(struct sockray_iter_task_file *ctx)
 {
 	return seed_one(ctx, true);
 }

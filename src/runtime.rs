@@ -123,6 +123,12 @@ pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<
     crate::cli::debug(format_args!("{:.1} ms: opened", since_start_ms()));
     let chosen = attach::choose(obj, tool, common.verbose);
     crate::cli::debug(format_args!("{:.1} ms: hooks chosen", since_start_ms()));
+    if common.verbose && std::env::var_os("SOCKRAY_VERIFIER_STATS").is_some() {
+        // the verifier's statistics per program, in libbpf's debug log (with SOCKRAY_LIBBPF_DEBUG)
+        for mut prog in obj.progs_mut() {
+            prog.set_log_level(4);
+        }
+    }
     chosen
 }
 
