@@ -17,12 +17,55 @@ struct {
 	__type(value, __u64);
 } last_change SEC(".maps");
 
+/* Before Linux 5.11-ish (seen on 5.10), a passively opened socket enters SYN_RECV inside
+ * inet_csk_clone_lock() before the peer's address and port are copied into it: that row would read
+ * 0.0.0.0:0. Such a row is held here and sent at the socket's next change (from SYN_RECV, right after:
+ * the child exists only once the handshake's last ACK came), with the addresses known by then. */
+struct held_row {
+	__u64 ts_ns;
+	__u64 delta_ns;
+	__u32 ctx_pid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct held_row);
+} held_syn_recv SEC(".maps");
+
+static __always_inline void emit(const struct sock *sk, const struct sk_tuple *t, __u64 ts, __u64 delta,
+				 __u32 ctx_pid, int oldstate, int newstate)
+{
+	struct tcpstates_event *e;
+
+	e = event_reserve(sizeof(*e));
+	if (!e)
+		return;
+	owner_resolve(sk, newstate, &e->owner);
+	if (!owner_ok(&e->owner)) {
+		bpf_ringbuf_discard(e, 0);
+		return;
+	}
+	e->skaddr = (__u64)sk;
+	e->ts_ns = ts;
+	e->delta_ns = delta;
+	e->ctx_pid = ctx_pid;
+	EVENT_SET_TUPLE(e, *t);
+	e->pad = 0;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	event_submit(e);
+}
+
 /* direct: true in the tp_btf program (plain loads from sk), false in raw_tp (helper reads) */
 static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate, bool direct)
 {
-	struct tcpstates_event *e;
 	struct sk_tuple t = {};
+	struct held_row held = {};
 	__u64 key = (__u64)sk, now, *prev;
+	__u32 ctx_pid;
 
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
@@ -37,26 +80,26 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 		bpf_map_update_elem(&last_change, &key, &now, BPF_ANY);
 
 	read_sk_tuple_d(sk, &t, direct);
+	ctx_pid = bpf_get_current_pid_tgid() >> 32;
+	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && !t.rport) {
+		struct held_row h = { .ts_ns = now, .delta_ns = delta, .ctx_pid = ctx_pid };
+
+		bpf_map_update_elem(&held_syn_recv, &key, &h, BPF_ANY);
+		return 0;
+	}
+	if (oldstate == TCP_SYN_RECV) {
+		struct held_row *h = bpf_map_lookup_elem(&held_syn_recv, &key);
+
+		if (h) {
+			held = *h;
+			bpf_map_delete_elem(&held_syn_recv, &key);
+		}
+	}
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		goto out;
-
-	e = event_reserve(sizeof(*e));
-	if (!e)
-		goto out;
-	owner_resolve(sk, newstate, &e->owner);
-	if (!owner_ok(&e->owner)) {
-		bpf_ringbuf_discard(e, 0);
-		goto out;
-	}
-	e->skaddr = key;
-	e->ts_ns = now;
-	e->delta_ns = delta;
-	e->ctx_pid = bpf_get_current_pid_tgid() >> 32;
-	EVENT_SET_TUPLE(e, t);
-	e->pad = 0;
-	e->oldstate = oldstate;
-	e->newstate = newstate;
-	event_submit(e);
+	if (held.ts_ns)
+		emit(sk, &t, held.ts_ns, held.delta_ns, held.ctx_pid, TCP_LISTEN, TCP_SYN_RECV);
+	emit(sk, &t, now, delta, ctx_pid, oldstate, newstate);
 out:
 	if (newstate == TCP_CLOSE)
 		owner_forget(sk);
