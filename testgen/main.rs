@@ -23,6 +23,8 @@ mod listen_accept;
 
 /// Read/write/accept timeout of every socket.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a `--wait-go` client waits for the test's go line.
+const GO_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
 #[command(
@@ -616,7 +618,7 @@ fn session(cfg: &SessionCfg) -> Result<()> {
     let per_conn = Duration::from_millis(cfg.hold_ms) + Duration::from_secs(5);
     let mut budget = IO_TIMEOUT * 2 + per_conn * cfg.count;
     if cfg.wait_go {
-        budget += Duration::from_secs(60);
+        budget += GO_TIMEOUT;
     }
     if !wait_children(&[server, client], Instant::now() + budget) {
         bail!("session failed");
@@ -627,6 +629,10 @@ fn session(cfg: &SessionCfg) -> Result<()> {
 fn server_role(cfg: &SessionCfg, mut ready: std::fs::File) -> Result<()> {
     set_comm(&cfg.server_comm)?;
     let listener = make_listener(cfg.addr, cfg.port, 16)?;
+    if cfg.wait_go {
+        // the first accept also waits for the test's go (tracers starting: seconds under emulation)
+        set_rcvtimeo(listener.as_raw_fd(), IO_TIMEOUT + GO_TIMEOUT)?;
+    }
     let la = listener.local_addr().context("listener address")?;
     emit(&json!({
         "role": "server-listen", "pid": getpid(), "comm": cfg.server_comm, "uid": getuid(),
@@ -667,8 +673,7 @@ fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
         emit(
             &json!({"role": "client-ready", "pid": getpid(), "comm": cfg.client_comm, "uid": getuid()}),
         );
-        poll_readable(libc::STDIN_FILENO, Duration::from_secs(60))
-            .context("waiting for go on stdin")?;
+        poll_readable(libc::STDIN_FILENO, GO_TIMEOUT).context("waiting for go on stdin")?;
         let mut line = String::new();
         io::stdin()
             .lock()
