@@ -750,7 +750,7 @@ fn boot(
         .arg(vm.initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 quiet panic=-1 vm.rootfs={}",
+            "console=ttyS0 loglevel=5 softlockup_panic=1 panic=-1 vm.rootfs={}",
             if virtiofs { "virtiofs" } else { "9p" }
         ));
     if virtiofs {
