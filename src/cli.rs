@@ -145,6 +145,7 @@ macro_rules! open_prepared {
         $crate::runtime::skip_programs(open.open_object_mut(), &mut chosen, |n: &str| {
             $crate::runtime::seed_variant_unused(n, cgroup_filter)
         });
+        $crate::runtime::prealloc_maps_if_needed(open.open_object_mut());
         (open, chosen)
     }};
 }

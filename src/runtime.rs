@@ -144,6 +144,51 @@ pub fn skip_programs(obj: &mut OpenObject, chosen: &mut Vec<Choice>, skip: impl 
     }
 }
 
+/// Does this kernel have the BPF memory allocator (Linux 6.1+), which lets tracing programs of every
+/// type use hash maps whose elements are allocated at run time? Read from vmlinux BTF's string table
+/// (the type and its functions are named there), not from the version number.
+fn kernel_has_bpf_mem_alloc() -> bool {
+    match std::fs::read("/sys/kernel/btf/vmlinux") {
+        Ok(btf) => memchr::memmem::find(&btf, b"\0bpf_mem_alloc\0").is_some(),
+        Err(_) => true,
+    }
+}
+
+/// Before the BPF memory allocator (Linux 6.1), the verifier warns once per boot, tainting the kernel
+/// ("trace type BPF program uses run-time allocation"), when a kprobe, tracepoint or raw_tp program uses
+/// a hash map created with BPF_F_NO_PREALLOC. On such kernels, and only when such a program is to be
+/// loaded (tp_btf, fentry and iterators are not concerned), those maps are preallocated instead: more
+/// kernel memory (about 90 bytes per entry) for a clean kernel log. Call after every autoload toggle.
+pub fn prealloc_maps_if_needed(obj: &mut OpenObject) {
+    use libbpf_rs::ProgramType as P;
+    let classic = obj.progs().any(|p| {
+        p.autoload()
+            && matches!(
+                p.prog_type(),
+                P::Kprobe | P::Tracepoint | P::RawTracepoint | P::PerfEvent
+            )
+    });
+    let no_prealloc = libbpf_rs::libbpf_sys::BPF_F_NO_PREALLOC;
+    if !classic
+        || !obj.maps().any(|m| m.map_flags() & no_prealloc != 0)
+        || kernel_has_bpf_mem_alloc()
+    {
+        return;
+    }
+    for mut m in obj.maps_mut() {
+        let flags = m.map_flags();
+        if flags & no_prealloc != 0 {
+            let name = m.name().to_string_lossy().into_owned();
+            match m.set_map_flags(flags & !no_prealloc) {
+                Ok(()) => crate::cli::debug(format_args!(
+                    "{name}: preallocated (this kernel has no BPF memory allocator)"
+                )),
+                Err(e) => crate::cli::debug(format_args!("{name}: cannot preallocate: {e}")),
+            }
+        }
+    }
+}
+
 /// Explains a load failure; the raw libbpf error stays in the chain.
 pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
     let msg = e.to_string();

@@ -522,6 +522,8 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
     let uname = read("kernel").map(|s| s.trim().to_string());
     let skipped = read("skipped").map(|s| s.trim().to_string());
     let done = job.join("done").exists();
+    let console = fs::read_to_string(run_dir.join("console.log")).unwrap_or_default();
+    let complaints = kernel_complaints(&console);
     let mut records = Vec::new();
     let mut statuses = Vec::new();
     let mut seen_missing = false;
@@ -548,8 +550,11 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
                 seen_missing = true;
                 if boot.timed_out { "timeout" } else { "error" }
             }
-        } else if code == 0 {
+        } else if code == 0 && !complaints.iter().any(|(n, _)| n == &t.name) {
             "pass"
+        } else if code == 0 {
+            // the tests passed, but the kernel complained (a WARN, a lockup) while they ran
+            "fail"
         } else if [124, 137, 143].contains(&code) && secs + 1.0 >= limit.as_secs_f64() {
             "timeout"
         } else {
@@ -560,7 +565,7 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
             let log_path = job.join(format!("{}.log", t.name));
             print_log(&tag, &t.name, status, &log, &log_path, o.verbose);
         }
-        let failures: Vec<Json> = parsed
+        let mut failures: Vec<Json> = parsed
             .failures
             .iter()
             .map(|f| {
@@ -571,6 +576,14 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
                 ])
             })
             .collect();
+        for (_, line) in complaints.iter().filter(|(n, _)| n == &t.name) {
+            eprintln!("xtask: vmtest: [{tag}] {}: the kernel said: {line}", t.name);
+            failures.push(obj([
+                ("name", s("(kernel log)")),
+                ("summary", s(format!("kernel: {line}"))),
+                ("message", s(line)),
+            ]));
+        }
         let mut rec = vec![
             ("series", s(&k.series)),
             ("kernel", s(&k.version)),
@@ -625,6 +638,45 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
         fmt_secs(boot.secs)
     );
     Ok((status, records))
+}
+
+/// Kernel warnings, oopses, lockups and stalls in the guest's console, each with the test binary that
+/// was running then (the guest prints `vmtest: NAME: running` before each).
+fn kernel_complaints(console: &str) -> Vec<(String, String)> {
+    const SIGNS: &[&str] = &[
+        "WARNING: CPU:",
+        "BUG:",
+        "Oops:",
+        "general protection fault",
+        "self-detected stall",
+        "blocked for more than",
+        "Kernel panic",
+    ];
+    let mut running = String::new();
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut last_text = String::new();
+    for line in console.lines() {
+        if let Some(rest) = line.strip_prefix("vmtest: ")
+            && let Some(name) = rest.strip_suffix(": running")
+        {
+            running = name.to_string();
+            continue;
+        }
+        // "WARNING: CPU: 1 PID: 793 at kernel/bpf/verifier.c:10519 ..." follows the line that says what
+        let text = line.split_once("] ").map(|(_, t)| t).unwrap_or(line).trim();
+        if SIGNS.iter().any(|s| text.contains(s)) && !running.is_empty() {
+            let said = if text.starts_with("WARNING: CPU:") && !last_text.is_empty() {
+                format!("{last_text} ({text})")
+            } else {
+                text.to_string()
+            };
+            if !out.iter().any(|(n, _)| *n == running) {
+                out.push((running.clone(), said));
+            }
+        }
+        last_text = text.to_string();
+    }
+    out
 }
 
 fn print_log(tag: &str, name: &str, status: &str, log: &str, log_path: &Path, verbose: bool) {
@@ -1075,6 +1127,29 @@ fn now_utc() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_warnings_are_blamed_on_the_running_binary() {
+        let console = "\
+vmtest: tcpconnlat: running
+vmtest: tcpconnlat: exit 0 after 23 s
+vmtest: tcplife: running
+[  117.287592] ------------[ cut here ]------------
+[  117.290588] trace type BPF program uses run-time allocation
+[  117.292099] WARNING: CPU: 1 PID: 793 at kernel/bpf/verifier.c:10519 bpf_check+0x2f8e/0x3470
+[  117.300064] Call Trace:
+vmtest: tcplife: exit 0 after 33 s
+vmtest: tcpstates: running
+";
+        let c = kernel_complaints(console);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].0, "tcplife");
+        assert!(
+            c[0].1
+                .starts_with("trace type BPF program uses run-time allocation (WARNING: CPU: 1")
+        );
+        assert!(kernel_complaints("vmtest: cli: running\n[ 1.0] all fine\n").is_empty());
+    }
 
     #[test]
     fn libtest_output() {
