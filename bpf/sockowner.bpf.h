@@ -61,7 +61,7 @@ struct {
 } listen_owners SEC(".maps");
 
 /* The owner of a socket found in task's fd table. The uid is the socket's (sk_uid: its creator's), which
- * spares a CO-RE relocation against struct cred; the cgroup only when asked (see sockowner_seed_cg). */
+ * spares a CO-RE relocation against struct cred; the cgroup only when asked (sockseed_cg in bpf/sockseed.bpf.c). */
 static __always_inline void owner_from_task(struct sock_owner *o, struct task_struct *task,
 					    const struct sock *sk, bool with_cgroup)
 {
@@ -230,6 +230,7 @@ static __always_inline int owner_on_io(const struct sock *sk)
 	return 0;
 }
 
+#ifndef SOCKOWNER_NO_HOOKS
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(sockowner_refresh1__send, struct sock *sk, int ret, int flags)
 {
@@ -254,63 +255,9 @@ int sockowner_refresh2__accept(struct syscall_exit_record *ctx)
 	return owner_on_accept(ctx->ret);
 }
 
-/* ---- seeding: every TCP socket held by a process when the tool starts ---- */
+/* Seeding (every TCP socket held by a process when the tool starts) is a BPF object of its own,
+ * bpf/sockseed.bpf.c, loaded in parallel with the tool's (src/runtime.rs), sharing these maps. */
 
-/* The task_file iterator's context (Linux 5.8+; its layout is the iterator's ABI), declared without
- * CO-RE relocation: one type fewer for libbpf to look up in vmlinux BTF at start-up. */
-struct sockray_iter_task_file {
-	struct bpf_iter_meta *meta;
-	struct task_struct *task;
-	__u32 fd;
-	struct file *file;
-};
-
-static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool with_cgroup)
-{
-	struct task_struct *task = ctx->task;
-	struct file *file = ctx->file;
-	struct sock_owner o = {};
-	struct socket *sock;
-	struct sock *sk;
-	__u16 fam;
-	__u64 key;
-
-	if (!task || !file)
-		return 0;
-	/* threads share the fd table: visit each process once, through its leader */
-	if (task->pid != task->tgid)
-		return 0;
-	/* a socket file's private_data is its struct socket, whose ->file points back (bpf_sock_from_file()
-	 * would say the same, but only from Linux 5.11) */
-	sock = BPF_CORE_READ(file, private_data);
-	if (!sock || BPF_CORE_READ(sock, file) != file)
-		return 0;
-	sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	fam = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (fam != AF_INET && fam != AF_INET6)
-		return 0;
-	owner_from_task(&o, task, sk, with_cgroup);
-	key = (__u64)sk;
-	bpf_map_update_elem(&sock_owners, &key, &o, BPF_NOEXIST);
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
-		listener_record(sk, &o, false);
-	return 0;
-}
-
-/* Two variants; user space loads one (src/runtime.rs): the task's cgroup costs three more CO-RE
- * relocations at start-up (css_set, cgroup, kernfs_node; ~1 ms each) and is needed only for --cgroup. */
-SEC("iter/task_file")
-int sockowner_seed(struct sockray_iter_task_file *ctx)
-{
-	return seed_one(ctx, false);
-}
-
-SEC("iter/task_file")
-int sockowner_seed_cg(struct sockray_iter_task_file *ctx)
-{
-	return seed_one(ctx, true);
-}
+#endif /* SOCKOWNER_NO_HOOKS */
 
 #endif

@@ -87,6 +87,12 @@ pub fn print_ebpf(tool: &str) -> anyhow::Result<()> {
     let src = ebpf_source(tool).ok_or_else(|| anyhow::anyhow!("no BPF program for {tool}"))?;
     let mut out = std::io::stdout().lock();
     out.write_all(src.as_bytes())?;
+    // the socket-owner seeding iterator is an object of its own, loaded with the tool's
+    if src.contains("---- bpf/sockowner.bpf.h ----")
+        && let Some(seed) = ebpf_source("sockseed")
+    {
+        out.write_all(seed.as_bytes())?;
+    }
     out.flush()?;
     Ok(())
 }
@@ -106,23 +112,34 @@ macro_rules! load_tool {
         $crate::cli::set_verbose($common.verbose);
         // Hooks are chosen optimistically first (BTF-based kinds assumed to work where the kernel has
         // BTF); if the kernel then refuses the load, probe strictly and load once more.
-        let (open, mut chosen) =
+        let (mut open, mut chosen) =
             $crate::cli::open_prepared!($builder, $storage, $tool, $common, $filters, $setup, $skip);
+        // the socket-owner seeding object loads on a second thread meanwhile, sharing the owner maps
+        let shared = $crate::runtime::SharedOwnerMaps::create(open.open_object_mut())?;
+        let seeder = match &shared {
+            Some(s) => Some($crate::runtime::Seeder::start(s, $filters.cgroup_id.is_some())?),
+            None => None,
+        };
         let skel = match open.load() {
             Ok(skel) => skel,
             Err(e) if !$crate::attach::strict() => {
                 $crate::cli::debug(format_args!("load failed ({e}); probing hooks strictly and retrying"));
                 $crate::attach::set_strict(true);
                 let storage = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
-                let (open, strict_chosen) =
+                let (mut open, strict_chosen) =
                     $crate::cli::open_prepared!($builder, storage, $tool, $common, $filters, $setup, $skip);
+                if let Some(s) = &shared {
+                    s.reuse_in(open.open_object_mut())?;
+                }
                 chosen = strict_chosen;
                 open.load().map_err(|e| $crate::runtime::load_error(e, $tool))?
             }
             Err(e) => return Err($crate::runtime::load_error(e, $tool)),
         };
         let links = $crate::runtime::attach_all(skel.object(), &chosen)?;
-        $crate::runtime::seed_owners(skel.object(), &chosen, $common.verbose)?;
+        if let Some(seeder) = seeder {
+            seeder.run($common.verbose);
+        }
         (skel, links)
     }};
 }
@@ -141,10 +158,6 @@ macro_rules! open_prepared {
         ($setup)(ro);
         let mut chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
         $crate::runtime::skip_programs(open.open_object_mut(), &mut chosen, $skip);
-        let cgroup_filter = $filters.cgroup_id.is_some();
-        $crate::runtime::skip_programs(open.open_object_mut(), &mut chosen, |n: &str| {
-            $crate::runtime::seed_variant_unused(n, cgroup_filter)
-        });
         $crate::runtime::prealloc_maps_if_needed(open.open_object_mut());
         (open, chosen)
     }};

@@ -7,7 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use libbpf_rs::{Link, MapCore, MapFlags, Object, OpenObject, PrintLevel, RingBufferBuilder};
+use std::os::fd::AsFd;
+
+use libbpf_rs::{
+    Link, MapCore, MapFlags, MapHandle, Object, OpenObject, PrintLevel, RingBufferBuilder,
+};
 
 use crate::attach::{self, Choice, Kind};
 use crate::cli::Common;
@@ -231,42 +235,142 @@ pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
     Ok(links)
 }
 
-/// The seeding iterator to load: the variant that also records each process's cgroup only when the
-/// cgroup filter needs it (it costs start-up time).
-pub fn seed_variant_unused(name: &str, cgroup_filter: bool) -> bool {
-    match name {
-        "sockowner_seed" => cgroup_filter,
-        "sockowner_seed_cg" => !cgroup_filter,
-        _ => false,
+// ---------------------------------------------------------------------------------------------------
+// socket-owner seeding (bpf/sockseed.bpf.c), loaded beside the tool's own object
+
+mod seedskel {
+    include!(concat!(env!("OUT_DIR"), "/sockseed.skel.rs"));
+}
+
+/// The socket-owner maps (bpf/sockowner.bpf.h) of a tool, created here before any object loads, so that
+/// the tool's object and the seeding object can load at the same time and share them.
+pub struct SharedOwnerMaps {
+    maps: Vec<(String, MapHandle)>,
+}
+
+const SHARED_MAPS: [&str; 2] = ["sock_owners", "listen_owners"];
+
+impl SharedOwnerMaps {
+    /// Creates the maps as the tool's object declares them (after [`prealloc_maps_if_needed`]) and
+    /// makes the object use them. None when the tool has no socket-owner maps.
+    pub fn create(obj: &mut OpenObject) -> Result<Option<SharedOwnerMaps>> {
+        let mut maps = Vec::new();
+        for m in obj.maps() {
+            let name = m.name().to_string_lossy().into_owned();
+            if !SHARED_MAPS.contains(&name.as_str()) {
+                continue;
+            }
+            let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+                sz: size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+                map_flags: m.map_flags(),
+                ..Default::default()
+            };
+            let h = MapHandle::create(
+                m.map_type(),
+                Some(&name),
+                m.key_size(),
+                m.value_size(),
+                m.max_entries(),
+                &opts,
+            )
+            .with_context(|| format!("creating the map {name}"))?;
+            maps.push((name, h));
+        }
+        if maps.len() != SHARED_MAPS.len() {
+            return Ok(None);
+        }
+        let shared = SharedOwnerMaps { maps };
+        shared.reuse_in(obj)?;
+        Ok(Some(shared))
+    }
+
+    /// Makes an (other) open object use the shared maps.
+    pub fn reuse_in(&self, obj: &mut OpenObject) -> Result<()> {
+        for mut m in obj.maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            if let Some((_, h)) = self.maps.iter().find(|(n, _)| *n == name) {
+                m.reuse_fd(h.as_fd())
+                    .with_context(|| format!("sharing the map {name}"))?;
+            }
+        }
+        Ok(())
     }
 }
 
-/// Runs the socket-owner seeding iterator (bpf/sockowner.bpf.h) if the tool has it.
-pub fn seed_owners(obj: &Object, chosen: &[Choice], verbose: bool) -> Result<()> {
-    let Some(seed) = chosen.iter().find(|c| c.prog.starts_with("sockowner_seed")) else {
-        return Ok(());
-    };
-    let Some(prog) = obj.progs_mut().find(|p| p.name() == seed.prog.as_str()) else {
-        return Ok(());
-    };
-    let started = Instant::now();
-    let link = match prog.attach() {
-        Ok(l) => l,
-        Err(e) => {
-            if verbose {
-                eprintln!(
-                    "sockray: cannot seed socket owners ({e}); sockets opened before start may show pid 0"
-                );
+/// The seeding iterator, loading on its own thread; [`Seeder::run`] walks the existing sockets once the
+/// tool's hooks are attached (so that no socket falls between the walk and the hooks).
+pub struct Seeder {
+    go: std::sync::mpsc::Sender<()>,
+    done: std::thread::JoinHandle<Result<Duration>>,
+}
+
+impl Seeder {
+    /// Starts loading. `cgroup`: the variant that records each owner's cgroup (for --cgroup; three more
+    /// CO-RE relocations).
+    pub fn start(shared: &SharedOwnerMaps, cgroup: bool) -> Result<Seeder> {
+        use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
+        let fds: Vec<(String, std::os::fd::OwnedFd)> = shared
+            .maps
+            .iter()
+            .map(|(n, h)| Ok((n.clone(), h.as_fd().try_clone_to_owned()?)))
+            .collect::<Result<_>>()?;
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let done = std::thread::spawn(move || -> Result<Duration> {
+            let mut storage = std::mem::MaybeUninit::uninit();
+            let mut open = seedskel::SockseedSkelBuilder::default().open(&mut storage)?;
+            for mut m in open.open_object_mut().maps_mut() {
+                let name = m.name().to_string_lossy().into_owned();
+                if let Some((_, fd)) = fds.iter().find(|(n, _)| *n == name) {
+                    m.reuse_fd(fd.as_fd())?;
+                } else if name == "events" {
+                    // the iterator sends no events: the smallest ring buffer
+                    m.set_max_entries(4096)?;
+                }
             }
-            return Ok(());
-        }
-    };
-    let mut it = libbpf_rs::Iter::new(&link).context("creating the socket-owner iterator")?;
-    std::io::copy(&mut it, &mut std::io::sink()).context("walking existing sockets")?;
-    if verbose {
-        eprintln!("sockray: seeded socket owners in {:?}", started.elapsed());
+            let wanted = if cgroup {
+                "sockseed_cg"
+            } else {
+                "sockseed_plain"
+            };
+            for mut p in open.open_object_mut().progs_mut() {
+                let on = p.name() == wanted;
+                p.set_autoload(on);
+            }
+            let skel = open.load()?;
+            if wait.recv().is_err() {
+                return Ok(Duration::ZERO); // the tool did not get to attach
+            }
+            let started = Instant::now();
+            let prog = skel
+                .object()
+                .progs_mut()
+                .find(|p| p.name() == wanted)
+                .ok_or_else(|| anyhow!("no program {wanted}"))?;
+            let link = prog.attach()?;
+            let mut it = libbpf_rs::Iter::new(&link)?;
+            std::io::copy(&mut it, &mut std::io::sink())?;
+            Ok(started.elapsed())
+        });
+        Ok(Seeder { go, done })
     }
-    Ok(())
+
+    /// Walks the sockets that exist now (call after the tool's hooks are attached) and waits for it.
+    /// A seeding that fails leaves those sockets' owners unknown (pid 0): said with --verbose.
+    pub fn run(self, verbose: bool) {
+        let _ = self.go.send(());
+        let r = self
+            .done
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the seeding thread panicked")));
+        match r {
+            Ok(d) if verbose => eprintln!("sockray: seeded socket owners in {d:?}"),
+            Ok(_) => {}
+            Err(e) if verbose => eprintln!(
+                "sockray: cannot seed socket owners ({e:#}); sockets opened before start may show pid 0"
+            ),
+            Err(_) => {}
+        }
+    }
 }
 
 /// Events the ring buffer could not take (per-CPU counters in `lost_events`, summed).

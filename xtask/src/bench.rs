@@ -2,7 +2,8 @@
 //!
 //! - start-up: time from spawn to the first line on stdout (the header, printed once the probes are
 //!   attached; libbpf-tools run under `stdbuf -oL` so their header is not stuck in a stdio buffer),
-//!   median of several starts;
+//!   median of several starts, not pinned to a CPU (sockray loads its socket-owner seeding object on a
+//!   second thread);
 //! - peak RSS (VmHWM) of the tracer during the load run;
 //! - loopback connection rate (connect/accept/close per second, a bounded generator in a fresh network
 //!   namespace per run, pinned to the last CPU) with no tracer and with each tracer attached, rounds
@@ -91,11 +92,19 @@ struct Running {
     reader: thread::JoinHandle<Option<String>>,
 }
 
-fn start(argv: &[String]) -> Result<Running, String> {
-    // tracers run on CPU 0; the load generator has the last CPU to itself (see `load_run`)
-    let mut child = Command::new("taskset")
-        .args(["-c", "0"])
-        .args(argv)
+/// Starts a tracer. `pinned`: on CPU 0, as in the load runs, where the load generator has the last CPU
+/// to itself (see `load_run`); start-up is measured unpinned, as people run the tools.
+fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
+    let mut cmd = if pinned {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).args(argv);
+        c
+    } else {
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c
+    };
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -394,7 +403,7 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
         let mut times = Vec::new();
         for _ in 0..STARTS {
             let t0 = Instant::now();
-            let mut r = start(&argv)?;
+            let mut r = start(&argv, false)?;
             match r.ready(t0) {
                 Ok(d) => times.push(d.as_secs_f64() * 1000.0),
                 Err(e) => {
@@ -433,7 +442,7 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
         run_no += 1;
         let running = match &t.argv {
             Some(argv) => {
-                let mut r = start(argv)?;
+                let mut r = start(argv, true)?;
                 if t.sockray {
                     // --json prints no header: give it the same settle time as the others
                     thread::sleep(Duration::from_millis(300));

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* sockseed: fills the socket-owner maps of bpf/sockowner.bpf.h with every TCP socket that a process holds
+ * when a tool starts, by walking every task's open files (iter/task_file). A separate BPF object: user
+ * space loads it on a second thread while the tool's own object loads, with the two maps shared by fd,
+ * and runs it once the tool's hooks are attached (src/runtime.rs). Its CO-RE relocations (task_struct,
+ * file, socket) are the costliest part of a tool's start-up; in parallel they cost no wall time. */
+#define SOCKOWNER_NO_HOOKS
+#include "common.bpf.h"
+#include "sockowner.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* ---- seeding: every TCP socket held by a process when the tool starts ---- */
+
+/* The task_file iterator's context (Linux 5.8+; its layout is the iterator's ABI), declared without
+ * CO-RE relocation: one type fewer for libbpf to look up in vmlinux BTF at start-up. */
+struct sockray_iter_task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
+};
+
+static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool with_cgroup)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct sock_owner o = {};
+	struct socket *sock;
+	struct sock *sk;
+	__u16 fam;
+	__u64 key;
+
+	if (!task || !file)
+		return 0;
+	/* threads share the fd table: visit each process once, through its leader */
+	if (task->pid != task->tgid)
+		return 0;
+	/* a socket file's private_data is its struct socket, whose ->file points back (bpf_sock_from_file()
+	 * would say the same, but only from Linux 5.11) */
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (fam != AF_INET && fam != AF_INET6)
+		return 0;
+	owner_from_task(&o, task, sk, with_cgroup);
+	key = (__u64)sk;
+	bpf_map_update_elem(&sock_owners, &key, &o, BPF_NOEXIST);
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
+		listener_record(sk, &o, false);
+	return 0;
+}
+
+/* Two variants; user space loads one (src/runtime.rs): the task's cgroup costs three more CO-RE
+ * relocations at start-up (css_set, cgroup, kernfs_node; ~1 ms each) and is needed only for --cgroup. */
+SEC("iter/task_file")
+int sockseed_plain(struct sockray_iter_task_file *ctx)
+{
+	return seed_one(ctx, false);
+}
+
+SEC("iter/task_file")
+int sockseed_cg(struct sockray_iter_task_file *ctx)
+{
+	return seed_one(ctx, true);
+}
+
