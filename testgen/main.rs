@@ -75,6 +75,10 @@ enum Cmd {
         /// on stdin before its first connect (lets a test start a tracer that filters on its pid).
         #[arg(long)]
         wait_go: bool,
+        /// After the first exchange the client prints {"role":"client-connected",...} and waits for a
+        /// line on stdin before it holds and closes (lets a test start a tracer on an open connection).
+        #[arg(long)]
+        close_on_go: bool,
     },
     /// Connect to a port where nothing listens and expect ECONNREFUSED.
     Refused {
@@ -167,6 +171,7 @@ fn main() {
             closer,
             count,
             wait_go,
+            close_on_go,
         } => session(&SessionCfg {
             addr,
             port,
@@ -178,6 +183,7 @@ fn main() {
             closer,
             count,
             wait_go,
+            close_on_go,
         }),
         Cmd::Refused { addr, port, comm } => refused(addr, port, &comm),
         Cmd::Listen {
@@ -572,6 +578,7 @@ struct SessionCfg {
     closer: Closer,
     count: u32,
     wait_go: bool,
+    close_on_go: bool,
 }
 
 fn session(cfg: &SessionCfg) -> Result<()> {
@@ -617,7 +624,7 @@ fn session(cfg: &SessionCfg) -> Result<()> {
     // every connection: up to IO_TIMEOUT per blocking step, plus the hold; plus the go wait
     let per_conn = Duration::from_millis(cfg.hold_ms) + Duration::from_secs(5);
     let mut budget = IO_TIMEOUT * 2 + per_conn * cfg.count;
-    if cfg.wait_go {
+    if cfg.wait_go || cfg.close_on_go {
         budget += GO_TIMEOUT;
     }
     if !wait_children(&[server, client], Instant::now() + budget) {
@@ -645,7 +652,13 @@ fn server_role(cfg: &SessionCfg, mut ready: std::fs::File) -> Result<()> {
 
     for i in 0..cfg.count {
         let (mut s, peer) = listener.accept().with_context(|| format!("accept #{i}"))?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        // with --close-on-go the client's close (our EOF) also waits for the test's go
+        let read_timeout = if cfg.close_on_go {
+            IO_TIMEOUT + GO_TIMEOUT
+        } else {
+            IO_TIMEOUT
+        };
+        s.set_read_timeout(Some(read_timeout))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;
         let local = s.local_addr()?;
         let received = read_exact_n(&mut s, cfg.client_send)?;
@@ -690,6 +703,18 @@ fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
         let local = s.local_addr()?;
         let sent = write_n(&mut s, cfg.client_send)?;
         let received = read_exact_n(&mut s, cfg.server_send)?;
+        if cfg.close_on_go && i == 0 {
+            emit(&json!({
+                "role": "client-connected", "pid": getpid(), "comm": cfg.client_comm,
+                "lport": local.port(),
+            }));
+            poll_readable(libc::STDIN_FILENO, GO_TIMEOUT).context("waiting for go on stdin")?;
+            let mut line = String::new();
+            io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("read go line")?;
+        }
         std::thread::sleep(Duration::from_millis(cfg.hold_ms));
         let closed_first = cfg.closer == Closer::Client;
         if !closed_first {

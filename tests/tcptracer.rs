@@ -174,14 +174,15 @@ fn closes_of_connections_older_than_the_tracer() {
     let ns = Netns::new();
     let mut spec = session("::1", "tt-old-srv", "tt-old-cli", Closer::Client);
     spec.count = 1;
-    spec.hold_ms = 3000;
+    spec.hold_ms = 0;
+    spec.close_on_go = true;
     let t0 = now_ns();
     let mut g = Gen::spawn(&ns, &spec.args());
-    g.wait_role("server-listen", Duration::from_secs(10));
-    // the client connects right after the server listens, then holds the connection for 3 s
-    std::thread::sleep(Duration::from_millis(500));
+    // the connection is open (both ends hold it) before the tracer starts, and closes on go
+    g.wait_role("client-connected", Duration::from_secs(30));
     let tracer = Tracer::start("tcptracer", &["-6"]);
-    let out = SessionOut::parse(&spec, g.finish(Duration::from_secs(30)));
+    g.go();
+    let out = SessionOut::parse(&spec, g.finish(Duration::from_secs(90)));
     let t1 = now_ns();
     std::thread::sleep(SETTLE);
     let trace = tracer.stop();

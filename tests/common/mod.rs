@@ -554,6 +554,8 @@ pub struct Session {
     pub closer: Closer,
     pub count: u32,
     pub wait_go: bool,
+    /// the client keeps its first connection open until the test's go (see [`Gen::go`])
+    pub close_on_go: bool,
 }
 
 impl Session {
@@ -574,6 +576,7 @@ impl Session {
             closer: Closer::Client,
             count: 1,
             wait_go: false,
+            close_on_go: false,
         }
     }
 
@@ -607,6 +610,9 @@ impl Session {
         .collect();
         if self.wait_go {
             a.push("--wait-go".into());
+        }
+        if self.close_on_go {
+            a.push("--close-on-go".into());
         }
         a
     }
