@@ -30,6 +30,18 @@ const ROUNDS: usize = 5;
 unsafe extern "C" {
     safe fn kill(pid: i32, sig: i32) -> i32;
     fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+    safe fn sysconf(name: i32) -> i64;
+}
+
+const SC_NPROCESSORS_ONLN: i32 = 84;
+
+/// CPUs online (not `available_parallelism`, which counts this process's affinity mask: after
+/// `pin_to_cpu0` that is 1, and the load generator would have landed on the tracers' CPU).
+fn online_cpus() -> usize {
+    usize::try_from(sysconf(SC_NPROCESSORS_ONLN))
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
 }
 
 /// Keeps the bench's own threads (the readers of the tracers' output) on CPU 0 with the tracers, off the
@@ -95,15 +107,14 @@ struct Running {
 /// Starts a tracer. `pinned`: on CPU 0, as in the load runs, where the load generator has the last CPU
 /// to itself (see `load_run`); start-up is measured unpinned, as people run the tools.
 fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).args(argv);
-        c
+    // (this process is pinned to CPU 0, see `pin_to_cpu0`: "unpinned" must undo that for the child)
+    let cpus = if pinned {
+        "0".to_string()
     } else {
-        let mut c = Command::new(&argv[0]);
-        c.args(&argv[1..]);
-        c
+        format!("0-{}", online_cpus() - 1)
     };
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &cpus]).args(argv);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -302,10 +313,7 @@ fn load_run(n: usize) -> Result<f64, String> {
     let exe = env::current_exe().map_err(|e| e.to_string())?;
     // pinned to one CPU: cross-CPU wake-ups between the generator's client and server threads made the
     // unpinned rate swing 3x between identical runs; the tracer's user space runs on the other CPU(s)
-    let cpu = thread::available_parallelism()
-        .map(|n| n.get() - 1)
-        .unwrap_or(0)
-        .to_string();
+    let cpu = (online_cpus() - 1).to_string();
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.0, "taskset", "-c", &cpu])
         .arg(exe)
@@ -570,6 +578,14 @@ mod tests {
         assert_eq!(s[1].len(), 1);
         assert!((s[1][0] - (1.0 - 90.0 / 105.0)).abs() < 1e-12);
         assert!((s[2][0] - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn online_cpus_ignores_this_process_affinity() {
+        let before = online_cpus();
+        assert!(before >= 1);
+        pin_to_cpu0();
+        assert_eq!(online_cpus(), before);
     }
 
     #[test]
