@@ -281,17 +281,10 @@ pub struct ListenCasesArgs {
     wait_go: bool,
 }
 
-/// Print a ready line and wait (up to 60 s) for a line on stdin.
+/// Print a ready line and wait (up to GO_TIMEOUT) for a line on stdin.
 fn ready_then_wait(v: &Value) -> Result<()> {
     emit(v);
-    poll_readable(libc::STDIN_FILENO, Duration::from_secs(60))
-        .context("waiting for go on stdin")?;
-    let mut line = String::new();
-    io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("read go line")?;
-    Ok(())
+    wait_for_go()
 }
 
 fn raw_socket(addr: &IpAddr, ty: libc::c_int) -> Result<OwnedFd> {

@@ -680,18 +680,24 @@ fn server_role(cfg: &SessionCfg, mut ready: std::fs::File) -> Result<()> {
     Ok(())
 }
 
+/// Waits (up to GO_TIMEOUT) for the test's go: one line on stdin.
+fn wait_for_go() -> Result<()> {
+    poll_readable(libc::STDIN_FILENO, GO_TIMEOUT).context("waiting for go on stdin")?;
+    let mut line = String::new();
+    io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("read go line")?;
+    Ok(())
+}
+
 fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
     set_comm(&cfg.client_comm)?;
     if cfg.wait_go {
         emit(
             &json!({"role": "client-ready", "pid": getpid(), "comm": cfg.client_comm, "uid": getuid()}),
         );
-        poll_readable(libc::STDIN_FILENO, GO_TIMEOUT).context("waiting for go on stdin")?;
-        let mut line = String::new();
-        io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .context("read go line")?;
+        wait_for_go()?;
     }
     let remote = SocketAddr::new(cfg.addr, port);
     for i in 0..cfg.count {
@@ -708,12 +714,7 @@ fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
                 "role": "client-connected", "pid": getpid(), "comm": cfg.client_comm,
                 "lport": local.port(),
             }));
-            poll_readable(libc::STDIN_FILENO, GO_TIMEOUT).context("waiting for go on stdin")?;
-            let mut line = String::new();
-            io::stdin()
-                .lock()
-                .read_line(&mut line)
-                .context("read go line")?;
+            wait_for_go()?;
         }
         std::thread::sleep(Duration::from_millis(cfg.hold_ms));
         let closed_first = cfg.closer == Closer::Client;
