@@ -61,6 +61,10 @@ options:
   --test NAME       only this test binary (tests/NAME.rs); repeatable
   --timeout SECS    wall-clock limit of one VM run (default 900); one test binary gets at most 300 s
   --offline         no apt: use the kernels already in the cache
+  --mttcg           multi-threaded TCG (one host thread per guest CPU): about 1.5x faster, but QEMU then
+                    races with the guest kernel's live code patching (static keys, tracepoints being
+                    switched on): seen as an \"Oops: int3\" in syscall_exit_to_user_mode_prepare on 6.12
+                    and soft lockups on 5.10; by default both guest CPUs run on one host thread
   --verbose         show the guest console and every test binary's output
   --report          regenerate the README.md kernel table from target/vmtest/results.json, run nothing
 
@@ -103,6 +107,8 @@ struct Opts {
     offline: bool,
     verbose: bool,
     report: bool,
+    /// multi-threaded TCG: faster, but see `--mttcg` in USAGE
+    mttcg: bool,
 }
 
 fn parse_opts(args: &[OsString]) -> Res<Option<Opts>> {
@@ -115,6 +121,7 @@ fn parse_opts(args: &[OsString]) -> Res<Option<Opts>> {
         offline: false,
         verbose: false,
         report: false,
+        mttcg: false,
     };
     let mut quick = false;
     let mut it = args.iter();
@@ -176,6 +183,7 @@ fn parse_opts(args: &[OsString]) -> Res<Option<Opts>> {
             }
             "--quick" => quick = true,
             "--offline" => o.offline = true,
+            "--mttcg" => o.mttcg = true,
             "--verbose" | "-v" => o.verbose = true,
             "--report" => o.report = true,
             "--" => {
@@ -516,7 +524,7 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
 
     let started = now_utc();
     eprintln!("xtask: vmtest: [{tag}] booting {}", k.version);
-    let boot = boot(vm, &run_dir, &job, o.timeout, &tag, o.verbose)?;
+    let boot = boot(vm, &run_dir, &job, o.timeout, &tag, o.verbose, o.mttcg)?;
 
     // collect
     let read = |name: &str| fs::read_to_string(job.join(name)).ok();
@@ -727,6 +735,7 @@ fn boot(
     limit: Duration,
     tag: &str,
     verbose: bool,
+    mttcg: bool,
 ) -> Res<Boot> {
     let t0 = Instant::now();
     let kit = &vm.kernel.dir;
@@ -788,7 +797,12 @@ fn boot(
     let virtiofs = vfsd.is_some();
 
     let mut cmd = Command::new(vm.qemu);
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", MEM, "-smp", CPUS])
+    let accel = if mttcg {
+        "tcg,thread=multi"
+    } else {
+        "tcg,thread=single"
+    };
+    cmd.args(["-accel", accel, "-cpu", "max", "-m", MEM, "-smp", CPUS])
         .args([
             "-nodefaults",
             "-display",
