@@ -61,10 +61,11 @@ options:
   --test NAME       only this test binary (tests/NAME.rs); repeatable
   --timeout SECS    wall-clock limit of one VM run (default 900); one test binary gets at most 300 s
   --offline         no apt: use the kernels already in the cache
-  --mttcg           multi-threaded TCG (one host thread per guest CPU): about 1.5x faster, but QEMU then
-                    races with the guest kernel's live code patching (static keys, tracepoints being
-                    switched on): seen as an \"Oops: int3\" in syscall_exit_to_user_mode_prepare on 6.12
-                    and soft lockups on 5.10; by default both guest CPUs run on one host thread
+  --mttcg           multi-threaded TCG (one host thread per guest CPU). Not faster for these tests (one VM
+                    run took 3.5-5 min either way on 2 host cores), and QEMU then races with the guest
+                    kernel's live code patching (static keys, tracepoints being switched on): seen as
+                    \"Oops: int3\" in syscall_exit_to_user_mode_prepare on 6.12 and 7.3. By default
+                    both guest CPUs run on one host thread.
   --verbose         show the guest console and every test binary's output
   --report          regenerate the README.md kernel table from target/vmtest/results.json, run nothing
 
