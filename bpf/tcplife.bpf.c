@@ -103,6 +103,12 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	sess = bpf_map_lookup_elem(&sessions, &key);
 	if (!sess)
 		goto out; /* listener, or a session born before we started */
+	/* A passive child that closes from SYN_RECV never became a connection: when two CPUs handle the
+	 * handshake's last ACK at once, the loser's copy of the child is dropped this way (seen on 5.10),
+	 * with the same addresses as the real one. (A refused or unanswered connect, SYN_SENT -> CLOSE, is
+	 * shown, as BCC does.) */
+	if (oldstate == TCP_SYN_RECV)
+		goto out;
 	now = bpf_ktime_get_ns();
 	read_sk_tuple_d(sk, &t, direct);
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
