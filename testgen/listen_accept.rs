@@ -149,6 +149,11 @@ pub fn accept(a: &AcceptArgs) -> Result<()> {
 fn accept_server(a: &AcceptArgs, mut ready: std::fs::File) -> Result<()> {
     set_comm(&a.server_comm)?;
     let listener = make_listener(a.addr, a.port, a.backlog)?;
+    if a.wait_go {
+        // the threads' first accept also waits for the test's go (tracers starting: seconds under
+        // emulation)
+        set_rcvtimeo(listener.as_raw_fd(), IO_TIMEOUT + GO_TIMEOUT)?;
+    }
     let la = listener.local_addr()?;
     emit(&json!({
         "role": "server-listen", "pid": getpid(), "comm": a.server_comm, "uid": getuid(),
