@@ -205,7 +205,7 @@ fn tracefs_has(name: &str) -> Option<bool> {
 
 fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
     let btf_kind = matches!(kind, Kind::TpBtf | Kind::Fentry | Kind::Fexit);
-    if btf_kind && !strict() && std::env::var_os("SOCKRAY_ATTACH").is_none() {
+    if btf_kind && !strict() && forced_path().is_none() {
         if !Path::new("/sys/kernel/btf/vmlinux").exists() {
             return Err("this kernel has no BTF".into());
         }
@@ -287,6 +287,13 @@ struct Candidate {
     target: String,
 }
 
+/// The attach path forced with SOCKRAY_ATTACH (tests), if any.
+pub fn forced_path() -> Option<String> {
+    std::env::var("SOCKRAY_ATTACH")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
 fn optional(group: &str) -> bool {
     group.starts_with("sockowner_") || group.starts_with("opt_")
 }
@@ -294,9 +301,7 @@ fn optional(group: &str) -> bool {
 /// Picks one program per hook, switches autoload off for the rest. Returns what was chosen (iterators
 /// included, with kind Iter), in program order.
 pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Choice>> {
-    let forced = std::env::var("SOCKRAY_ATTACH")
-        .ok()
-        .filter(|s| !s.is_empty());
+    let forced = forced_path();
     if let Some(f) = &forced
         && !["tracepoint", "tp_btf", "raw_tp", "fentry", "kprobe"].contains(&f.as_str())
     {

@@ -67,7 +67,7 @@ impl Value {
                 Ok(())
             }
             Value::S(s) => {
-                json_string(s, out);
+                out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
                 Ok(())
             }
             Value::Ip(a) => write!(out, "\"{a}\""),
@@ -76,28 +76,21 @@ impl Value {
     }
 }
 
-/// Appends `s` as a JSON string literal (RFC 8259 escapes).
-fn json_string(s: &str, out: &mut String) {
-    use std::fmt::Write as _;
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 /// A record: field names (stable snake_case, used as JSON keys) and values, in order.
 pub type Fields = Vec<(&'static str, Value)>;
+
+/// Appends `"key":value` for each field, comma separated (the inside of a JSON object).
+fn push_json_fields(out: &mut String, fields: &Fields) {
+    for (i, (k, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
+        v.write_json(out);
+    }
+}
 
 /// One column of the table form.
 #[derive(Clone, Copy, Debug)]
@@ -333,19 +326,18 @@ impl Printer {
                 v.write_text(cell);
             }
         };
-        // the time columns' text, in `cell`, one after the other
-        let mut times: [Option<(Col, String)>; 2] = [None, None];
+        // the time columns' text, in the order of time_cols()
+        let mut times: Vec<String> = Vec::new();
         if let Some(ts) = ktime_ns
             && self.mode != Mode::Json
         {
             let first = *self.first_ts.get_or_insert(ts);
             if self.time.hms {
-                times[0] = Some((Col::left("TIME", "", 8), hms(self.clock.wall_ns(ts))));
+                times.push(hms(self.clock.wall_ns(ts)));
             }
             if self.time.secs {
                 let d = self.secs_decimals;
-                let secs = format!("{:.d$}", ts.saturating_sub(first) as f64 / 1e9);
-                times[1] = Some((Col::left("TIME(s)", "", 9), secs));
+                times.push(format!("{:.d$}", ts.saturating_sub(first) as f64 / 1e9));
             }
         }
         match self.mode {
@@ -353,20 +345,16 @@ impl Printer {
                 line.push('{');
                 if let Some(ts) = ktime_ns {
                     self.first_ts.get_or_insert(ts);
-                    let _ = write!(line, "\"time_ns\":{},", self.clock.wall_ns(ts));
+                    let _ = write!(line, "\"time_ns\":{}", self.clock.wall_ns(ts));
+                    if !fields.is_empty() {
+                        line.push(',');
+                    }
                 }
-                for (k, v) in fields {
-                    let _ = write!(line, "\"{k}\":");
-                    v.write_json(&mut line);
-                    line.push(',');
-                }
-                if line.ends_with(',') {
-                    line.pop();
-                }
+                push_json_fields(&mut line, fields);
                 line.push('}');
             }
             Mode::Csv => {
-                for (_, t) in times.iter().flatten() {
+                for t in &times {
                     line.push_str(t);
                     line.push(',');
                 }
@@ -380,7 +368,7 @@ impl Printer {
                 }
             }
             Mode::Table => {
-                for (c, t) in times.iter().flatten() {
+                for (c, t) in self.time_cols().iter().zip(&times) {
                     push_padded(&mut line, t, c);
                     line.push(' ');
                 }
@@ -409,15 +397,7 @@ impl Printer {
             return Ok(());
         }
         let mut line = String::from("{");
-        for (i, (k, v)) in fields.iter().enumerate() {
-            if i > 0 {
-                line.push(',');
-            }
-            line.push('"');
-            line.push_str(k);
-            line.push_str("\":");
-            v.write_json(&mut line);
-        }
+        push_json_fields(&mut line, fields);
         writeln!(self.out, "{line}}}")
     }
 

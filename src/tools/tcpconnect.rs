@@ -292,10 +292,7 @@ enum DnsPath {
 /// The DNS hook of this kernel: sock_recv_length where the kernel has it (and no other path is forced
 /// with SOCKRAY_ATTACH), else the syscall tracepoints.
 fn dns_path() -> Result<DnsPath> {
-    let forced = std::env::var("SOCKRAY_ATTACH")
-        .ok()
-        .filter(|f| !f.is_empty());
-    let btf_allowed = forced.as_deref().is_none_or(|f| f == "tp_btf");
+    let btf_allowed = attach::forced_path().is_none_or(|f| f == "tp_btf");
     if btf_allowed && attach::probe(Kind::TpBtf, "sock_recv_length").is_ok() {
         return Ok(DnsPath::RecvLength);
     }
