@@ -373,8 +373,59 @@ impl Seeder {
     }
 }
 
-/// Events the ring buffer could not take (per-CPU counters in `lost_events`, summed).
-pub fn lost_events(obj: &Object) -> u64 {
+/// What a run lost: events the ring buffer could not take, and program runs the kernel skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// `bpf_ringbuf_reserve` failed: the reader fell behind (per-CPU counters in `lost_events`).
+    pub ringbuf: u64,
+    /// The kernel did not run one of our programs because a BPF program was already running on that CPU
+    /// (an interrupt arrived during a run): each `recursion_misses` is an event never seen.
+    pub skipped: u64,
+}
+
+impl Lost {
+    pub fn total(&self) -> u64 {
+        self.ringbuf + self.skipped
+    }
+
+    /// The stderr line for a run that lost something; None when nothing was lost.
+    pub fn message(&self, tool: &str) -> Option<String> {
+        let mut why = Vec::new();
+        if self.ringbuf > 0 {
+            why.push(format!(
+                "{} with the ring buffer full (the reader fell behind)",
+                self.ringbuf
+            ));
+        }
+        if self.skipped > 0 {
+            why.push(format!(
+                "{} when the kernel skipped a program run (another BPF program was running on that CPU)",
+                self.skipped
+            ));
+        }
+        (!why.is_empty()).then(|| {
+            format!(
+                "sockray: {tool}: lost {} events: {}",
+                self.total(),
+                why.join("; ")
+            )
+        })
+    }
+}
+
+/// What `obj` lost so far: its `lost_events` counters and its loaded programs' `recursion_misses`.
+pub fn lost_events(obj: &Object) -> Lost {
+    Lost {
+        ringbuf: ringbuf_lost(obj),
+        skipped: obj
+            .progs()
+            .filter(|p| p.autoload())
+            .map(|p| prog_recursion_misses(p.as_fd()))
+            .sum(),
+    }
+}
+
+fn ringbuf_lost(obj: &Object) -> u64 {
     let Some(map) = obj.maps().find(|m| m.name() == "lost_events") else {
         return 0;
     };
@@ -389,6 +440,24 @@ pub fn lost_events(obj: &Object) -> u64 {
             .sum(),
         _ => 0,
     }
+}
+
+/// A loaded program's `recursion_misses` (0 before Linux 5.12, which does not count them).
+fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    use libbpf_rs::libbpf_sys;
+    use std::os::fd::AsRawFd;
+    let mut info = libbpf_sys::bpf_prog_info::default();
+    let mut len = size_of::<libbpf_sys::bpf_prog_info>() as u32;
+    // SAFETY: info is a bpf_prog_info of len bytes with every pointer field zero (nothing is copied out
+    // but the fixed fields).
+    let rc = unsafe {
+        libbpf_sys::bpf_obj_get_info_by_fd(
+            fd.as_raw_fd(),
+            (&mut info as *mut libbpf_sys::bpf_prog_info).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 { info.recursion_misses } else { 0 }
 }
 
 /// Copies an event out of ring-buffer bytes into its skeleton type.
@@ -491,11 +560,15 @@ fn stdout_reader_gone() -> bool {
 }
 
 /// The end of every run: the lost-event count on stderr (when any) and as the last JSON record.
-pub fn report_lost(printer: &mut Printer, tool: &str, lost: u64) -> Result<()> {
-    if lost > 0 {
-        eprintln!("sockray: {tool}: lost {lost} events (ring buffer full: the reader fell behind)");
+pub fn report_lost(printer: &mut Printer, tool: &str, lost: Lost) -> Result<()> {
+    if let Some(m) = lost.message(tool) {
+        eprintln!("{m}");
     }
-    printer.json_record(&vec![("lost", Value::U(lost))])?;
+    printer.json_record(&vec![
+        ("lost", Value::U(lost.total())),
+        ("lost_ringbuf", Value::U(lost.ringbuf)),
+        ("lost_skipped", Value::U(lost.skipped)),
+    ])?;
     printer.flush()?;
     Ok(())
 }
@@ -534,4 +607,29 @@ pub fn print_events<T: Copy>(
     );
     looped?;
     report_lost(printer, tool, lost_events(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lost;
+
+    #[test]
+    fn lost_message_names_each_cause() {
+        assert_eq!(Lost::default().message("tcplife"), None);
+        let l = Lost {
+            ringbuf: 2,
+            skipped: 0,
+        };
+        assert_eq!(
+            l.message("tcplife").unwrap(),
+            "sockray: tcplife: lost 2 events: 2 with the ring buffer full (the reader fell behind)"
+        );
+        let l = Lost {
+            ringbuf: 1,
+            skipped: 3,
+        };
+        let m = l.message("tcpstates").unwrap();
+        assert!(m.starts_with("sockray: tcpstates: lost 4 events: 1 with the ring buffer full"));
+        assert!(m.contains("; 3 when the kernel skipped a program run"));
+    }
 }

@@ -178,10 +178,15 @@ fn kernel_before(major: u32, minor: u32) -> bool {
 /// `exact_backlog`: the queue length after each accept is known (queue-first runs).
 fn check_rows(rows: &[Value], run: &Run, window: (u64, u64), exact_backlog: bool) {
     let mine = run.rows(rows);
+    let missing: Vec<&Value> = run
+        .servers
+        .iter()
+        .filter(|c| !mine.iter().any(|r| r["rport"] == c["rport"]))
+        .collect();
     assert_eq!(
         mine.len(),
         run.spec.count as usize,
-        "want one row per accepted connection ({}), got {mine:#?}",
+        "want one row per accepted connection ({}), got {mine:#?}; accepts without a row: {missing:#?}",
         run.spec.count
     );
     let family = u(&run.listen, "family");

@@ -386,8 +386,11 @@ impl Tracer {
             .unwrap_or_else(|| panic!("{}: no output at all; stderr:\n{stderr}", self.desc));
         let obj = last.as_object().unwrap();
         assert!(
-            obj.len() == 1 && obj.contains_key("lost"),
-            "{}: last line must be {{\"lost\": N}}, got {last}; stderr:\n{stderr}",
+            obj.contains_key("lost")
+                && obj
+                    .keys()
+                    .all(|k| ["lost", "lost_ringbuf", "lost_skipped"].contains(&k.as_str())),
+            "{}: last line must be {{\"lost\": N, \"lost_ringbuf\": N, \"lost_skipped\": N}}, got {last}; stderr:\n{stderr}",
             self.desc
         );
         assert_eq!(

@@ -59,7 +59,7 @@ const SIGINT: i32 = 2;
 struct Tracer {
     name: String,
     argv: Option<Vec<String>>,
-    /// sockray prints `{"lost":N}` last with --json
+    /// sockray prints `{"lost":N,...}` last with --json
     sockray: bool,
 }
 
@@ -392,7 +392,8 @@ fn paired_slowdowns(history: &[(usize, f64)], configs: usize) -> Vec<Vec<f64>> {
 fn lost_of(last: Option<String>) -> Option<u64> {
     let line = last?;
     let rest = line.trim().strip_prefix("{\"lost\":")?;
-    rest.trim_end_matches('}').trim().parse().ok()
+    let n = rest.split([',', '}']).next()?;
+    n.trim().parse().ok()
 }
 
 /// The whole benchmark; `sockray` is the release binary, `tools` what it offers.
