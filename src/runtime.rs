@@ -173,9 +173,11 @@ pub fn prealloc_maps_if_needed(obj: &mut OpenObject) {
             )
     });
     let no_prealloc = libbpf_rs::libbpf_sys::BPF_F_NO_PREALLOC;
-    if !classic
-        || !obj.maps().any(|m| m.map_flags() & no_prealloc != 0)
-        || kernel_has_bpf_mem_alloc()
+    let forced = std::env::var_os("SOCKRAY_PREALLOC").is_some_and(|v| v == "1");
+    if !forced
+        && (!classic
+            || !obj.maps().any(|m| m.map_flags() & no_prealloc != 0)
+            || kernel_has_bpf_mem_alloc())
     {
         return;
     }
@@ -420,7 +422,16 @@ pub fn lost_events(obj: &Object) -> Lost {
         skipped: obj
             .progs()
             .filter(|p| p.autoload())
-            .map(|p| prog_recursion_misses(p.as_fd()))
+            .map(|p| {
+                let n = prog_recursion_misses(p.as_fd());
+                if n > 0 {
+                    crate::cli::debug(format_args!(
+                        "{}: the kernel skipped {n} run(s) of this program",
+                        p.name().to_string_lossy()
+                    ));
+                }
+                n
+            })
             .sum(),
     }
 }

@@ -397,7 +397,7 @@ impl Tracer {
             last["lost"].as_u64(),
             Some(0),
             "{}: events were lost: {last} (is something flooding the host with TCP connections, \
-             e.g. `cargo xtask bench`, at the same time?)",
+             e.g. `cargo xtask bench`, at the same time?); stderr:\n{stderr}",
             self.desc
         );
         for r in &rows {
