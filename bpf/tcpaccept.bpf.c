@@ -2,11 +2,15 @@
 /* tcpaccept: one line per TCP connection accepted by a process, in that process's own context.
  *
  * BCC hooks the return of inet_csk_accept() with a kretprobe. Here: the accept()/accept4() syscall
- * tracepoints. The entry stashes the listening fd per thread (several threads may block in accept() on
- * one listener at once); the exit resolves the returned fd to its socket (fd table -> file ->
- * struct socket -> sk) and the stashed fd to the listener, whose accept queue gives the backlog. A thread
- * that was already blocked in accept() when the tool started has no stash: its listening fd is read from
- * the syscall's saved user registers instead. */
+ * tracepoints. The exit resolves the returned fd to its socket (fd table -> file -> struct socket -> sk)
+ * and the listening fd to the listener, whose accept queue gives the backlog. The listening fd is read
+ * from the syscall's saved user registers (bpf_task_pt_regs, Linux 5.15+); on older kernels the entry
+ * programs stash it per thread (several threads may block in accept() on one listener at once), and
+ * user space loads them only there (src/tools/tcpaccept.rs): one program run per accept, not two.
+ *
+ * Linux 7.x runs programs on syscall tracepoints preemptibly: a run of ours preempted on a CPU makes the
+ * kernel skip the next classic-tracepoint program on that CPU. Those runs are counted (recursion_misses)
+ * and reported as lost at exit. */
 #include "common.bpf.h"
 #include "tcpaccept.h"
 
@@ -115,7 +119,8 @@ static __always_inline int on_exit(struct trace_event_raw_sys_exit *ctx)
 		lfd = *stashed;
 		bpf_map_delete_elem(&accept_fds, &id);
 	} else if (ret >= 0) {
-		lfd = syscall_arg0(); /* blocked in accept() since before the tool started */
+		/* no entry programs (5.15+), or blocked in accept() since before the tool started */
+		lfd = syscall_arg0();
 	} else {
 		return 0;
 	}

@@ -288,6 +288,23 @@ struct Candidate {
 }
 
 /// The attach path forced with SOCKRAY_ATTACH (tests), if any.
+/// Can a classic tracepoint program call `bpf_task_pt_regs` (Linux 5.15+)? Probed by loading a tiny
+/// program, once.
+pub fn has_task_pt_regs() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: a libbpf probe with no options; it loads and closes a throw-away program.
+        let rc = unsafe {
+            libbpf_sys::libbpf_probe_bpf_helper(
+                libbpf_sys::BPF_PROG_TYPE_TRACEPOINT,
+                libbpf_sys::BPF_FUNC_task_pt_regs,
+                std::ptr::null(),
+            )
+        };
+        rc == 1
+    })
+}
+
 pub fn forced_path() -> Option<String> {
     std::env::var("SOCKRAY_ATTACH")
         .ok()

@@ -390,28 +390,23 @@ impl Lost {
         self.ringbuf + self.skipped
     }
 
-    /// The stderr line for a run that lost something; None when nothing was lost.
+    /// The stderr lines for a run that lost something; None when nothing was lost.
     pub fn message(&self, tool: &str) -> Option<String> {
-        let mut why = Vec::new();
+        let mut lines = Vec::new();
         if self.ringbuf > 0 {
-            why.push(format!(
-                "{} with the ring buffer full (the reader fell behind)",
+            lines.push(format!(
+                "sockray: {tool}: lost {} events (ring buffer full: the reader fell behind)",
                 self.ringbuf
             ));
         }
         if self.skipped > 0 {
-            why.push(format!(
-                "{} when the kernel skipped a program run (another BPF program was running on that CPU)",
-                self.skipped
+            lines.push(format!(
+                "sockray: {tool}: the kernel skipped {} runs of its BPF programs (another BPF program was \
+                 running on that CPU, or preempted there): up to {} events are missing",
+                self.skipped, self.skipped
             ));
         }
-        (!why.is_empty()).then(|| {
-            format!(
-                "sockray: {tool}: lost {} events: {}",
-                self.total(),
-                why.join("; ")
-            )
-        })
+        (!lines.is_empty()).then(|| lines.join("\n"))
     }
 }
 
@@ -633,14 +628,17 @@ mod tests {
         };
         assert_eq!(
             l.message("tcplife").unwrap(),
-            "sockray: tcplife: lost 2 events: 2 with the ring buffer full (the reader fell behind)"
+            "sockray: tcplife: lost 2 events (ring buffer full: the reader fell behind)"
         );
         let l = Lost {
             ringbuf: 1,
             skipped: 3,
         };
         let m = l.message("tcpstates").unwrap();
-        assert!(m.starts_with("sockray: tcpstates: lost 4 events: 1 with the ring buffer full"));
-        assert!(m.contains("; 3 when the kernel skipped a program run"));
+        let lines: Vec<&str> = m.lines().collect();
+        assert_eq!(lines.len(), 2, "{m}");
+        assert!(lines[0].starts_with("sockray: tcpstates: lost 1 events (ring buffer full"));
+        assert!(lines[1].starts_with("sockray: tcpstates: the kernel skipped 3 runs"));
+        assert!(lines[1].ends_with("up to 3 events are missing"));
     }
 }

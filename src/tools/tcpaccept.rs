@@ -8,6 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
+use crate::attach;
 use crate::cli::{self, Common, FamilyArgs, load_tool};
 use crate::filter::{Filters, PortList, cgroup_id, parse_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields};
@@ -118,7 +119,10 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         "tcpaccept",
         &a.common,
         &filters,
-        |_| {}
+        |_| {},
+        // the listening fd comes from the syscall's saved registers where the kernel lets a program
+        // read them (5.15+): one program run per accept instead of two
+        |name: &str| name.starts_with("tcpaccept_enter_") && attach::has_task_pt_regs()
     );
     runtime::print_events(
         skel.object(),

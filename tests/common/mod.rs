@@ -240,6 +240,8 @@ pub struct Tracer {
 pub struct Trace {
     pub rows: Vec<Value>,
     pub stderr: String,
+    /// program runs the kernel skipped (always 0 from [`Tracer::stop`])
+    pub skipped: u64,
 }
 
 impl Tracer {
@@ -339,7 +341,21 @@ impl Tracer {
     }
 
     /// SIGINT, wait for a clean exit (status 0), check the final `{"lost": 0}` record, return the rest.
-    pub fn stop(mut self) -> Trace {
+    pub fn stop(self) -> Trace {
+        let trace = self.stop_with_skips();
+        assert_eq!(
+            trace.skipped, 0,
+            "the kernel skipped program runs; stderr:\n{}",
+            trace.stderr
+        );
+        trace
+    }
+
+    /// As [`Tracer::stop`], but program runs the kernel skipped (`lost_skipped`: Linux 7.x runs
+    /// programs on syscall tracepoints preemptibly, and a preempted run makes the kernel skip the next
+    /// classic-tracepoint program on that CPU) are returned rather than failed on; the caller checks
+    /// that whatever is missing is covered by them. Ring-buffer losses still fail.
+    pub fn stop_with_skips(mut self) -> Trace {
         let mut child = self.child.take().unwrap();
         // The tracer may still be running a while after it was ready; give events time to arrive.
         kill_by_pid(&mut child, libc::SIGINT);
@@ -393,13 +409,17 @@ impl Tracer {
             "{}: last line must be {{\"lost\": N, \"lost_ringbuf\": N, \"lost_skipped\": N}}, got {last}; stderr:\n{stderr}",
             self.desc
         );
+        let skipped = last["lost_skipped"].as_u64().unwrap_or(0);
         assert_eq!(
             last["lost"].as_u64(),
-            Some(0),
+            Some(skipped),
             "{}: events were lost: {last} (is something flooding the host with TCP connections, \
              e.g. `cargo xtask bench`, at the same time?); stderr:\n{stderr}",
             self.desc
         );
+        if skipped > 0 {
+            eprintln!("{}: the kernel skipped {skipped} program run(s)", self.desc);
+        }
         for r in &rows {
             assert!(
                 !r.as_object().unwrap().contains_key("lost"),
@@ -407,7 +427,11 @@ impl Tracer {
                 self.desc
             );
         }
-        Trace { rows, stderr }
+        Trace {
+            rows,
+            stderr,
+            skipped,
+        }
     }
 }
 
