@@ -10,6 +10,9 @@
 //!   interleaved, median rate; every tracer run sits between two runs without a tracer, and its
 //!   slowdown is 1 - rate(tracer)/mean(rate of those two), the median over the rounds (so drift of
 //!   the machine's speed during the bench, which on a shared VM is several percent, cancels out);
+//!   The rate runs are made with kernel.bpf_stats_enabled off, as users run the tools;
+//! - BPF run time per connection (`run_time_ns` of the tracer's programs) in one more load run per
+//!   tracer with kernel.bpf_stats_enabled on; the tracer's CPU time per 1,000 connections;
 //! - sockray's lost-event count (its `{"lost": N}` record) at that rate.
 //!
 //! Figures are ratios against baselines run in the same invocation; nothing here asserts timings.
@@ -172,14 +175,14 @@ fn bpf_run_ns(pid: u32) -> u64 {
     total
 }
 
-/// Turns kernel.bpf_stats_enabled on for the bench, restores it after.
+/// Sets kernel.bpf_stats_enabled for a while, restores it after.
 struct BpfStats(Option<String>);
 
 impl BpfStats {
     const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    fn enable() -> BpfStats {
+    fn set(on: bool) -> BpfStats {
         let old = fs::read_to_string(Self::PATH).ok();
-        let _ = fs::write(Self::PATH, "1");
+        let _ = fs::write(Self::PATH, if on { "1" } else { "0" });
         BpfStats(old)
     }
 }
@@ -434,7 +437,9 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
     let mut rss: Vec<u64> = vec![0; configs.len()];
     let mut cpu: Vec<f64> = vec![0.0; configs.len()];
     let mut bpf_ns: Vec<u64> = vec![0; configs.len()];
-    let _stats = BpfStats::enable();
+    // the rates are measured as users run the tools: without kernel.bpf_stats_enabled, which itself
+    // costs two clock reads per program run (BPF time is measured in runs of its own, below)
+    let _stats = BpfStats::set(false);
     let mut lost: Vec<Option<u64>> = vec![None; configs.len()];
     let mut run_no = 0;
     // every tracer run between two baseline runs: none, t1, none, t2, none, ...
@@ -469,7 +474,6 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
             thread::sleep(Duration::from_millis(300));
             rss[i] = rss[i].max(r.peak_rss_kib());
             cpu[i] += cpu_seconds(r.child.id());
-            bpf_ns[i] += bpf_run_ns(r.child.id());
             let last = r.stop();
             if t.sockray {
                 let n = lost_of(last)
@@ -479,6 +483,30 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
         }
     }
     let slowdowns = paired_slowdowns(&history, configs.len());
+
+    // BPF run time per connection: one more load run per tracer with kernel.bpf_stats_enabled
+    {
+        let _on = BpfStats::set(true);
+        for (i, t) in configs.iter().enumerate() {
+            let Some(argv) = &t.argv else { continue };
+            run_no += 1;
+            let mut r = start(argv, true)?;
+            if t.sockray {
+                thread::sleep(Duration::from_millis(300));
+            } else {
+                r.ready(Instant::now())?;
+            }
+            load_run(run_no)?;
+            thread::sleep(Duration::from_millis(300));
+            bpf_ns[i] = bpf_run_ns(r.child.id());
+            let last = r.stop();
+            if t.sockray {
+                let n = lost_of(last)
+                    .ok_or_else(|| format!("{}: no {{\"lost\": N}} record at exit", t.name))?;
+                lost[i] = Some(lost[i].unwrap_or(0) + n);
+            }
+        }
+    }
 
     println!();
     println!(
@@ -513,7 +541,7 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
         let conns = (CONNS as usize * ROUNDS) as f64;
         let (kns, ucpu) = if t.argv.is_some() {
             (
-                format!("{:.0}", bpf_ns[i] as f64 / conns),
+                format!("{:.0}", bpf_ns[i] as f64 / CONNS as f64),
                 format!("{:.1}", cpu[i] * 1e6 / conns),
             )
         } else {
