@@ -62,7 +62,8 @@ enum Cmd {
         /// Bytes the server writes back (the client reads exactly that many).
         #[arg(long, default_value_t = 0)]
         server_send: u64,
-        /// How long the client holds each connection after the exchange, in ms.
+        /// How long the client holds each connection after the exchange (and, when the server closes
+        /// first, after the server's FIN), in ms.
         #[arg(long, default_value_t = 0)]
         hold_ms: u64,
         /// Which side closes first; the other waits for EOF, then closes.
@@ -716,11 +717,13 @@ fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
             }));
             wait_for_go()?;
         }
-        std::thread::sleep(Duration::from_millis(cfg.hold_ms));
         let closed_first = cfg.closer == Closer::Client;
         if !closed_first {
+            // the server closes first: its FIN is in before the hold starts, so CLOSE_WAIT spans the
+            // whole hold (the FIN may come well after our read of its data, e.g. under emulation)
             wait_eof(&mut s)?;
         }
+        std::thread::sleep(Duration::from_millis(cfg.hold_ms));
         drop(s);
         emit(&json!({
             "role": "client", "pid": getpid(), "comm": cfg.client_comm, "uid": getuid(), "index": i,
