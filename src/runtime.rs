@@ -163,6 +163,7 @@ fn kernel_has_bpf_mem_alloc() -> bool {
 /// a hash map created with BPF_F_NO_PREALLOC. On such kernels, and only when such a program is to be
 /// loaded (tp_btf, fentry and iterators are not concerned), those maps are preallocated instead: more
 /// kernel memory (about 90 bytes per entry) for a clean kernel log. Call after every autoload toggle.
+/// `SOCKRAY_PREALLOC=1` preallocates them on any kernel (to compare the two allocators' cost).
 pub fn prealloc_maps_if_needed(obj: &mut OpenObject) {
     use libbpf_rs::ProgramType as P;
     let classic = obj.progs().any(|p| {
