@@ -287,7 +287,6 @@ struct Candidate {
     target: String,
 }
 
-/// The attach path forced with SOCKRAY_ATTACH (tests), if any.
 /// Can a classic tracepoint program call `bpf_task_pt_regs` (Linux 5.15+)? Probed by loading a tiny
 /// program, once.
 pub fn has_task_pt_regs() -> bool {
@@ -305,6 +304,7 @@ pub fn has_task_pt_regs() -> bool {
     })
 }
 
+/// The attach path forced with SOCKRAY_ATTACH (tests), if any.
 pub fn forced_path() -> Option<String> {
     std::env::var("SOCKRAY_ATTACH")
         .ok()

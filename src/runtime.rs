@@ -289,15 +289,20 @@ impl SharedOwnerMaps {
 
     /// Makes an (other) open object use the shared maps.
     pub fn reuse_in(&self, obj: &mut OpenObject) -> Result<()> {
-        for mut m in obj.maps_mut() {
-            let name = m.name().to_string_lossy().into_owned();
-            if let Some((_, h)) = self.maps.iter().find(|(n, _)| *n == name) {
-                m.reuse_fd(h.as_fd())
-                    .with_context(|| format!("sharing the map {name}"))?;
-            }
-        }
-        Ok(())
+        reuse_maps(obj, &self.maps)
     }
+}
+
+/// Makes `obj` use, for each of its maps named in `maps`, that map (by fd) instead of a new one.
+fn reuse_maps(obj: &mut OpenObject, maps: &[(String, impl AsFd)]) -> Result<()> {
+    for mut m in obj.maps_mut() {
+        let name = m.name().to_string_lossy().into_owned();
+        if let Some((_, h)) = maps.iter().find(|(n, _)| *n == name) {
+            m.reuse_fd(h.as_fd())
+                .with_context(|| format!("sharing the map {name}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The seeding iterator, loading on its own thread; [`Seeder::run`] walks the existing sockets once the
@@ -321,14 +326,14 @@ impl Seeder {
         let done = std::thread::spawn(move || -> Result<Duration> {
             let mut storage = std::mem::MaybeUninit::uninit();
             let mut open = seedskel::SockseedSkelBuilder::default().open(&mut storage)?;
-            for mut m in open.open_object_mut().maps_mut() {
-                let name = m.name().to_string_lossy().into_owned();
-                if let Some((_, fd)) = fds.iter().find(|(n, _)| *n == name) {
-                    m.reuse_fd(fd.as_fd())?;
-                } else if name == "events" {
-                    // the iterator sends no events: the smallest ring buffer
-                    m.set_max_entries(4096)?;
-                }
+            reuse_maps(open.open_object_mut(), &fds)?;
+            if let Some(mut events) = open
+                .open_object_mut()
+                .maps_mut()
+                .find(|m| m.name() == "events")
+            {
+                // the iterator sends no events: the smallest ring buffer
+                events.set_max_entries(4096)?;
             }
             let wanted = if cgroup {
                 "sockseed_cg"
@@ -382,7 +387,8 @@ pub struct Lost {
     /// `bpf_ringbuf_reserve` failed: the reader fell behind (per-CPU counters in `lost_events`).
     pub ringbuf: u64,
     /// The kernel did not run one of our programs because a BPF program was already running on that CPU
-    /// (an interrupt arrived during a run): each `recursion_misses` is an event never seen.
+    /// (interrupted, or preempted: Linux 7.x preempts programs on syscall tracepoints): each of the
+    /// programs' `recursion_misses` is a run never made, so at most that many events are missing.
     pub skipped: u64,
 }
 
