@@ -399,6 +399,28 @@ fn lost_of(last: Option<String>) -> Option<u64> {
     n.trim().parse().ok()
 }
 
+/// Starts a tracer pinned to CPU 0 and waits until it is attached: its header, or for sockray's --json
+/// (no header) the same settle time.
+fn start_attached(t: &Tracer, argv: &[String]) -> Result<Running, String> {
+    let mut r = start(argv, true)?;
+    if t.sockray {
+        thread::sleep(Duration::from_millis(300));
+    } else {
+        r.ready(Instant::now())?;
+    }
+    Ok(r)
+}
+
+/// Adds a sockray run's `{"lost": N}` (its last line) to the tracer's count.
+fn add_lost(lost: &mut Option<u64>, t: &Tracer, last: Option<String>) -> Result<(), String> {
+    if t.sockray {
+        let n = lost_of(last)
+            .ok_or_else(|| format!("{}: no {{\"lost\": N}} record at exit", t.name))?;
+        *lost = Some(lost.unwrap_or(0) + n);
+    }
+    Ok(())
+}
+
 /// The whole benchmark; `sockray` is the release binary, `tools` what it offers.
 pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
     let mut configs = tracers(sockray, tools);
@@ -455,16 +477,7 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
         let t = &configs[i];
         run_no += 1;
         let running = match &t.argv {
-            Some(argv) => {
-                let mut r = start(argv, true)?;
-                if t.sockray {
-                    // --json prints no header: give it the same settle time as the others
-                    thread::sleep(Duration::from_millis(300));
-                } else {
-                    r.ready(Instant::now())?;
-                }
-                Some(r)
-            }
+            Some(argv) => Some(start_attached(t, argv)?),
             None => None,
         };
         let rate = load_run(run_no)?;
@@ -474,12 +487,7 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
             thread::sleep(Duration::from_millis(300));
             rss[i] = rss[i].max(r.peak_rss_kib());
             cpu[i] += cpu_seconds(r.child.id());
-            let last = r.stop();
-            if t.sockray {
-                let n = lost_of(last)
-                    .ok_or_else(|| format!("{}: no {{\"lost\": N}} record at exit", t.name))?;
-                lost[i] = Some(lost[i].unwrap_or(0) + n);
-            }
+            add_lost(&mut lost[i], t, r.stop())?;
         }
     }
     let slowdowns = paired_slowdowns(&history, configs.len());
@@ -490,21 +498,11 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
         for (i, t) in configs.iter().enumerate() {
             let Some(argv) = &t.argv else { continue };
             run_no += 1;
-            let mut r = start(argv, true)?;
-            if t.sockray {
-                thread::sleep(Duration::from_millis(300));
-            } else {
-                r.ready(Instant::now())?;
-            }
+            let r = start_attached(t, argv)?;
             load_run(run_no)?;
             thread::sleep(Duration::from_millis(300));
             bpf_ns[i] = bpf_run_ns(r.child.id());
-            let last = r.stop();
-            if t.sockray {
-                let n = lost_of(last)
-                    .ok_or_else(|| format!("{}: no {{\"lost\": N}} record at exit", t.name))?;
-                lost[i] = Some(lost[i].unwrap_or(0) + n);
-            }
+            add_lost(&mut lost[i], t, r.stop())?;
         }
     }
 
