@@ -3,8 +3,10 @@
  * (state changes, drops, retransmits and tcp_probe run in softirq or timer context, where
  * bpf_get_current_pid_tgid() names whichever task happened to be on the CPU).
  *
- * sock_owners maps a struct sock * to the process that owns it. It is written only where the kernel is
- * known to run in the owner's own context:
+ * sock_owners maps a struct sock * to its record (struct sock_rec): the process that owns it, and what
+ * was seen of the connection's life (when it began, who opened it, whether it sent its FIN), which is
+ * what tcplife and tcpstates need as well: one map operation serves the owner and the tool. The owner is
+ * written only where the kernel is known to run in the owner's own context:
  *   - connect():  CLOSE -> SYN_SENT (tcp_v4/v6_connect, process context);
  *   - listen():   CLOSE -> LISTEN (inet_listen); also recorded by (netns, port) in listen_owners;
  *   - close()/shutdown(): ESTABLISHED/SYN_RECV -> FIN_WAIT1 and CLOSE_WAIT -> LAST_ACK (tcp_close,
@@ -15,20 +17,35 @@
  * before the tool started are attributed too). A passively opened socket (LISTEN -> SYN_RECV, created in
  * softirq) inherits its listener's owner until accept() names the accepting process.
  *
- * A tool includes this header, calls owner_on_state() from its inet_sock_set_state handler, and reads
- * owner_of() / forgets with owner_forget() at TCP_CLOSE. */
+ * A tool includes this header, calls owner_on_state_d() first in its inet_sock_set_state handler,
+ * reads the record (sock_rec_of(), owner_resolve()) and deletes it with owner_forget() at TCP_CLOSE. */
 #ifndef SOCKRAY_SOCKOWNER_BPF_H
 #define SOCKRAY_SOCKOWNER_BPF_H
 
 #include "common.bpf.h"
 #include "sockowner.h"
 
+/* Flags of a socket's record: what the component saw of its life. */
+#define SOCK_ACTIVE_OPEN 1 /* it sent the SYN (CLOSE -> SYN_SENT) */
+#define SOCK_FIN_SENT 2    /* it queued its FIN (-> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK) */
+
+/* What the component keeps per socket: one record, so that a tool's per-socket state costs no map
+ * operations of its own (each hash map update allocates an element and each delete frees one; under a
+ * loopback connection flood the map operations were ~half of the BPF time). */
+struct sock_rec {
+	struct sock_owner owner; /* pid 0: not known */
+	__u64 born_ns;           /* bpf_ktime_get_ns() at SYN_SENT or SYN_RECV; 0: began before the tool */
+	__u64 tool_ns;           /* the tool's own (tcpstates: its last state change); 0 when created */
+	__u32 flags;             /* SOCK_ACTIVE_OPEN, SOCK_FIN_SENT */
+	__u32 pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, SOCK_MAP_ENTRIES);
 	__type(key, __u64); /* struct sock * */
-	__type(value, struct sock_owner);
+	__type(value, struct sock_rec);
 } sock_owners SEC(".maps");
 
 /* A listener: its network namespace (the struct net's address, which identifies it as well as the inode
@@ -81,29 +98,71 @@ static __always_inline void owner_from_current(struct sock_owner *o)
 	bpf_get_current_comm(&o->comm, sizeof(o->comm));
 }
 
-static __always_inline void owner_set_current(const struct sock *sk)
-{
-	__u64 key = (__u64)sk;
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct sock_owner *cur = bpf_map_lookup_elem(&sock_owners, &key);
-	struct sock_owner o = {};
-
-	/* the common case on close() and I/O: the owner is already this process, nothing to write */
-	if ((cur && cur->pid == pid_tgid >> 32) || pid_tgid >> 32 == self_tgid)
-		return;
-	if (cur) {
-		/* rewrite in place: a map update would allocate a new element and free the old one */
-		owner_from_current(cur);
-		return;
-	}
-	owner_from_current(&o);
-	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
-}
-
-static __always_inline struct sock_owner *owner_of(const struct sock *sk)
+/* sk's record, or NULL when the component has none. */
+static __always_inline struct sock_rec *sock_rec_of(const struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	return bpf_map_lookup_elem(&sock_owners, &key);
+}
+
+/* A new record for sk, replacing any (callers rewrite an existing record in place instead: an update
+ * allocates a new element and frees the old one). */
+static __always_inline void sock_rec_create(const struct sock *sk, const struct sock_rec *r)
+{
+	__u64 key = (__u64)sk;
+	bpf_map_update_elem(&sock_owners, &key, r, BPF_ANY);
+}
+
+/* sk is owned by o: rewrite its record's owner in place, or create the record. */
+static __always_inline void owner_store(const struct sock *sk, const struct sock_owner *o)
+{
+	struct sock_rec *cur = sock_rec_of(sk);
+	struct sock_rec r = {};
+
+	if (cur) {
+		cur->owner = *o;
+		return;
+	}
+	r.owner = *o;
+	sock_rec_create(sk, &r);
+}
+
+/* The current task owns sk. `begin`: the connection begins here (CLOSE -> SYN_SENT): born now and the
+ * flags set to `flags`; else `flags` are added. Returns the record when it existed already, NULL when
+ * it was created here (a caller that needs it looks it up). */
+static __always_inline struct sock_rec *owner_set_current_life(const struct sock *sk, bool begin, __u32 flags)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sock_rec *cur = sock_rec_of(sk);
+	bool self = pid_tgid >> 32 == self_tgid;
+	struct sock_rec r = {};
+
+	if (cur) {
+		/* the common case on close() and I/O: the owner is already this process, nothing to write */
+		if (cur->owner.pid != pid_tgid >> 32 && !self)
+			owner_from_current(&cur->owner);
+		if (begin) {
+			cur->born_ns = bpf_ktime_get_ns();
+			cur->flags = flags;
+		} else if (flags) {
+			cur->flags |= flags;
+		}
+		return cur;
+	}
+	if (self && !begin)
+		return NULL;
+	if (!self)
+		owner_from_current(&r.owner);
+	if (begin)
+		r.born_ns = bpf_ktime_get_ns();
+	r.flags = flags;
+	sock_rec_create(sk, &r);
+	return NULL;
+}
+
+static __always_inline void owner_set_current(const struct sock *sk)
+{
+	owner_set_current_life(sk, false, 0);
 }
 
 static __always_inline void owner_forget(const struct sock *sk)
@@ -120,61 +179,61 @@ static __always_inline void listener_record(const struct sock *sk, const struct 
 	bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY);
 }
 
-/* Keep the owner maps in step with a state change. Call first in every inet_sock_set_state handler;
- * `direct` as for SK_FIELD (true in tp_btf programs). */
-static __always_inline void owner_on_state_d(const struct sock *sk, int oldstate, int newstate, bool direct)
+/* Keep the socket's record in step with a state change. Call first in every inet_sock_set_state
+ * handler; `direct` as for SK_FIELD (true in tp_btf programs). Returns sk's record when this change
+ * looked it up and it existed (SYN_SENT, FIN_WAIT1, LAST_ACK), else NULL: a tool that needs the record
+ * in another case looks it up with sock_rec_of(). The tool deletes the record at CLOSE (owner_forget). */
+static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, int oldstate, int newstate,
+							 bool direct)
 {
-	__u64 key = (__u64)sk;
-
 	switch (newstate) {
 	case TCP_SYN_SENT:
+		return owner_set_current_life(sk, true, SOCK_ACTIVE_OPEN);
 	case TCP_FIN_WAIT1:
 	case TCP_LAST_ACK:
-		owner_set_current(sk);
-		return;
+		return owner_set_current_life(sk, false, SOCK_FIN_SENT);
 	case TCP_LISTEN: {
 		struct sock_owner o = {};
 		owner_from_current(&o);
-		bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
+		owner_store(sk, &o);
 		listener_record(sk, &o, direct);
-		return;
+		return NULL;
 	}
 	case TCP_SYN_RECV:
 		if (oldstate == TCP_LISTEN) {
-			/* a child socket cloned from its listener, in softirq: inherit the listener's owner */
+			/* a child socket cloned from its listener, in softirq: a new connection, owned by its
+			 * listener's owner until accept() or I/O names the process that took it (replacing any
+			 * stale record: a socket freed without a state change leaves its record behind) */
 			struct listen_key k = { .net = sk_net_ptr(sk, direct),
 						.port = sk_lport_d(sk, direct) };
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
+			struct sock_rec r = { .born_ns = bpf_ktime_get_ns() };
+
 			if (lo)
-				bpf_map_update_elem(&sock_owners, &key, &lo->owner, BPF_NOEXIST);
+				r.owner = lo->owner;
+			sock_rec_create(sk, &r);
 		}
-		return;
+		return NULL;
 	case TCP_CLOSE:
 		if (oldstate == TCP_LISTEN) {
 			struct listen_key k = { .net = sk_net_ptr(sk, direct),
 						.port = sk_lport_d(sk, direct) };
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
-			if (lo && lo->sk == key)
+			if (lo && lo->sk == (__u64)sk)
 				bpf_map_delete_elem(&listen_owners, &k);
 		}
-		return;
+		return NULL;
 	}
+	return NULL;
 }
 
-static __always_inline void owner_on_state(const struct sock *sk, int oldstate, int newstate)
+/* The owner to print for an event on a socket whose record is r (NULL: none): the recorded owner, else
+ * (only in a transition known to run in process context) the current task; else pid 0 ("unknown"),
+ * never the task that merely happens to be on the CPU. */
+static __always_inline void owner_resolve(const struct sock_rec *r, int newstate, struct sock_owner *out)
 {
-	owner_on_state_d(sk, oldstate, newstate, false);
-}
-
-/* The owner to print for an event on sk: the recorded owner, else (only in a transition known to run in
- * process context) the current task; else pid 0 ("unknown"), never the task that merely happens to be on
- * the CPU. */
-static __always_inline void owner_resolve(const struct sock *sk, int newstate, struct sock_owner *out)
-{
-	struct sock_owner *o = owner_of(sk);
-
-	if (o) {
-		*out = *o;
+	if (r && r->owner.pid) {
+		*out = r->owner;
 		return;
 	}
 	if (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN || newstate == TCP_FIN_WAIT1 ||

@@ -25,7 +25,7 @@ static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool wit
 {
 	struct task_struct *task = ctx->task;
 	struct file *file = ctx->file;
-	struct sock_owner o = {};
+	struct sock_rec r = {};
 	struct socket *sock;
 	struct sock *sk;
 	__u16 fam;
@@ -47,11 +47,12 @@ static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool wit
 	fam = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (fam != AF_INET && fam != AF_INET6)
 		return 0;
-	owner_from_task(&o, task, sk, with_cgroup);
+	/* the owner only: when the connection began is not known (born_ns 0) */
+	owner_from_task(&r.owner, task, sk, with_cgroup);
 	key = (__u64)sk;
-	bpf_map_update_elem(&sock_owners, &key, &o, BPF_NOEXIST);
+	bpf_map_update_elem(&sock_owners, &key, &r, BPF_NOEXIST);
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
-		listener_record(sk, &o, false);
+		listener_record(sk, &r.owner, false);
 	return 0;
 }
 

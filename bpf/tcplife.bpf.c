@@ -8,21 +8,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct tcplife_event _tcplife_event = {};
 
-#define SESSION_ACTIVE 1   /* we sent the SYN: bytes_acked counts it */
-#define SESSION_FIN_SENT 2 /* we queued a FIN (FIN_WAIT1 or LAST_ACK) */
-
-struct session {
-	__u64 born; /* first SYN_SENT, SYN_RECV or ESTABLISHED seen */
-	__u32 flags;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, SOCK_MAP_ENTRIES);
-	__type(key, __u64);
-	__type(value, struct session);
-} sessions SEC(".maps");
+/* A session's start and who opened it are in the socket-owner component's record of the socket
+ * (struct sock_rec: born_ns, flags), kept by owner_on_state_d(): no map of tcplife's own. */
 
 /* The kernel's counters count sequence numbers: bytes_acked includes our SYN (active open) and our FIN
  * once acked; bytes_received includes the peer's FIN. Take those out so TX/RX are payload bytes. */
@@ -49,9 +36,9 @@ static __always_inline void payload_bytes(const struct sock *sk, __u32 flags, __
 		write_seq = BPF_CORE_READ(tp, write_seq);
 		sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
 	}
-	if ((flags & SESSION_ACTIVE) && acked)
+	if ((flags & SOCK_ACTIVE_OPEN) && acked)
 		acked--;
-	if ((flags & SESSION_FIN_SENT) && acked && snd_una == write_seq)
+	if ((flags & SOCK_FIN_SENT) && acked && snd_una == write_seq)
 		acked--;
 	/* tcp_fin() sets SOCK_DONE when the peer's FIN arrives (enum sock_flags: SOCK_DEAD, SOCK_DONE, ...;
 	 * unchanged since Linux 2.6, so a constant rather than a CO-RE enum relocation) */
@@ -66,42 +53,32 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 {
 	struct tcplife_event *e;
 	struct sk_tuple t = {};
-	__u64 key = (__u64)sk, now;
-	struct session *sess;
+	struct sock_rec *rec;
+	__u64 now;
 
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
+	/* SYN_SENT and SYN_RECV: the session is born (born_ns); FIN_WAIT1, LAST_ACK: our FIN is sent */
 	owner_on_state_d(sk, oldstate, newstate, direct);
 
 	switch (newstate) {
-	case TCP_SYN_SENT:
-	case TCP_SYN_RECV: {
-		/* born here (CLOSE removed any earlier session of this socket) */
-		struct session fresh = { .born = bpf_ktime_get_ns(),
-					 .flags = newstate == TCP_SYN_SENT ? SESSION_ACTIVE : 0 };
-		bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST);
-		return 0;
-	}
 	case TCP_ESTABLISHED:
-		/* only a session whose handshake we did not see (tool started in between) is new here */
-		if (!bpf_map_lookup_elem(&sessions, &key)) {
-			struct session fresh = { .born = bpf_ktime_get_ns() };
-			bpf_map_update_elem(&sessions, &key, &fresh, BPF_NOEXIST);
+		/* a session whose handshake we did not see (tool started in between) is born here */
+		rec = sock_rec_of(sk);
+		if (!rec) {
+			struct sock_rec fresh = { .born_ns = bpf_ktime_get_ns() };
+			sock_rec_create(sk, &fresh);
+		} else if (!rec->born_ns) {
+			rec->born_ns = bpf_ktime_get_ns();
 		}
-		return 0;
-	case TCP_FIN_WAIT1:
-	case TCP_LAST_ACK:
-		sess = bpf_map_lookup_elem(&sessions, &key);
-		if (sess)
-			sess->flags |= SESSION_FIN_SENT;
 		return 0;
 	case TCP_CLOSE:
 		break;
 	default:
 		return 0;
 	}
-	sess = bpf_map_lookup_elem(&sessions, &key);
-	if (!sess)
+	rec = sock_rec_of(sk);
+	if (!rec || !rec->born_ns)
 		goto out; /* listener, or a session born before we started */
 	/* A passive child that closes from SYN_RECV never became a connection: when two CPUs handle the
 	 * handshake's last ACK at once, the loser's copy of the child is dropped this way (seen on 5.10),
@@ -117,20 +94,19 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	e = event_reserve(sizeof(*e));
 	if (!e)
 		goto out;
-	owner_resolve(sk, newstate, &e->owner);
+	owner_resolve(rec, newstate, &e->owner);
 	if (!owner_ok(&e->owner)) {
 		bpf_ringbuf_discard(e, 0);
 		goto out;
 	}
-	e->skaddr = key;
+	e->skaddr = (__u64)sk;
 	e->ts_ns = now;
-	e->span_ns = now - sess->born;
-	payload_bytes(sk, sess->flags, &e->tx_bytes, &e->rx_bytes, direct);
+	e->span_ns = now - rec->born_ns;
+	payload_bytes(sk, rec->flags, &e->tx_bytes, &e->rx_bytes, direct);
 	EVENT_SET_TUPLE(e, t);
 	e->pad = 0;
 	event_submit(e);
 out:
-	bpf_map_delete_elem(&sessions, &key);
 	owner_forget(sk);
 	return 0;
 }

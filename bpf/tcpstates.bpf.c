@@ -9,14 +9,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* puts the event type into BTF, so the skeleton carries it to Rust */
 struct tcpstates_event _tcpstates_event = {};
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, SOCK_MAP_ENTRIES);
-	__type(key, __u64);
-	__type(value, __u64);
-} last_change SEC(".maps");
-
 /* Before Linux 5.11-ish (seen on 5.10), a passively opened socket enters SYN_RECV inside
  * inet_csk_clone_lock() before the peer's address and port are copied into it: that row would read
  * 0.0.0.0:0. Such a row is held here and sent at the socket's next change (from SYN_RECV, right after:
@@ -35,15 +27,15 @@ struct {
 	__type(value, struct held_row);
 } held_syn_recv SEC(".maps");
 
-static __always_inline void emit(const struct sock *sk, const struct sk_tuple *t, __u64 ts, __u64 delta,
-				 __u32 ctx_pid, int oldstate, int newstate)
+static __always_inline void emit(const struct sock *sk, const struct sock_rec *rec, const struct sk_tuple *t,
+				 __u64 ts, __u64 delta, __u32 ctx_pid, int oldstate, int newstate)
 {
 	struct tcpstates_event *e;
 
 	e = event_reserve(sizeof(*e));
 	if (!e)
 		return;
-	owner_resolve(sk, newstate, &e->owner);
+	owner_resolve(rec, newstate, &e->owner);
 	if (!owner_ok(&e->owner)) {
 		bpf_ringbuf_discard(e, 0);
 		return;
@@ -64,20 +56,27 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 {
 	struct sk_tuple t = {};
 	struct held_row held = {};
-	__u64 key = (__u64)sk, now, *prev;
+	__u64 key = (__u64)sk, now, delta = 0;
+	struct sock_rec *rec;
 	__u32 ctx_pid;
 
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	owner_on_state_d(sk, oldstate, newstate, direct);
+	rec = owner_on_state_d(sk, oldstate, newstate, direct);
+	if (!rec)
+		rec = sock_rec_of(sk);
 
+	/* the time of the socket's previous change is kept in its record (tool_ns), written in place */
 	now = bpf_ktime_get_ns();
-	prev = bpf_map_lookup_elem(&last_change, &key);
-	__u64 delta = prev ? now - *prev : 0;
-	if (newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&last_change, &key);
-	else
-		bpf_map_update_elem(&last_change, &key, &now, BPF_ANY);
+	if (rec) {
+		if (rec->tool_ns)
+			delta = now - rec->tool_ns;
+		rec->tool_ns = now;
+	} else if (newstate != TCP_CLOSE) {
+		/* a socket the component has no record of (owner unknown) */
+		struct sock_rec fresh = { .tool_ns = now };
+		sock_rec_create(sk, &fresh);
+	}
 
 	read_sk_tuple_d(sk, &t, direct);
 	ctx_pid = bpf_get_current_pid_tgid() >> 32;
@@ -98,8 +97,8 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		goto out;
 	if (held.ts_ns)
-		emit(sk, &t, held.ts_ns, held.delta_ns, held.ctx_pid, TCP_LISTEN, TCP_SYN_RECV);
-	emit(sk, &t, now, delta, ctx_pid, oldstate, newstate);
+		emit(sk, rec, &t, held.ts_ns, held.delta_ns, held.ctx_pid, TCP_LISTEN, TCP_SYN_RECV);
+	emit(sk, rec, &t, now, delta, ctx_pid, oldstate, newstate);
 out:
 	if (newstate == TCP_CLOSE)
 		owner_forget(sk);

@@ -81,11 +81,11 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	owner_on_state_d(sk, oldstate, newstate, direct);
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
-		owner_resolve(sk, newstate, &o);
+		owner_resolve(sock_rec_of(sk), newstate, &o);
 		emit(sk, TCPTRACER_CONNECT, &o, direct);
 	} else if (newstate == TCP_CLOSE) {
 		if (was_established(oldstate)) {
-			owner_resolve(sk, newstate, &o);
+			owner_resolve(sock_rec_of(sk), newstate, &o);
 			emit(sk, TCPTRACER_CLOSE, &o, direct);
 		}
 		owner_forget(sk);
@@ -111,7 +111,6 @@ static __always_inline int on_accept_exit(long ret)
 {
 	struct sock_owner o = {};
 	struct sock *sk;
-	__u64 key;
 
 	if (ret < 0)
 		return 0;
@@ -119,8 +118,7 @@ static __always_inline int on_accept_exit(long ret)
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	owner_from_current(&o);
-	key = (__u64)sk;
-	bpf_map_update_elem(&sock_owners, &key, &o, BPF_ANY);
+	owner_store(sk, &o);
 	emit(sk, TCPTRACER_ACCEPT, &o, false);
 	return 0;
 }
