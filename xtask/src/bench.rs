@@ -9,10 +9,12 @@
 //!   namespace per run, pinned to the last CPU) with no tracer and with each tracer attached, rounds
 //!   interleaved, median rate; every tracer run sits between two runs without a tracer, and its
 //!   slowdown is 1 - rate(tracer)/mean(rate of those two), the median over the rounds (so drift of
-//!   the machine's speed during the bench, which on a shared VM is several percent, cancels out);
+//!   the machine's speed during the bench, which on a shared VM is several percent, cancels out),
+//!   with the range of the rounds' slowdowns beside it (`--rounds N` for more rounds);
 //!   The rate runs are made with kernel.bpf_stats_enabled off, as users run the tools;
 //! - BPF run time per connection (`run_time_ns` of the tracer's programs) in one more load run per
-//!   tracer with kernel.bpf_stats_enabled on; the tracer's CPU time per 1,000 connections;
+//!   tracer with kernel.bpf_stats_enabled on; the tracer's CPU time per 1,000 connections (from attached
+//!   to exit: its start-up is not counted);
 //! - sockray's lost-event count (its `{"lost": N}` record) at that rate.
 //!
 //! Figures are ratios against baselines run in the same invocation; nothing here asserts timings.
@@ -28,7 +30,10 @@ use std::{env, fs, thread};
 /// Connections per load run, starts per start-up measurement, interleaved load rounds.
 const CONNS: u32 = 20_000;
 const STARTS: usize = 5;
-const ROUNDS: usize = 5;
+pub const ROUNDS: usize = 5;
+
+/// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
+pub const TOOLS: [&str; 3] = ["tcplife", "tcpstates", "tcpconnect"];
 
 unsafe extern "C" {
     safe fn kill(pid: i32, sig: i32) -> i32;
@@ -72,7 +77,7 @@ fn tracers(sockray: &Path, tools: &[String]) -> Vec<Tracer> {
         argv: None,
         sockray: false,
     }];
-    for tool in ["tcplife", "tcpstates", "tcpconnect"] {
+    for tool in TOOLS {
         if tools.iter().any(|t| t == tool) {
             v.push(Tracer {
                 name: format!("sockray {tool}"),
@@ -422,11 +427,11 @@ fn add_lost(lost: &mut Option<u64>, t: &Tracer, last: Option<String>) -> Result<
 }
 
 /// The whole benchmark; `sockray` is the release binary, `tools` what it offers.
-pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
+pub fn run(sockray: &Path, tools: &[String], rounds: usize) -> Result<(), String> {
     let mut configs = tracers(sockray, tools);
     pin_to_cpu0();
     println!(
-        "sockray bench: {CONNS} loopback connections per run, {ROUNDS} rounds, {STARTS} starts per tool"
+        "sockray bench: {CONNS} loopback connections per run, {rounds} rounds, {STARTS} starts per tool"
     );
 
     // start-up (table form: time to the header line)
@@ -466,7 +471,7 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
     let mut run_no = 0;
     // every tracer run between two baseline runs: none, t1, none, t2, none, ...
     let mut sequence: Vec<usize> = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         for i in 1..configs.len() {
             sequence.extend([0, i]);
         }
@@ -480,13 +485,15 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
             Some(argv) => Some(start_attached(t, argv)?),
             None => None,
         };
+        // the tracer's CPU time is counted from here: its start-up (loading, verifying) is not per connection
+        let cpu_at_start = running.as_ref().map_or(0.0, |r| cpu_seconds(r.child.id()));
         let rate = load_run(run_no)?;
         rates[i].push(rate);
         history.push((i, rate));
         if let Some(r) = running {
             thread::sleep(Duration::from_millis(300));
             rss[i] = rss[i].max(r.peak_rss_kib());
-            cpu[i] += cpu_seconds(r.child.id());
+            cpu[i] += cpu_seconds(r.child.id()) - cpu_at_start;
             add_lost(&mut lost[i], t, r.stop())?;
         }
     }
@@ -508,12 +515,13 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
 
     println!();
     println!(
-        "{:<24} {:>11} {:>13} {:>10} {:>9} {:>12} {:>10} {:>6}",
+        "{:<24} {:>11} {:>13} {:>10} {:>9} {:>13} {:>12} {:>10} {:>6}",
         "TRACER",
         "START(ms)",
         "PEAK_RSS(MiB)",
         "CONN/s",
         "SLOWDOWN",
+        "ROUNDS_RANGE",
         "BPF_NS/CONN",
         "CPU_MS/1K",
         "LOST"
@@ -530,13 +538,19 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
             "-".into()
         };
         let rate = median(rates[i].clone());
-        let slow = if i == 0 {
-            "-".into()
+        let (slow, range) = if i == 0 || slowdowns[i].is_empty() {
+            ("-".into(), "-".into())
         } else {
-            format!("{:.1}%", median(slowdowns[i].clone()) * 100.0)
+            let s = &slowdowns[i];
+            let lo = s.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (
+                format!("{:.1}%", median(s.clone()) * 100.0),
+                format!("{:.1}..{:.1}", lo * 100.0, hi * 100.0),
+            )
         };
         let lo = lost[i].map(|n| n.to_string()).unwrap_or("-".into());
-        let conns = (CONNS as usize * ROUNDS) as f64;
+        let conns = (CONNS as usize * rounds) as f64;
         let (kns, ucpu) = if t.argv.is_some() {
             (
                 format!("{:.0}", bpf_ns[i] as f64 / CONNS as f64),
@@ -546,12 +560,12 @@ pub fn run(sockray: &Path, tools: &[String]) -> Result<(), String> {
             ("-".into(), "-".into())
         };
         println!(
-            "{:<24} {st:>11} {mem:>13} {rate:>10.0} {slow:>9} {kns:>12} {ucpu:>10} {lo:>6}",
+            "{:<24} {st:>11} {mem:>13} {rate:>10.0} {slow:>9} {range:>13} {kns:>12} {ucpu:>10} {lo:>6}",
             t.name
         );
     }
     println!();
-    for tool in ["tcplife", "tcpstates", "tcpconnect"] {
+    for tool in TOOLS {
         let find = |n: &str| configs.iter().position(|t| t.name == n);
         let (Some(s), Some(l)) = (
             find(&format!("sockray {tool}")),

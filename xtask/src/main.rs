@@ -24,7 +24,8 @@ commands:
   run [--debug] [--] <tool> [args...]  build sockray and run a tool (via sudo when not root)
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
-  bench                                start-up, RSS and connection-rate cost vs libbpf-tools
+  bench [--rounds N] [--tool T]...     start-up, RSS and connection-rate cost vs libbpf-tools
+                                       (5 rounds; T: tcplife, tcpstates or tcpconnect)
   vmtest [--kernel S] [--path P] [--quick] [--report] [-- <test args>]
                                        integration tests under Debian kernels in QEMU (--help)
 ";
@@ -265,8 +266,25 @@ fn cmd_install(args: &[OsString]) -> Res {
 }
 
 fn cmd_bench(args: &[OsString]) -> Res {
-    if let Some(a) = args.first() {
-        return Err(usage_err(format!("bench: unexpected argument {a:?}")));
+    let mut rounds = bench::ROUNDS;
+    let mut only: Vec<String> = Vec::new();
+    let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| usage_err(format!("bench: {a} needs a value")))
+        };
+        match a.as_str() {
+            "--rounds" => {
+                let v = value()?;
+                rounds =
+                    v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| {
+                        usage_err(format!("bench: --rounds {v:?}: a count above 0"))
+                    })?;
+            }
+            "--tool" => only.push(value()?),
+            _ => return Err(usage_err(format!("bench: unexpected argument {a:?}"))),
+        }
     }
     if !is_root() {
         return Err(fail(
@@ -275,13 +293,25 @@ fn cmd_bench(args: &[OsString]) -> Res {
     }
     deps()?;
     let bin = build(Profile::Release)?;
-    let tools = list_tools(&bin)?;
+    let mut tools = list_tools(&bin)?;
+    if !only.is_empty() {
+        if let Some(t) = only
+            .iter()
+            .find(|t| !bench::TOOLS.contains(&t.as_str()) || !tools.contains(t))
+        {
+            return Err(usage_err(format!(
+                "bench: --tool {t:?}: one of {}",
+                bench::TOOLS.join(", ")
+            )));
+        }
+        tools.retain(|t| only.contains(t));
+    }
     // the bench itself (its output readers) shares CPU 0 with the tracers
     let _ = Command::new("taskset")
         .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
         .stdout(Stdio::null())
         .status();
-    bench::run(&bin, &tools).map_err(fail)
+    bench::run(&bin, &tools, rounds).map_err(fail)
 }
 
 // ---- shared steps ----
