@@ -78,17 +78,19 @@ fn tracers(sockray: &Path, tools: &[String]) -> Vec<Tracer> {
         sockray: false,
     }];
     for tool in TOOLS {
-        if tools.iter().any(|t| t == tool) {
-            v.push(Tracer {
-                name: format!("sockray {tool}"),
-                argv: Some(vec![
-                    sockray.display().to_string(),
-                    tool.into(),
-                    "--json".into(),
-                ]),
-                sockray: true,
-            });
+        // each sockray tool measured, with libbpf-tools' tool of that name beside it
+        if !tools.iter().any(|t| t == tool) {
+            continue;
         }
+        v.push(Tracer {
+            name: format!("sockray {tool}"),
+            argv: Some(vec![
+                sockray.display().to_string(),
+                tool.into(),
+                "--json".into(),
+            ]),
+            sockray: true,
+        });
         let libbpf = Path::new("/usr/sbin").join(tool);
         if libbpf.exists() {
             v.push(Tracer {
