@@ -136,6 +136,15 @@ static __always_inline void event_submit_sized(void *e, __u64 size)
 
 #define event_submit(e) event_submit_sized((e), sizeof(*(e)))
 
+/* Drops a reserved record. Without BPF_RB_NO_WAKEUP a discard wakes the reader like a submit does (an
+ * irq_work and a wake-up for a record it never sees): a filter that drops most events after reserving
+ * cost 4x the BPF time of no filter at all (tcplife -p under a loopback connection flood). Filters are
+ * better checked before reserving. */
+static __always_inline void event_discard(void *e)
+{
+	bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+}
+
 /* ---- socket addresses, read with CO-RE from struct sock ---- */
 struct sk_tuple {
 	__u16 family;

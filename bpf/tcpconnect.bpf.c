@@ -203,7 +203,7 @@ static __always_inline int dns_emit(__u64 buf, __u64 cap, long ret)
 	e->kind = TCPCONNECT_KIND_DNS;
 	e->ts_ns = bpf_ktime_get_ns();
 	if (bpf_probe_read_user(e->data, n, (void *)buf)) {
-		bpf_ringbuf_discard(e, 0);
+		event_discard(e);
 		return 0;
 	}
 	e->len = n;

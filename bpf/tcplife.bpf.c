@@ -53,6 +53,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 {
 	struct tcplife_event *e;
 	struct sk_tuple t = {};
+	struct sock_owner o;
 	struct sock_rec *rec;
 	__u64 now;
 
@@ -91,14 +92,14 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		goto out;
 
+	/* the process filters first: a record reserved and discarded costs nearly what a sent one does */
+	owner_resolve(rec, newstate, &o);
+	if (!owner_ok(&o))
+		goto out;
 	e = event_reserve(sizeof(*e));
 	if (!e)
 		goto out;
-	owner_resolve(rec, newstate, &e->owner);
-	if (!owner_ok(&e->owner)) {
-		bpf_ringbuf_discard(e, 0);
-		goto out;
-	}
+	e->owner = o;
 	e->skaddr = (__u64)sk;
 	e->ts_ns = now;
 	e->span_ns = now - rec->born_ns;

@@ -31,15 +31,16 @@ static __always_inline void emit(const struct sock *sk, const struct sock_rec *r
 				 __u64 ts, __u64 delta, __u32 ctx_pid, int oldstate, int newstate)
 {
 	struct tcpstates_event *e;
+	struct sock_owner o;
 
+	/* the process filters first: a record reserved and discarded costs nearly what a sent one does */
+	owner_resolve(rec, newstate, &o);
+	if (!owner_ok(&o))
+		return;
 	e = event_reserve(sizeof(*e));
 	if (!e)
 		return;
-	owner_resolve(rec, newstate, &e->owner);
-	if (!owner_ok(&e->owner)) {
-		bpf_ringbuf_discard(e, 0);
-		return;
-	}
+	e->owner = o;
 	e->skaddr = (__u64)sk;
 	e->ts_ns = ts;
 	e->delta_ns = delta;
