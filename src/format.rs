@@ -169,11 +169,14 @@ pub fn owner_fields(
     } else {
         comm(raw_comm)
     };
-    vec![
+    // room for the tool's own fields too: one allocation per event, not a reallocation as they are added
+    let mut f = Vec::with_capacity(16);
+    f.extend([
         ("pid", Value::U(pid as u64)),
         ("comm", Value::S(name)),
         ("uid", Value::U(uid as u64)),
-    ]
+    ]);
+    f
 }
 
 /// The symbolic name of an errno value (positive), as `errno(1)` prints it; "errno N" when unknown.
