@@ -5,17 +5,19 @@
 //!   median of several starts, not pinned to a CPU (sockray loads its socket-owner seeding object on a
 //!   second thread);
 //! - peak RSS (VmHWM) of the tracer during the load run;
-//! - loopback connection rate (connect/accept/close per second, a bounded generator in a fresh network
-//!   namespace per run, pinned to the last CPU) with no tracer and with each tracer attached, rounds
-//!   interleaved, median rate; every tracer run sits between two runs without a tracer, and its
-//!   slowdown is 1 - rate(tracer)/mean(rate of those two), the median over the rounds (so drift of
-//!   the machine's speed during the bench, which on a shared VM is several percent, cancels out),
-//!   with the range of the rounds' slowdowns beside it (`--rounds N` for more rounds);
-//!   The rate runs are made with kernel.bpf_stats_enabled off, as users run the tools;
-//! - BPF run time per connection (`run_time_ns` of the tracer's programs) in one more load run per
-//!   tracer with kernel.bpf_stats_enabled on; the tracer's CPU time per 1,000 connections (from attached
-//!   to exit: its start-up is not counted);
-//! - sockray's lost-event count (its `{"lost": N}` record) at that rate.
+//! - loopback connection rate (connect/accept/close per second) with no tracer and with each tracer
+//!   attached: one bounded load generator runs through the whole measurement, in a network namespace
+//!   of its own, pinned to the last CPU, and reports the time of every 250th connection; tracers come
+//!   and go on CPU 0, each traced interval (600 ms, after the tracer has settled) between two intervals
+//!   without a tracer. A traced interval's slowdown is 1 - rate(traced)/mean(rate of those two), and the
+//!   figure is the median over the rounds (`--rounds N`, 20 by default), with the rounds' range beside
+//!   it. Short intervals close together, because this VM's speed moves in steps of ±15% every few
+//!   seconds (neighbours on the host): consecutive seconds agree within ~2%, runs a minute apart do not.
+//!   The rates are measured with kernel.bpf_stats_enabled off, as users run the tools;
+//! - BPF run time per connection (`run_time_ns` of the tracer's programs) in one more traced interval
+//!   per tracer with kernel.bpf_stats_enabled on; the tracer's CPU time per 1,000 connections, within the
+//!   traced intervals (its start-up is not counted);
+//! - sockray's lost-event count (its `{"lost": N}` record) over all of its runs.
 //!
 //! Figures are ratios against baselines run in the same invocation; nothing here asserts timings.
 
@@ -27,10 +29,28 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use std::{env, fs, thread};
 
-/// Connections per load run, starts per start-up measurement, interleaved load rounds.
-const CONNS: u32 = 20_000;
+/// Starts per start-up measurement.
 const STARTS: usize = 5;
-pub const ROUNDS: usize = 5;
+
+/// What `cargo xtask bench` was asked for.
+pub struct Options {
+    /// traced intervals per tracer
+    pub rounds: usize,
+    /// other tracer command lines to measure
+    pub extra: Vec<String>,
+    /// print every interval's rate
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            rounds: 20,
+            extra: Vec::new(),
+            verbose: false,
+        }
+    }
+}
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
 pub const TOOLS: [&str; 3] = ["tcplife", "tcpstates", "tcpconnect"];
@@ -39,7 +59,16 @@ unsafe extern "C" {
     safe fn kill(pid: i32, sig: i32) -> i32;
     fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
     safe fn sysconf(name: i32) -> i64;
+    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
 }
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+const CLOCK_MONOTONIC: i32 = 1;
 
 const SC_NPROCESSORS_ONLN: i32 = 84;
 
@@ -88,6 +117,7 @@ fn tracers(sockray: &Path, tools: &[String]) -> Vec<Tracer> {
                 sockray.display().to_string(),
                 tool.into(),
                 "--json".into(),
+                "--verbose".into(),
             ]),
             sockray: true,
         });
@@ -115,7 +145,7 @@ struct Running {
 }
 
 /// Starts a tracer. `pinned`: on CPU 0, as in the load runs, where the load generator has the last CPU
-/// to itself (see `load_run`); start-up is measured unpinned, as people run the tools.
+/// to itself (see `Generator::start`); start-up is measured unpinned, as people run the tools.
 fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
     // (this process is pinned to CPU 0, see `pin_to_cpu0`: "unpinned" must undo that for the child)
     let cpus = if pinned {
@@ -128,11 +158,22 @@ fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", argv.join(" ")))?;
     let mut out = child.stdout.take().ok_or("no stdout")?;
+    let err = child.stderr.take().ok_or("no stderr")?;
     let (tx, rx) = mpsc::channel();
+    // sockray --verbose says when it is attached ("sockray: ready ...") on stderr, also with --json,
+    // which has no header line
+    let ready_tx = tx.clone();
+    thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+            if line.starts_with("sockray: ready") {
+                let _ = ready_tx.send(line);
+            }
+        }
+    });
     // reads in large chunks, remembers only the first line (readiness) and the last one
     let reader = thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
@@ -216,7 +257,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 impl Running {
-    /// Waits for the first stdout line (the tracer is attached); returns how long since `t0`.
+    /// Waits for the first stdout line or sockray's "ready" (the tracer is attached); returns how long
+    /// since `t0`.
     fn ready(&mut self, t0: Instant) -> Result<Duration, String> {
         match self.lines.recv_timeout(Duration::from_secs(30)) {
             Ok(_) => Ok(t0.elapsed()),
@@ -317,45 +359,120 @@ impl Drop for Netns {
     }
 }
 
-/// Runs the load generator (this binary, `__load N`) in a fresh netns; returns connections per second.
-fn load_run(n: usize) -> Result<f64, String> {
-    let ns = Netns::new(n)?;
-    let exe = env::current_exe().map_err(|e| e.to_string())?;
-    // pinned to one CPU: cross-CPU wake-ups between the generator's client and server threads made the
-    // unpinned rate swing 3x between identical runs; the tracer's user space runs on the other CPU(s)
-    let cpu = (online_cpus() - 1).to_string();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.0, "taskset", "-c", &cpu])
-        .arg(exe)
-        .args(["__load", &CONNS.to_string()])
-        .output()
-        .map_err(|e| format!("load generator: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "load generator failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+/// The monotonic clock in ns: CLOCK_MONOTONIC, the same clock in the bench and in the generator.
+fn mono_ns() -> u64 {
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write; CLOCK_MONOTONIC always exists
+    unsafe {
+        clock_gettime(CLOCK_MONOTONIC, &mut ts);
     }
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse::<f64>()
-        .map_err(|e| format!("load generator output: {e}"))
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// `__load N`: N sequential loopback connections: the client connects and sends 1 byte, the server
-/// accepts, reads it and closes, the client reads EOF and closes. Lock-step, so the accept queue never
-/// overflows (an overflow drops SYNs and the 1 s retransmit would dominate the figure). Prints
-/// connections per second. Bounded by N and by socket time-outs.
+/// The load generator, running for the whole rate measurement: this binary's `__load W MAX_S` in a
+/// network namespace of its own, pinned to the last CPU, reporting the time of every W-th connection.
+struct Generator {
+    child: Child,
+    /// the times (mono_ns) at which it had made 0, W, 2W, ... connections
+    marks: thread::JoinHandle<Vec<u64>>,
+    _ns: Netns,
+}
+
+/// Connections per mark: ~25 ms at this machine's rate, fine enough for intervals of half a second.
+const MARK_EVERY: u32 = 250;
+
+impl Generator {
+    fn start(max_s: u64) -> Result<Generator, String> {
+        let ns = Netns::new(0)?;
+        let exe = env::current_exe().map_err(|e| e.to_string())?;
+        // pinned to one CPU: cross-CPU wake-ups between the generator's client and server threads made
+        // the unpinned rate swing 3x between identical runs; the tracers' user space runs on CPU 0
+        let cpu = (online_cpus() - 1).to_string();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "taskset", "-c", &cpu])
+            .arg(exe)
+            .args(["__load", &MARK_EVERY.to_string(), &max_s.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("load generator: {e}"))?;
+        let out = child.stdout.take().ok_or("load generator: no stdout")?;
+        let marks = thread::spawn(move || {
+            std::io::BufRead::lines(std::io::BufReader::new(out))
+                .map_while(Result::ok)
+                .filter_map(|l| l.trim().parse::<u64>().ok())
+                .collect()
+        });
+        Ok(Generator {
+            child,
+            marks,
+            _ns: ns,
+        })
+    }
+
+    /// Closes its stdin (it stops after the connection in progress) and returns its marks.
+    fn stop(mut self) -> Result<Marks, String> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        let marks = self
+            .marks
+            .join()
+            .map_err(|_| "load generator reader panicked")?;
+        if !status.success() {
+            return Err(format!("load generator failed ({status})"));
+        }
+        Ok(Marks(marks))
+    }
+}
+
+/// The generator's marks: the times at which it had made 0, W, 2W, ... connections.
+struct Marks(Vec<u64>);
+
+impl Marks {
+    /// Connections made within [a, b) (whole windows of MARK_EVERY only) and the seconds they took.
+    fn within(&self, a: u64, b: u64) -> Option<(u64, f64)> {
+        let first = self.0.iter().position(|&t| t >= a)?;
+        let last = self.0.iter().rposition(|&t| t <= b)?;
+        (last > first).then(|| {
+            (
+                (last - first) as u64 * MARK_EVERY as u64,
+                (self.0[last] - self.0[first]) as f64 / 1e9,
+            )
+        })
+    }
+}
+
+/// `__load W MAX_S`: sequential loopback connections until stdin closes (or MAX_S seconds): the client
+/// connects and sends 1 byte, the server accepts, reads it and closes, the client reads EOF and closes.
+/// Lock-step, so the accept queue never overflows (an overflow drops SYNs and the 1 s retransmit would
+/// dominate the figure). Prints the time (CLOCK_MONOTONIC ns) at the start and after every W
+/// connections. Bounded by MAX_S and by socket time-outs.
 pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
-    let n: u32 = args
-        .first()
-        .and_then(|a| a.to_str())
-        .and_then(|s| s.parse().ok())
-        .ok_or("__load N")?;
+    let arg = |i: usize| {
+        args.get(i)
+            .and_then(|a| a.to_str())
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&v| v > 0)
+            .ok_or("__load W MAX_S")
+    };
+    let (every, max_s) = (arg(0)?, arg(1)?);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // stdin closed: the bench is done
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let server = thread::spawn(move || {
-        for _ in 0..n {
+    thread::spawn(move || {
+        loop {
             let Ok((mut s, _)) = listener.accept() else {
                 return;
             };
@@ -364,8 +481,10 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
             let _ = s.read(&mut buf);
         }
     });
-    let t0 = Instant::now();
-    for _ in 0..n {
+    let deadline = Instant::now() + Duration::from_secs(max_s);
+    println!("{}", mono_ns());
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
         let mut s =
             TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -374,10 +493,13 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
         let mut buf = [0u8; 16];
         while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
         let _ = s.shutdown(Shutdown::Both);
+        n += 1;
+        if n.is_multiple_of(every) {
+            println!("{}", mono_ns());
+        }
     }
-    let _ = server.join();
-    println!("{:.1}", n as f64 / t0.elapsed().as_secs_f64());
-    Ok(())
+    // the server thread is blocked in accept(): leave without joining it
+    std::process::exit(0)
 }
 
 /// Per configuration, the slowdown of each of its runs against the mean of the baseline runs (index 0)
@@ -406,16 +528,73 @@ fn lost_of(last: Option<String>) -> Option<u64> {
     n.trim().parse().ok()
 }
 
-/// Starts a tracer pinned to CPU 0 and waits until it is attached: its header, or for sockray's --json
-/// (no header) the same settle time.
+/// Starts a tracer pinned to CPU 0 and waits until it is attached: its header, or sockray's "ready"
+/// (--verbose; --json has no header).
 fn start_attached(t: &Tracer, argv: &[String]) -> Result<Running, String> {
     let mut r = start(argv, true)?;
-    if t.sockray {
-        thread::sleep(Duration::from_millis(300));
-    } else {
-        r.ready(Instant::now())?;
-    }
+    r.ready(Instant::now())
+        .map_err(|e| format!("{}: {e}", t.name))?;
     Ok(r)
+}
+
+/// The load before the first interval (the generator's own start), without a tracer, with a tracer
+/// attached, the tracer's settling after attach (its start-up work, e.g. sockray's socket seeding), and
+/// after its exit.
+const WARM_UP: Duration = Duration::from_millis(1000);
+const SPAN: Duration = Duration::from_millis(300);
+const SETTLE: Duration = Duration::from_millis(100);
+const GAP: Duration = Duration::from_millis(50);
+
+/// One measured interval of the running load: without a tracer, or with one attached.
+struct Interval {
+    config: usize,
+    /// start and end (mono_ns)
+    a: u64,
+    b: u64,
+    /// the tracer's CPU time (user + system) and its BPF programs' run time within
+    cpu_s: f64,
+    bpf_ns: u64,
+}
+
+impl Interval {
+    /// Measures an interval of configuration `config` (`t`): no tracer, or t started, settled, measured,
+    /// stopped (its peak RSS and lost events noted).
+    fn run(
+        t: &Tracer,
+        config: usize,
+        rss: &mut u64,
+        lost: &mut Option<u64>,
+    ) -> Result<Interval, String> {
+        let Some(argv) = &t.argv else {
+            let a = mono_ns();
+            thread::sleep(SPAN);
+            return Ok(Interval {
+                config,
+                a,
+                b: mono_ns(),
+                cpu_s: 0.0,
+                bpf_ns: 0,
+            });
+        };
+        let r = start_attached(t, argv)?;
+        thread::sleep(SETTLE);
+        let pid = r.child.id();
+        let (cpu0, ns0) = (cpu_seconds(pid), bpf_run_ns(pid));
+        let a = mono_ns();
+        thread::sleep(SPAN);
+        let b = mono_ns();
+        let (cpu1, ns1) = (cpu_seconds(pid), bpf_run_ns(pid));
+        *rss = (*rss).max(r.peak_rss_kib());
+        add_lost(lost, t, r.stop())?;
+        thread::sleep(GAP);
+        Ok(Interval {
+            config,
+            a,
+            b,
+            cpu_s: cpu1 - cpu0,
+            bpf_ns: ns1.saturating_sub(ns0),
+        })
+    }
 }
 
 /// Adds a sockray run's `{"lost": N}` (its last line) to the tracer's count.
@@ -429,18 +608,39 @@ fn add_lost(lost: &mut Option<u64>, t: &Tracer, last: Option<String>) -> Result<
 }
 
 /// The whole benchmark; `sockray` is the release binary, `tools` what it offers.
-pub fn run(sockray: &Path, tools: &[String], rounds: usize) -> Result<(), String> {
+pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), String> {
+    let rounds = opts.rounds;
     let mut configs = tracers(sockray, tools);
+    // other command lines to compare (attached when they print a line, or sockray's "ready")
+    for cmd in &opts.extra {
+        let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+        let Some(exe) = argv.first() else { continue };
+        let base = Path::new(exe)
+            .file_name()
+            .map_or(exe.clone(), |b| b.to_string_lossy().into_owned());
+        let name = [base]
+            .iter()
+            .chain(&argv[1..])
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        configs.push(Tracer {
+            name: name.chars().take(24).collect(),
+            argv: Some(argv),
+            sockray: false,
+        });
+    }
     pin_to_cpu0();
     println!(
-        "sockray bench: {CONNS} loopback connections per run, {rounds} rounds, {STARTS} starts per tool"
+        "sockray bench: {rounds} traced intervals of {} ms per tracer under a running loopback connection load, {STARTS} starts per tool",
+        SPAN.as_millis()
     );
 
     // start-up (table form: time to the header line)
     let mut startup: Vec<(String, f64)> = Vec::new();
     for t in configs.iter().filter(|t| t.argv.is_some()) {
         let mut argv = t.argv.clone().unwrap_or_default();
-        argv.retain(|a| a != "--json");
+        argv.retain(|a| a != "--json" && a != "--verbose");
         let mut times = Vec::new();
         for _ in 0..STARTS {
             let t0 = Instant::now();
@@ -461,17 +661,8 @@ pub fn run(sockray: &Path, tools: &[String], rounds: usize) -> Result<(), String
     }
     configs.retain(|t| t.argv.is_none() || startup.iter().any(|(n, _)| *n == t.name));
 
-    // load rounds, interleaved so drift hits every configuration alike
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
-    let mut rss: Vec<u64> = vec![0; configs.len()];
-    let mut cpu: Vec<f64> = vec![0.0; configs.len()];
-    let mut bpf_ns: Vec<u64> = vec![0; configs.len()];
-    // the rates are measured as users run the tools: without kernel.bpf_stats_enabled, which itself
-    // costs two clock reads per program run (BPF time is measured in runs of its own, below)
-    let _stats = BpfStats::set(false);
-    let mut lost: Vec<Option<u64>> = vec![None; configs.len()];
-    let mut run_no = 0;
-    // every tracer run between two baseline runs: none, t1, none, t2, none, ...
+    // the load runs through all of it; tracers come and go, each traced interval between two
+    // intervals without a tracer: none, t1, none, t2, none, ...
     let mut sequence: Vec<usize> = Vec::new();
     for _ in 0..rounds {
         for i in 1..configs.len() {
@@ -479,39 +670,53 @@ pub fn run(sockray: &Path, tools: &[String], rounds: usize) -> Result<(), String
         }
     }
     sequence.push(0);
-    let mut history: Vec<(usize, f64)> = Vec::new();
-    for &i in &sequence {
-        let t = &configs[i];
-        run_no += 1;
-        let running = match &t.argv {
-            Some(argv) => Some(start_attached(t, argv)?),
-            None => None,
-        };
-        // the tracer's CPU time is counted from here: its start-up (loading, verifying) is not per connection
-        let cpu_at_start = running.as_ref().map_or(0.0, |r| cpu_seconds(r.child.id()));
-        let rate = load_run(run_no)?;
-        rates[i].push(rate);
-        history.push((i, rate));
-        if let Some(r) = running {
-            thread::sleep(Duration::from_millis(300));
-            rss[i] = rss[i].max(r.peak_rss_kib());
-            cpu[i] += cpu_seconds(r.child.id()) - cpu_at_start;
-            add_lost(&mut lost[i], t, r.stop())?;
+    let tracer_runs = (configs.len() - 1) * (rounds + 1);
+    let max_s = 60 + 5 * (sequence.len() + tracer_runs) as u64;
+    let mut rss: Vec<u64> = vec![0; configs.len()];
+    let mut lost: Vec<Option<u64>> = vec![None; configs.len()];
+    let mut intervals: Vec<Interval> = Vec::new();
+    let mut bpf_intervals: Vec<Interval> = Vec::new();
+    let generator = Generator::start(max_s)?;
+    thread::sleep(WARM_UP);
+    {
+        // the rates are measured as users run the tools: without kernel.bpf_stats_enabled, which
+        // itself costs two clock reads per program run (BPF time is measured in runs of its own, below)
+        let _stats = BpfStats::set(false);
+        for &i in &sequence {
+            intervals.push(Interval::run(&configs[i], i, &mut rss[i], &mut lost[i])?);
         }
     }
-    let slowdowns = paired_slowdowns(&history, configs.len());
-
-    // BPF run time per connection: one more load run per tracer with kernel.bpf_stats_enabled
     {
+        // BPF run time per connection: one more traced interval per tracer with kernel.bpf_stats_enabled
         let _on = BpfStats::set(true);
-        for (i, t) in configs.iter().enumerate() {
-            let Some(argv) = &t.argv else { continue };
-            run_no += 1;
-            let r = start_attached(t, argv)?;
-            load_run(run_no)?;
-            thread::sleep(Duration::from_millis(300));
-            bpf_ns[i] = bpf_run_ns(r.child.id());
-            add_lost(&mut lost[i], t, r.stop())?;
+        for (i, t) in configs.iter().enumerate().skip(1) {
+            bpf_intervals.push(Interval::run(t, i, &mut rss[i], &mut lost[i])?);
+        }
+    }
+    let marks = generator.stop()?;
+
+    let stalled = || "an interval without a whole window of connections: the generator stalled";
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut cpu: Vec<f64> = vec![0.0; configs.len()];
+    let mut conns: Vec<u64> = vec![0; configs.len()];
+    let mut history: Vec<(usize, f64)> = Vec::new();
+    for iv in &intervals {
+        let (n, secs) = marks.within(iv.a, iv.b).ok_or_else(stalled)?;
+        rates[iv.config].push(n as f64 / secs);
+        history.push((iv.config, n as f64 / secs));
+        cpu[iv.config] += iv.cpu_s;
+        conns[iv.config] += n;
+    }
+    let mut bpf_ns: Vec<f64> = vec![0.0; configs.len()];
+    for iv in &bpf_intervals {
+        let (n, _) = marks.within(iv.a, iv.b).ok_or_else(stalled)?;
+        bpf_ns[iv.config] = iv.bpf_ns as f64 / n as f64;
+    }
+    let slowdowns = paired_slowdowns(&history, configs.len());
+    if opts.verbose {
+        println!("\nINTERVAL {:<24} CONN/s", "TRACER");
+        for (k, (i, r)) in history.iter().enumerate() {
+            println!("{k:>8} {:<24} {r:.0}", configs[*i].name);
         }
     }
 
@@ -552,11 +757,10 @@ pub fn run(sockray: &Path, tools: &[String], rounds: usize) -> Result<(), String
             )
         };
         let lo = lost[i].map(|n| n.to_string()).unwrap_or("-".into());
-        let conns = (CONNS as usize * rounds) as f64;
         let (kns, ucpu) = if t.argv.is_some() {
             (
-                format!("{:.0}", bpf_ns[i] as f64 / CONNS as f64),
-                format!("{:.1}", cpu[i] * 1e6 / conns),
+                format!("{:.0}", bpf_ns[i]),
+                format!("{:.1}", cpu[i] * 1e6 / conns[i].max(1) as f64),
             )
         } else {
             ("-".into(), "-".into())
@@ -610,6 +814,20 @@ mod tests {
         l.feed(b"a\nb");
         l.feed(b"c\n");
         assert_eq!(l.last.as_deref(), Some(&b"bc"[..]));
+    }
+
+    #[test]
+    fn connections_within_an_interval_count_whole_windows() {
+        let w = MARK_EVERY as u64;
+        // marks at 0, 100, 200, 300, 400 ms
+        let m = Marks((0..5).map(|k| k * 100_000_000).collect());
+        // [50, 350] ms holds the windows 100-200 and 200-300
+        assert_eq!(m.within(50_000_000, 350_000_000), Some((2 * w, 0.2)));
+        // bounds on marks count the windows they close
+        assert_eq!(m.within(0, 400_000_000), Some((4 * w, 0.4)));
+        // no whole window
+        assert_eq!(m.within(120_000_000, 250_000_000), None);
+        assert_eq!(m.within(500_000_000, 600_000_000), None);
     }
 
     #[test]

@@ -24,8 +24,11 @@ commands:
   run [--debug] [--] <tool> [args...]  build sockray and run a tool (via sudo when not root)
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
-  bench [--rounds N] [--tool T]...     start-up, RSS and connection-rate cost vs libbpf-tools
-                                       (5 rounds; T: tcplife, tcpstates or tcpconnect)
+  bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose]
+                                       start-up, RSS and connection-rate cost vs libbpf-tools
+                                       (20 rounds; T: tcplife, tcpstates or tcpconnect; CMD: any
+                                       other tracer command line to compare, e.g. a variant;
+                                       --verbose: every interval's rate)
   vmtest [--kernel S] [--path P] [--quick] [--report] [-- <test args>]
                                        integration tests under Debian kernels in QEMU (--help)
 ";
@@ -266,7 +269,7 @@ fn cmd_install(args: &[OsString]) -> Res {
 }
 
 fn cmd_bench(args: &[OsString]) -> Res {
-    let mut rounds = bench::ROUNDS;
+    let mut opts = bench::Options::default();
     let mut only: Vec<String> = Vec::new();
     let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
     while let Some(a) = it.next() {
@@ -277,12 +280,14 @@ fn cmd_bench(args: &[OsString]) -> Res {
         match a.as_str() {
             "--rounds" => {
                 let v = value()?;
-                rounds =
+                opts.rounds =
                     v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| {
                         usage_err(format!("bench: --rounds {v:?}: a count above 0"))
                     })?;
             }
             "--tool" => only.push(value()?),
+            "--tracer" => opts.extra.push(value()?),
+            "--verbose" => opts.verbose = true,
             _ => return Err(usage_err(format!("bench: unexpected argument {a:?}"))),
         }
     }
@@ -311,7 +316,7 @@ fn cmd_bench(args: &[OsString]) -> Res {
         .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
         .stdout(Stdio::null())
         .status();
-    bench::run(&bin, &tools, rounds).map_err(fail)
+    bench::run(&bin, &tools, &opts).map_err(fail)
 }
 
 // ---- shared steps ----
