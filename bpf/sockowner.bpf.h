@@ -127,34 +127,37 @@ static __always_inline void owner_store(const struct sock *sk, const struct sock
 	sock_rec_create(sk, &r);
 }
 
-/* The current task owns sk. `begin`: the connection begins here (CLOSE -> SYN_SENT): born now and the
- * flags set to `flags`; else `flags` are added. Returns the record when it existed already, NULL when
- * it was created here (a caller that needs it looks it up). */
+/* The current task owns sk. `begin`: the connection begins here (CLOSE -> SYN_SENT): a fresh record,
+ * born now, with these flags; else `flags` are added to the record. Returns the record when it existed
+ * already, NULL when it was created here (a caller that needs it looks it up). */
 static __always_inline struct sock_rec *owner_set_current_life(const struct sock *sk, bool begin, __u32 flags)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct sock_rec *cur = sock_rec_of(sk);
 	bool self = pid_tgid >> 32 == self_tgid;
-	struct sock_rec r = {};
+	struct sock_rec r = {}, *cur;
 
+	if (begin) {
+		/* written without looking: whatever was there (the seeded record of a socket not yet
+		 * connected) belongs to no connection; the update's own lookup is the only one */
+		r.born_ns = bpf_ktime_get_ns();
+		r.flags = flags;
+		if (!self)
+			owner_from_current(&r.owner);
+		sock_rec_create(sk, &r);
+		return NULL;
+	}
+	cur = sock_rec_of(sk);
 	if (cur) {
 		/* the common case on close() and I/O: the owner is already this process, nothing to write */
 		if (cur->owner.pid != pid_tgid >> 32 && !self)
 			owner_from_current(&cur->owner);
-		if (begin) {
-			cur->born_ns = bpf_ktime_get_ns();
-			cur->flags = flags;
-		} else if (flags) {
+		if (flags)
 			cur->flags |= flags;
-		}
 		return cur;
 	}
-	if (self && !begin)
+	if (self)
 		return NULL;
-	if (!self)
-		owner_from_current(&r.owner);
-	if (begin)
-		r.born_ns = bpf_ktime_get_ns();
+	owner_from_current(&r.owner);
 	r.flags = flags;
 	sock_rec_create(sk, &r);
 	return NULL;

@@ -64,7 +64,10 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 
 	switch (newstate) {
 	case TCP_ESTABLISHED:
-		/* a session whose handshake we did not see (tool started in between) is born here */
+		/* a session whose handshake we did not see (tool started in between) is born here. A passive
+		 * child enters SYN_RECV when it is created, just before this: its record is there */
+		if (oldstate == TCP_SYN_RECV)
+			return 0;
 		rec = sock_rec_of(sk);
 		if (!rec) {
 			struct sock_rec fresh = { .born_ns = bpf_ktime_get_ns() };
