@@ -80,6 +80,10 @@ enum Cmd {
         /// line on stdin before it holds and closes (lets a test start a tracer on an open connection).
         #[arg(long)]
         close_on_go: bool,
+        /// With --wait-go: the client creates its first socket before it prints client-ready (a socket
+        /// that exists, unconnected, when a tracer starts).
+        #[arg(long)]
+        socket_early: bool,
     },
     /// Connect to a port where nothing listens and expect ECONNREFUSED.
     Refused {
@@ -173,6 +177,7 @@ fn main() {
             count,
             wait_go,
             close_on_go,
+            socket_early,
         } => session(&SessionCfg {
             addr,
             port,
@@ -185,6 +190,7 @@ fn main() {
             count,
             wait_go,
             close_on_go,
+            socket_early,
         }),
         Cmd::Refused { addr, port, comm } => refused(addr, port, &comm),
         Cmd::Listen {
@@ -580,6 +586,7 @@ struct SessionCfg {
     count: u32,
     wait_go: bool,
     close_on_go: bool,
+    socket_early: bool,
 }
 
 fn session(cfg: &SessionCfg) -> Result<()> {
@@ -694,6 +701,11 @@ fn wait_for_go() -> Result<()> {
 
 fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
     set_comm(&cfg.client_comm)?;
+    let mut early = if cfg.socket_early {
+        Some(new_socket(&cfg.addr)?)
+    } else {
+        None
+    };
     if cfg.wait_go {
         emit(
             &json!({"role": "client-ready", "pid": getpid(), "comm": cfg.client_comm, "uid": getuid()}),
@@ -702,7 +714,10 @@ fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
     }
     let remote = SocketAddr::new(cfg.addr, port);
     for i in 0..cfg.count {
-        let fd = new_socket(&cfg.addr)?;
+        let fd = match early.take() {
+            Some(fd) => fd,
+            None => new_socket(&cfg.addr)?,
+        };
         connect(fd.as_raw_fd(), &remote).with_context(|| format!("connect #{i} to {remote}"))?;
         let mut s = TcpStream::from(fd);
         s.set_read_timeout(Some(IO_TIMEOUT))?;

@@ -104,6 +104,39 @@ fn three_sessions_each_end_attributed() {
     check_tcplife_session(&trace.rows, &out6, (t0, t1));
 }
 
+/// A client socket that exists, unconnected, when tcplife starts (its owner is seeded from the
+/// process's fds) and connects afterwards: rows like any other session's, on both ends.
+#[test]
+fn socket_created_before_the_tracer() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("::1", "tl-early-srv", "tl-early-cli");
+    spec.wait_go = true;
+    spec.socket_early = true;
+    spec.hold_ms = 200;
+    let mut g = Gen::spawn(&ns, &spec.args());
+    g.wait_role("client-ready", Duration::from_secs(10));
+    let tracer = Tracer::start("tcplife", &[]);
+    let t0 = now_ns();
+    g.go();
+    let lines = g.finish(Duration::from_secs(30));
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    let out = SessionOut::parse(&spec, lines);
+    assert!(!out.clients.is_empty(), "the generator reported no session");
+    for (c, sv) in out.clients.iter().zip(&out.servers) {
+        // the connect() was seen: its SYN is not counted as sent data (the byte count is exact)
+        let r = check_tcplife_row(&trace.rows, c, spec.hold_ms as f64, (t0, t1));
+        assert_eq!(u(&r, "tx_bytes"), c.sent, "client's tx_bytes: {r}");
+        assert_eq!(u(&r, "rx_bytes"), c.received, "client's rx_bytes: {r}");
+        check_tcplife_row(&trace.rows, sv, spec.hold_ms as f64, (t0, t1));
+    }
+}
+
 #[test]
 fn refused_connect_has_a_row_with_no_bytes() {
     if !require_bpf() {

@@ -583,6 +583,8 @@ pub struct Session {
     pub wait_go: bool,
     /// the client keeps its first connection open until the test's go (see [`Gen::go`])
     pub close_on_go: bool,
+    /// with `wait_go`: the client's first socket exists (unconnected) before the go
+    pub socket_early: bool,
 }
 
 impl Session {
@@ -604,6 +606,7 @@ impl Session {
             count: 1,
             wait_go: false,
             close_on_go: false,
+            socket_early: false,
         }
     }
 
@@ -640,6 +643,9 @@ impl Session {
         }
         if self.close_on_go {
             a.push("--close-on-go".into());
+        }
+        if self.socket_early {
+            a.push("--socket-early".into());
         }
         a
     }
