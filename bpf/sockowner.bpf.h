@@ -34,7 +34,8 @@
  * loopback connection flood the map operations were ~half of the BPF time). */
 struct sock_rec {
 	struct sock_owner owner; /* pid 0: not known */
-	__u64 born_ns;           /* bpf_ktime_get_ns() at SYN_SENT or SYN_RECV; 0: began before the tool */
+	__u64 born_ns;           /* bpf_ktime_get_ns() at SYN_SENT or SYN_RECV (tcplife: at ESTABLISHED when
+				  * it missed the handshake); 0: began before the tool */
 	__u64 tool_ns;           /* the tool's own (tcpstates: its last state change); 0 when created */
 	__u32 flags;             /* SOCK_ACTIVE_OPEN, SOCK_FIN_SENT */
 	__u32 pad;
@@ -105,8 +106,8 @@ static __always_inline struct sock_rec *sock_rec_of(const struct sock *sk)
 	return bpf_map_lookup_elem(&sock_owners, &key);
 }
 
-/* A new record for sk, replacing any (callers rewrite an existing record in place instead: an update
- * allocates a new element and frees the old one). */
+/* A new record for sk, replacing any. An update allocates a new element (and frees the old one): where
+ * an existing record is to be kept, callers rewrite it in place instead. */
 static __always_inline void sock_rec_create(const struct sock *sk, const struct sock_rec *r)
 {
 	__u64 key = (__u64)sk;
@@ -184,8 +185,9 @@ static __always_inline void listener_record(const struct sock *sk, const struct 
 
 /* Keep the socket's record in step with a state change. Call first in every inet_sock_set_state
  * handler; `direct` as for SK_FIELD (true in tp_btf programs). Returns sk's record when this change
- * looked it up and it existed (SYN_SENT, FIN_WAIT1, LAST_ACK), else NULL: a tool that needs the record
- * in another case looks it up with sock_rec_of(). The tool deletes the record at CLOSE (owner_forget). */
+ * looked it up and it existed (FIN_WAIT1, LAST_ACK), else NULL: a tool that needs the record in another
+ * case (SYN_SENT and SYN_RECV write theirs without looking) looks it up with sock_rec_of(). The tool
+ * deletes the record at CLOSE (owner_forget). */
 static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, int oldstate, int newstate,
 							 bool direct)
 {

@@ -8,8 +8,8 @@
 //! - loopback connection rate (connect/accept/close per second) with no tracer and with each tracer
 //!   attached: one bounded load generator runs through the whole measurement, in a network namespace
 //!   of its own, pinned to the last CPU, and reports the time of every 250th connection; tracers come
-//!   and go on CPU 0, each traced interval (600 ms, after the tracer has settled) between two intervals
-//!   without a tracer. A traced interval's slowdown is 1 - rate(traced)/mean(rate of those two), and the
+//!   and go on CPU 0, each traced interval (300 ms, from 100 ms after the tracer says it is attached)
+//!   between two 300 ms intervals without a tracer. A traced interval's slowdown is 1 - rate(traced)/mean(rate of those two), and the
 //!   figure is the median over the rounds (`--rounds N`, 20 by default), with the rounds' range beside
 //!   it. Short intervals close together, because this VM's speed moves in steps of ±15% every few
 //!   seconds (neighbours on the host): consecutive seconds agree within ~2%, runs a minute apart do not.
@@ -335,8 +335,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 struct Netns(String);
 
 impl Netns {
-    fn new(n: usize) -> Result<Netns, String> {
-        let name = format!("sockray-bench-{}-{n}", std::process::id());
+    fn new() -> Result<Netns, String> {
+        let name = format!("sockray-bench-{}", std::process::id());
         let ok = |args: &[&str]| {
             Command::new("ip")
                 .args(args)
@@ -386,7 +386,7 @@ const MARK_EVERY: u32 = 250;
 
 impl Generator {
     fn start(max_s: u64) -> Result<Generator, String> {
-        let ns = Netns::new(0)?;
+        let ns = Netns::new()?;
         let exe = env::current_exe().map_err(|e| e.to_string())?;
         // pinned to one CPU: cross-CPU wake-ups between the generator's client and server threads made
         // the unpinned rate swing 3x between identical runs; the tracers' user space runs on CPU 0
@@ -696,13 +696,11 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
     let marks = generator.stop()?;
 
     let stalled = || "an interval without a whole window of connections: the generator stalled";
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
     let mut cpu: Vec<f64> = vec![0.0; configs.len()];
     let mut conns: Vec<u64> = vec![0; configs.len()];
     let mut history: Vec<(usize, f64)> = Vec::new();
     for iv in &intervals {
         let (n, secs) = marks.within(iv.a, iv.b).ok_or_else(stalled)?;
-        rates[iv.config].push(n as f64 / secs);
         history.push((iv.config, n as f64 / secs));
         cpu[iv.config] += iv.cpu_s;
         conns[iv.config] += n;
@@ -744,7 +742,13 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
         } else {
             "-".into()
         };
-        let rate = median(rates[i].clone());
+        let rate = median(
+            history
+                .iter()
+                .filter(|(c, _)| *c == i)
+                .map(|(_, r)| *r)
+                .collect(),
+        );
         let (slow, range) = if i == 0 || slowdowns[i].is_empty() {
             ("-".into(), "-".into())
         } else {
