@@ -49,10 +49,10 @@ static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool wit
 		return 0;
 	/* the owner only: when the connection began is not known (born_ns 0) */
 	owner_from_task(&r.owner, task, sk, with_cgroup);
-	key = (__u64)sk;
-	bpf_map_update_elem(&sock_owners, &key, &r, BPF_NOEXIST);
+	key = sock_key_d(sk, false);
+	sock_rec_create_new(key, &r);
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
-		listener_record(sk, &r.owner, false);
+		listener_record(sk, key, &r.owner, false);
 	return 0;
 }
 

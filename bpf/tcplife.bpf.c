@@ -55,12 +55,13 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	struct sk_tuple t = {};
 	struct sock_owner o;
 	struct sock_rec *rec;
-	__u64 now;
+	__u64 key, now;
 
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
+	key = sock_key_d(sk, direct);
 	/* SYN_SENT and SYN_RECV: the session is born (born_ns); FIN_WAIT1, LAST_ACK: our FIN is sent */
-	owner_on_state_d(sk, oldstate, newstate, direct);
+	owner_on_state_d(sk, key, oldstate, newstate, direct);
 
 	switch (newstate) {
 	case TCP_ESTABLISHED:
@@ -68,10 +69,10 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 		 * child enters SYN_RECV when it is created, just before this: its record is there */
 		if (oldstate == TCP_SYN_RECV)
 			return 0;
-		rec = sock_rec_of(sk);
+		rec = sock_rec_of(key);
 		if (!rec) {
 			struct sock_rec fresh = { .born_ns = bpf_ktime_get_ns() };
-			sock_rec_create(sk, &fresh);
+			sock_rec_create(key, &fresh);
 		} else if (!rec->born_ns) {
 			rec->born_ns = bpf_ktime_get_ns();
 		}
@@ -81,7 +82,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	default:
 		return 0;
 	}
-	rec = sock_rec_of(sk);
+	rec = sock_rec_of(key);
 	if (!rec || !rec->born_ns)
 		goto out; /* listener, or a session born before we started */
 	/* A passive child that closes from SYN_RECV never became a connection: when two CPUs handle the
@@ -111,7 +112,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	e->pad = 0;
 	event_submit(e);
 out:
-	owner_forget(sk);
+	owner_forget(key);
 	return 0;
 }
 

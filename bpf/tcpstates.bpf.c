@@ -57,15 +57,16 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 {
 	struct sk_tuple t = {};
 	struct held_row held = {};
-	__u64 key = (__u64)sk, now, delta = 0;
+	__u64 key, now, delta = 0;
 	struct sock_rec *rec;
 	__u32 ctx_pid;
 
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	rec = owner_on_state_d(sk, oldstate, newstate, direct);
+	key = sock_key_d(sk, direct);
+	rec = owner_on_state_d(sk, key, oldstate, newstate, direct);
 	if (!rec)
-		rec = sock_rec_of(sk);
+		rec = sock_rec_of(key);
 
 	/* the time of the socket's previous change is kept in its record (tool_ns), written in place */
 	now = bpf_ktime_get_ns();
@@ -76,7 +77,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	} else if (newstate != TCP_CLOSE) {
 		/* a socket the component has no record of (owner unknown) */
 		struct sock_rec fresh = { .tool_ns = now };
-		sock_rec_create(sk, &fresh);
+		sock_rec_create(key, &fresh);
 	}
 
 	read_sk_tuple_d(sk, &t, direct);
@@ -102,7 +103,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	emit(sk, rec, &t, now, delta, ctx_pid, oldstate, newstate);
 out:
 	if (newstate == TCP_CLOSE)
-		owner_forget(sk);
+		owner_forget(key);
 	return 0;
 }
 

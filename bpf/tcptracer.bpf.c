@@ -75,20 +75,22 @@ static __always_inline bool was_established(int state)
 static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate, bool direct)
 {
 	struct sock_owner o;
+	__u64 key;
 
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	owner_on_state_d(sk, oldstate, newstate, direct);
+	key = sock_key_d(sk, direct);
+	owner_on_state_d(sk, key, oldstate, newstate, direct);
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
-		owner_resolve(sock_rec_of(sk), newstate, &o);
+		owner_resolve(sock_rec_of(key), newstate, &o);
 		emit(sk, TCPTRACER_CONNECT, &o, direct);
 	} else if (newstate == TCP_CLOSE) {
 		if (was_established(oldstate)) {
-			owner_resolve(sock_rec_of(sk), newstate, &o);
+			owner_resolve(sock_rec_of(key), newstate, &o);
 			emit(sk, TCPTRACER_CLOSE, &o, direct);
 		}
-		owner_forget(sk);
+		owner_forget(key);
 	}
 	return 0;
 }
@@ -118,7 +120,7 @@ static __always_inline int on_accept_exit(long ret)
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	owner_from_current(&o);
-	owner_store(sk, &o);
+	owner_store(sock_key_d(sk, false), &o);
 	emit(sk, TCPTRACER_ACCEPT, &o, false);
 	return 0;
 }

@@ -98,6 +98,7 @@ macro_rules! apply_filters {
         }
         r.filter_cgroup_id = f.cgroup_id.unwrap_or(0);
         r.self_tgid = std::process::id();
+        r.sock_slot_mask = $crate::runtime::sock_slot_mask();
     }};
 }
 pub(crate) use apply_filters;

@@ -158,6 +158,19 @@ fn kernel_has_bpf_mem_alloc() -> bool {
     }
 }
 
+/// The socket-owner slot table's mask (bpf/common.bpf.h `sock_slot_mask`): all 65,536 slots, or, for
+/// tests, `SOCKRAY_SOCK_SLOTS=N` (a power of two up to 65536) to make sockets share few slots and their
+/// records spill into the hash map behind the table.
+pub fn sock_slot_mask() -> u32 {
+    const ALL: u32 = 1 << 14;
+    let n = std::env::var("SOCKRAY_SOCK_SLOTS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| n.is_power_of_two() && *n <= ALL)
+        .unwrap_or(ALL);
+    n - 1
+}
+
 /// Before the BPF memory allocator (Linux 6.1), the verifier warns once per boot, tainting the kernel
 /// ("trace type BPF program uses run-time allocation"), when a kprobe, tracepoint or raw_tp program uses
 /// a hash map created with BPF_F_NO_PREALLOC. On such kernels, and only when such a program is to be
@@ -251,7 +264,7 @@ pub struct SharedOwnerMaps {
     maps: Vec<(String, MapHandle)>,
 }
 
-const SHARED_MAPS: [&str; 2] = ["sock_owners", "listen_owners"];
+const SHARED_MAPS: [&str; 3] = ["sock_slots", "sock_owners", "listen_owners"];
 
 impl SharedOwnerMaps {
     /// Creates the maps as the tool's object declares them (after [`prealloc_maps_if_needed`]) and
@@ -326,6 +339,9 @@ impl Seeder {
         let done = std::thread::spawn(move || -> Result<Duration> {
             let mut storage = std::mem::MaybeUninit::uninit();
             let mut open = seedskel::SockseedSkelBuilder::default().open(&mut storage)?;
+            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+                ro.sock_slot_mask = sock_slot_mask();
+            }
             reuse_maps(open.open_object_mut(), &fds)?;
             if let Some(mut events) = open
                 .open_object_mut()

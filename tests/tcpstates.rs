@@ -59,18 +59,36 @@ fn v6_server_closes_first() {
 
 #[test]
 fn three_sessions_each_socket_attributed() {
+    three_sessions(
+        &[],
+        ["ts-3x4-srv", "ts-3x4-cli", "ts-3x6-srv", "ts-3x6-cli"],
+    );
+}
+
+/// The same with the socket-owner records of all sockets in one slot of the table (bpf/sockowner.bpf.h):
+/// the listener holds it, so every session's records are in the hash map behind it.
+#[test]
+fn three_sessions_sharing_one_owner_slot() {
+    three_sessions(
+        &[("SOCKRAY_SOCK_SLOTS", "1")],
+        ["ts-1s4-srv", "ts-1s4-cli", "ts-1s6-srv", "ts-1s6-cli"],
+    );
+}
+
+fn three_sessions(env: &[(&str, &str)], comms: [&'static str; 4]) {
     if !require_bpf() {
         return;
     }
     let _serial = serial();
     let ns = Netns::new();
-    let tracer = Tracer::start("tcpstates", &[]);
+    let tracer = Tracer::start_env("tcpstates", &[], env);
     let t0 = now_ns();
-    let mut v4 = session("127.0.0.1", "ts-3x4-srv", "ts-3x4-cli");
+    let [s4, c4, s6, c6] = comms;
+    let mut v4 = session("127.0.0.1", s4, c4);
     v4.count = 3;
     v4.hold_ms = 100;
     v4.closer = Closer::Server;
-    let mut v6 = session("::1", "ts-3x6-srv", "ts-3x6-cli");
+    let mut v6 = session("::1", s6, c6);
     v6.count = 3;
     v6.hold_ms = 100;
     v6.closer = Closer::Client;
