@@ -10,8 +10,9 @@
 //!   of its own, pinned to the last CPU, and reports the time of every 250th connection; tracers come
 //!   and go on CPU 0, each traced interval (300 ms, from 100 ms after the tracer says it is attached)
 //!   between two 300 ms intervals without a tracer. A traced interval's slowdown is 1 - rate(traced)/mean(rate of those two), and the
-//!   figure is the median over the rounds (`--rounds N`, 20 by default), with the rounds' range beside
-//!   it. Short intervals close together, because this VM's speed moves in steps of ±15% every few
+//!   figure is the median over the steady rounds (those two within 3% of each other: the VM's speed
+//!   did not step during the round; all rounds if fewer than 5 are steady) of `--rounds N` (20 by
+//!   default), with their range beside it. Short intervals close together, because this VM's speed moves in steps of ±15% every few
 //!   seconds (neighbours on the host): consecutive seconds agree within ~2%, runs a minute apart do not.
 //!   The rates are measured with kernel.bpf_stats_enabled off, as users run the tools;
 //! - BPF run time per connection (`run_time_ns` of the tracer's programs) in one more traced interval
@@ -504,7 +505,22 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
 
 /// Per configuration, the slowdown of each of its runs against the mean of the baseline runs (index 0)
 /// just before and after it.
-fn paired_slowdowns(history: &[(usize, f64)], configs: usize) -> Vec<Vec<f64>> {
+/// A round is steady when its two intervals without a tracer agree within this fraction of their mean:
+/// the VM's speed did not step during it (a step of ~15% in one of three intervals makes a round say
+/// -25..+30% whatever the tracer costs).
+const STEADY: f64 = 0.03;
+
+/// Steady rounds needed for the figure to be theirs alone; with fewer, all rounds count.
+const MIN_STEADY: usize = 5;
+
+/// One traced interval against its neighbours without a tracer.
+#[derive(Clone, Copy, Debug)]
+struct Round {
+    slowdown: f64,
+    steady: bool,
+}
+
+fn paired_slowdowns(history: &[(usize, f64)], configs: usize) -> Vec<Vec<Round>> {
     let mut out = vec![Vec::new(); configs];
     for (k, &(i, rate)) in history.iter().enumerate() {
         if i == 0 {
@@ -515,10 +531,28 @@ fn paired_slowdowns(history: &[(usize, f64)], configs: usize) -> Vec<Vec<f64>> {
         let base: Vec<f64> = before.into_iter().chain(after).map(|(_, r)| *r).collect();
         if !base.is_empty() {
             let mean = base.iter().sum::<f64>() / base.len() as f64;
-            out[i].push(1.0 - rate / mean);
+            let steady = base.len() == 2 && (base[0] - base[1]).abs() <= STEADY * mean;
+            out[i].push(Round {
+                slowdown: 1.0 - rate / mean,
+                steady,
+            });
         }
     }
     out
+}
+
+/// The slowdowns that make the figure: the steady rounds', or all when fewer than MIN_STEADY are.
+fn counted(rounds: &[Round]) -> Vec<f64> {
+    let steady: Vec<f64> = rounds
+        .iter()
+        .filter(|r| r.steady)
+        .map(|r| r.slowdown)
+        .collect();
+    if steady.len() >= MIN_STEADY {
+        steady
+    } else {
+        rounds.iter().map(|r| r.slowdown).collect()
+    }
 }
 
 fn lost_of(last: Option<String>) -> Option<u64> {
@@ -720,12 +754,13 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
 
     println!();
     println!(
-        "{:<24} {:>11} {:>13} {:>10} {:>9} {:>13} {:>12} {:>10} {:>6}",
+        "{:<24} {:>11} {:>13} {:>10} {:>9} {:>7} {:>13} {:>12} {:>10} {:>6}",
         "TRACER",
         "START(ms)",
         "PEAK_RSS(MiB)",
         "CONN/s",
         "SLOWDOWN",
+        "STEADY",
         "ROUNDS_RANGE",
         "BPF_NS/CONN",
         "CPU_MS/1K",
@@ -749,14 +784,16 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
                 .map(|(_, r)| *r)
                 .collect(),
         );
-        let (slow, range) = if i == 0 || slowdowns[i].is_empty() {
-            ("-".into(), "-".into())
+        let (slow, steady, range) = if i == 0 || slowdowns[i].is_empty() {
+            ("-".into(), "-".into(), "-".into())
         } else {
-            let s = &slowdowns[i];
+            let s = counted(&slowdowns[i]);
             let lo = s.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let n_steady = slowdowns[i].iter().filter(|r| r.steady).count();
             (
-                format!("{:.1}%", median(s.clone()) * 100.0),
+                format!("{:.1}%", median(s) * 100.0),
+                format!("{n_steady}/{}", slowdowns[i].len()),
                 format!("{:.1}..{:.1}", lo * 100.0, hi * 100.0),
             )
         };
@@ -770,10 +807,15 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
             ("-".into(), "-".into())
         };
         println!(
-            "{:<24} {st:>11} {mem:>13} {rate:>10.0} {slow:>9} {range:>13} {kns:>12} {ucpu:>10} {lo:>6}",
+            "{:<24} {st:>11} {mem:>13} {rate:>10.0} {slow:>9} {steady:>7} {range:>13} {kns:>12} {ucpu:>10} {lo:>6}",
             t.name
         );
     }
+    println!(
+        "\nSLOWDOWN: median over the steady rounds (STEADY: the rounds whose two intervals without a tracer agree \
+         within {:.0}%; all rounds when fewer than {MIN_STEADY} are), ROUNDS_RANGE over the same rounds.",
+        STEADY * 100.0
+    );
     println!();
     for tool in TOOLS {
         let find = |n: &str| configs.iter().position(|t| t.name == n);
@@ -841,8 +883,25 @@ mod tests {
         let s = paired_slowdowns(&h, 3);
         assert!(s[0].is_empty());
         assert_eq!(s[1].len(), 1);
-        assert!((s[1][0] - (1.0 - 90.0 / 105.0)).abs() < 1e-12);
-        assert!((s[2][0] - 0.5).abs() < 1e-12);
+        assert!((s[1][0].slowdown - (1.0 - 90.0 / 105.0)).abs() < 1e-12);
+        assert!((s[2][0].slowdown - 0.5).abs() < 1e-12);
+        // 100 vs 110 and 110 vs 90: the VM's speed stepped
+        assert!(!s[1][0].steady && !s[2][0].steady);
+        // 100 and 102 agree within 3%
+        let h = [(0, 100.0), (1, 95.0), (0, 102.0)];
+        assert!(paired_slowdowns(&h, 2)[1][0].steady);
+    }
+
+    #[test]
+    fn figure_from_steady_rounds_when_there_are_enough() {
+        let r = |slowdown, steady| Round { slowdown, steady };
+        let mut rounds = vec![r(0.30, false), r(-0.20, false)];
+        rounds.extend((0..MIN_STEADY).map(|k| r(0.05 + k as f64 * 0.001, true)));
+        let c = counted(&rounds);
+        assert_eq!(c.len(), MIN_STEADY);
+        assert!(c.iter().all(|&x| (0.05..0.06).contains(&x)));
+        // too few steady rounds: all count
+        assert_eq!(counted(&rounds[..3]).len(), 3);
     }
 
     #[test]
