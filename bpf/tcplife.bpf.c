@@ -55,7 +55,8 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	struct sk_tuple t = {};
 	struct sock_owner o;
 	struct sock_rec *rec;
-	__u64 key, now;
+	__u64 key, now, born_ns;
+	__u32 flags;
 
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
@@ -85,6 +86,12 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	rec = sock_rec_of(key);
 	if (!rec || !rec->born_ns)
 		goto out; /* listener, or a session born before we started */
+	/* What the event needs of the record, read now: past this point the program is the same whichever
+	 * map the record is in (slot table or hash map), and the verifier checks it once, not once per map
+	 * (a map value pointer kept alive until the end doubled the verification of what follows). */
+	born_ns = rec->born_ns;
+	flags = rec->flags;
+	owner_resolve(rec, newstate, &o);
 	/* A passive child that closes from SYN_RECV never became a connection: when two CPUs handle the
 	 * handshake's last ACK at once, the loser's copy of the child is dropped this way (seen on 5.10),
 	 * with the same addresses as the real one. (A refused or unanswered connect, SYN_SENT -> CLOSE, is
@@ -97,7 +104,6 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 		goto out;
 
 	/* the process filters first: a record reserved and discarded costs nearly what a sent one does */
-	owner_resolve(rec, newstate, &o);
 	if (!owner_ok(&o))
 		goto out;
 	e = event_reserve(sizeof(*e));
@@ -106,8 +112,8 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	e->owner = o;
 	e->skaddr = (__u64)sk;
 	e->ts_ns = now;
-	e->span_ns = now - rec->born_ns;
-	payload_bytes(sk, rec->flags, &e->tx_bytes, &e->rx_bytes, direct);
+	e->span_ns = now - born_ns;
+	payload_bytes(sk, flags, &e->tx_bytes, &e->rx_bytes, direct);
 	EVENT_SET_TUPLE(e, t);
 	e->pad = 0;
 	event_submit(e);
