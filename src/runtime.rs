@@ -158,13 +158,16 @@ fn kernel_has_bpf_mem_alloc() -> bool {
     }
 }
 
-/// The socket-owner slot table's mask (bpf/common.bpf.h `sock_slot_mask`): all 65,536 slots, or, for
-/// tests, `SOCKRAY_SOCK_SLOTS=N` (a power of two up to 65536) to make sockets share few slots and their
-/// records spill into the hash map behind the table.
+/// The socket-owner slot table's mask (bpf/common.bpf.h `sock_slot_mask`): all 16,384 slots
+/// (`SOCK_SLOT_BITS` in bpf/sockowner.bpf.h), or, for tests, `SOCKRAY_SOCK_SLOTS=N` (a power of two up to
+/// that) to make sockets share few slots and their records spill into the hash map behind the table.
 pub fn sock_slot_mask() -> u32 {
+    slot_mask_of(std::env::var("SOCKRAY_SOCK_SLOTS").ok().as_deref())
+}
+
+fn slot_mask_of(setting: Option<&str>) -> u32 {
     const ALL: u32 = 1 << 14;
-    let n = std::env::var("SOCKRAY_SOCK_SLOTS")
-        .ok()
+    let n = setting
         .and_then(|v| v.parse::<u32>().ok())
         .filter(|n| n.is_power_of_two() && *n <= ALL)
         .unwrap_or(ALL);
@@ -640,7 +643,19 @@ pub fn print_events<T: Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::Lost;
+    use super::{Lost, slot_mask_of};
+
+    #[test]
+    fn slot_mask_setting() {
+        assert_eq!(slot_mask_of(None), (1 << 14) - 1);
+        assert_eq!(slot_mask_of(Some("1")), 0);
+        assert_eq!(slot_mask_of(Some("2")), 1);
+        assert_eq!(slot_mask_of(Some("16384")), 16383);
+        // not a power of two, too many, not a number: all slots
+        for bad in ["3", "0", "32768", "many", ""] {
+            assert_eq!(slot_mask_of(Some(bad)), (1 << 14) - 1, "{bad}");
+        }
+    }
 
     #[test]
     fn lost_message_names_each_cause() {
