@@ -28,9 +28,9 @@ const volatile __u64 filter_cgroup_id = 0;    /* 0: any cgroup (v2 id) */
 /* sockray's own process: its socket-owner seeding walk holds file references for a moment, so a
  * close() racing with it can end in sockray; never record sockray as a socket's owner. */
 const volatile __u32 self_tgid = 0;
-/* The socket-owner component's slot table (bpf/sockowner.bpf.h): the slots in use, minus one (a power of
- * two). Fewer than all only in tests (SOCKRAY_SOCK_SLOTS, src/runtime.rs), to make sockets share slots. */
-const volatile __u32 sock_slot_mask = 0x3fff;
+/* The socket-owner component's slot table (bpf/sockowner.bpf.h): a mask on the slot index, all ones (every
+ * slot) but in tests (SOCKRAY_SOCK_SLOTS, src/runtime.rs), which make sockets share a few slots. */
+const volatile __u32 sock_slot_mask = 0xffffffff;
 
 static __always_inline bool port_in(const volatile __u8 *bits, __u16 port)
 {

@@ -109,7 +109,7 @@ static __always_inline __u64 sock_key_d(const struct sock *sk, bool direct)
 		return (__u64)sk;
 	h = slots_hdr();
 	if (!h)
-		return ~0ULL; /* not reached: index 0 exists; ~0 is no socket's address and claims no slot */
+		return ~0ULL; /* not reached: index 0 of an array map always exists */
 	anchor = &h->anchor;
 	base = *anchor;
 	if (!base) {
@@ -222,7 +222,7 @@ static __always_inline void sock_rec_create_new(__u64 key, const struct sock_rec
 {
 	struct sock_slot *sl = slot_of(key);
 
-	if (!sl || sl->key == key || bpf_map_lookup_elem(&sock_owners, &key))
+	if (!sl || sl->key == key || sock_rec_in_overflow(key))
 		return;
 	if (slot_claim(sl, key)) {
 		sl->rec = *r;

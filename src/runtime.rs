@@ -158,20 +158,19 @@ fn kernel_has_bpf_mem_alloc() -> bool {
     }
 }
 
-/// The socket-owner slot table's mask (bpf/common.bpf.h `sock_slot_mask`): all 16,384 slots
-/// (`SOCK_SLOT_BITS` in bpf/sockowner.bpf.h), or, for tests, `SOCKRAY_SOCK_SLOTS=N` (a power of two up to
-/// that) to make sockets share few slots and their records spill into the hash map behind the table.
+/// The socket-owner slot table's index mask (bpf/common.bpf.h `sock_slot_mask`): all ones, every slot
+/// (the table's size is `SOCK_SLOT_BITS` in bpf/sockowner.bpf.h, known only there), or, for tests,
+/// `SOCKRAY_SOCK_SLOTS=N` (a power of two) to make sockets share N slots and their records spill into
+/// the hash map behind the table (N at or above the table's size: every slot).
 pub fn sock_slot_mask() -> u32 {
     slot_mask_of(std::env::var("SOCKRAY_SOCK_SLOTS").ok().as_deref())
 }
 
 fn slot_mask_of(setting: Option<&str>) -> u32 {
-    const ALL: u32 = 1 << 14;
-    let n = setting
+    setting
         .and_then(|v| v.parse::<u32>().ok())
-        .filter(|n| n.is_power_of_two() && *n <= ALL)
-        .unwrap_or(ALL);
-    n - 1
+        .filter(|n| n.is_power_of_two())
+        .map_or(u32::MAX, |n| n - 1)
 }
 
 /// Before the BPF memory allocator (Linux 6.1), the verifier warns once per boot, tainting the kernel
@@ -647,13 +646,13 @@ mod tests {
 
     #[test]
     fn slot_mask_setting() {
-        assert_eq!(slot_mask_of(None), (1 << 14) - 1);
+        assert_eq!(slot_mask_of(None), u32::MAX);
         assert_eq!(slot_mask_of(Some("1")), 0);
         assert_eq!(slot_mask_of(Some("2")), 1);
         assert_eq!(slot_mask_of(Some("16384")), 16383);
-        // not a power of two, too many, not a number: all slots
-        for bad in ["3", "0", "32768", "many", ""] {
-            assert_eq!(slot_mask_of(Some(bad)), (1 << 14) - 1, "{bad}");
+        // not a power of two, not a number: every slot
+        for bad in ["3", "0", "many", ""] {
+            assert_eq!(slot_mask_of(Some(bad)), u32::MAX, "{bad}");
         }
     }
 

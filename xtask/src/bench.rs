@@ -9,11 +9,12 @@
 //!   attached: one bounded load generator runs through the whole measurement, in a network namespace
 //!   of its own, pinned to the last CPU, and reports the time of every 250th connection; tracers come
 //!   and go on CPU 0, each traced interval (300 ms, from 100 ms after the tracer says it is attached)
-//!   between two 300 ms intervals without a tracer. A traced interval's slowdown is 1 - rate(traced)/mean(rate of those two), and the
-//!   figure is the median over the steady rounds (those two within 3% of each other: the VM's speed
-//!   did not step during the round; all rounds if fewer than 5 are steady) of `--rounds N` (20 by
-//!   default), with their range beside it. Short intervals close together, because this VM's speed moves in steps of ±15% every few
-//!   seconds (neighbours on the host): consecutive seconds agree within ~2%, runs a minute apart do not.
+//!   between two 300 ms intervals without a tracer. A traced interval's slowdown is
+//!   1 - rate(traced)/mean(rate of those two), and the figure is the median over the steady rounds
+//!   (those two within 3% of each other: the VM's speed did not step during the round; all rounds if
+//!   fewer than 5 are steady) of `--rounds N` (20 by default), with their range beside it. Short
+//!   intervals close together, because this VM's speed moves in steps of ±15% every few seconds
+//!   (neighbours on the host): consecutive seconds agree within ~2%, runs a minute apart do not.
 //!   The rates are measured with kernel.bpf_stats_enabled off, as users run the tools;
 //! - BPF run time per connection (`run_time_ns` of the tracer's programs) in one more traced interval
 //!   per tracer with kernel.bpf_stats_enabled on; the tracer's CPU time per 1,000 connections, within the
@@ -503,8 +504,6 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
     std::process::exit(0)
 }
 
-/// Per configuration, the slowdown of each of its runs against the mean of the baseline runs (index 0)
-/// just before and after it.
 /// A round is steady when its two intervals without a tracer agree within this fraction of their mean:
 /// the VM's speed did not step during it (a step of ~15% in one of three intervals makes a round say
 /// -25..+30% whatever the tracer costs).
@@ -520,6 +519,8 @@ struct Round {
     steady: bool,
 }
 
+/// Per configuration, the slowdown of each of its runs against the mean of the baseline runs (index 0)
+/// just before and after it, and whether that round was steady.
 fn paired_slowdowns(history: &[(usize, f64)], configs: usize) -> Vec<Vec<Round>> {
     let mut out = vec![Vec::new(); configs];
     for (k, &(i, rate)) in history.iter().enumerate() {
