@@ -109,32 +109,32 @@ static __always_inline void *event_reserve(__u64 size)
 	return e;
 }
 
-/* Submits without waking the reader until this much is waiting: a wake-up per event costs an irq_work
- * and a cross-CPU IPI on the traced CPU (measured: ~20% fewer loopback connections per second). The
- * reader polls at least every 100 ms (src/runtime.rs), so a quiet trace still shows events promptly.
- * The wake-up is sent once, by the record that takes the backlog over the threshold, not by every record
- * while the reader catches up: each forced wake-up queues an irq_work, a self-IPI (a VM exit in a
- * guest, ~24 us on our VMs), seen as 0.5% of the traced CPU's time under a loopback connection flood
- * with the old rule; 128 KiB (an eighth of the ring) is ~15 wake-ups a second at 8,000 connections a
- * second with tcplife. Two CPUs crossing at once may each see the other's record and both stay quiet:
- * 4x the threshold is a second chance, the reader's 100 ms poll the third. */
+/* Submits without waking the reader, except once per EVENT_WAKEUP_BYTES of records: a wake-up per event
+ * costs an irq_work and a cross-CPU IPI on the traced CPU (measured: ~20% fewer loopback connections
+ * per second), and each forced wake-up queues an irq_work, a self-IPI (a VM exit in a guest, ~24 us on
+ * our VMs). The reader polls at least every 100 ms (src/runtime.rs), so a quiet trace still shows
+ * events promptly; under load it is woken ~15 times a second at 8,000 tcplife connections a second.
+ * The record that wakes is the one that covers a 128 KiB boundary of the ring's address space: exactly
+ * one record per boundary, whichever CPUs reserve them, with no helper call (a ring query is a call,
+ * and with the kernel's return-thunk mitigations every call costs); the ring is a whole number of
+ * such spans, so its wrap keeps the rhythm. The record's place is its address less the ring map's (a
+ * difference of two pointers is the one arithmetic on them the verifier allows). */
 #define EVENT_WAKEUP_BYTES (128 * 1024)
 
-static __always_inline bool event_crosses(__u64 avail, __u64 footprint, __u64 mark)
+static __always_inline bool event_covers_mark(__u64 start, __u64 footprint)
 {
-	return avail >= mark && avail - footprint < mark;
+	/* a multiple of EVENT_WAKEUP_BYTES in [start, start + footprint - 1]: the bits above the span's
+	 * differ between start - 1 and the record's last byte */
+	return ((start - 1) ^ (start + footprint - 1)) >= EVENT_WAKEUP_BYTES;
 }
 
 static __always_inline void event_submit_sized(void *e, __u64 size)
 {
 	/* what the record occupies in the ring: an 8-byte header, rounded up to 8 bytes */
 	__u64 footprint = (size + 8 + 7) & ~7ULL;
-	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 flags = event_crosses(avail, footprint, EVENT_WAKEUP_BYTES) ||
-				      event_crosses(avail, footprint, 4 * EVENT_WAKEUP_BYTES) ?
-			      BPF_RB_FORCE_WAKEUP :
-			      BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(e, flags);
+	__u64 start = (__u64)((char *)e - (char *)&events) - 8;
+
+	bpf_ringbuf_submit(e, event_covers_mark(start, footprint) ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 #define event_submit(e) event_submit_sized((e), sizeof(*(e)))
@@ -161,16 +161,26 @@ struct sk_tuple {
  * zeroed inet_num when inet_sock_set_state fires. With `direct` (tp_btf), bpf_skc_to_tcp_sock() gives a
  * typed pointer so the read is a plain load (Linux 5.9+ helper; tp_btf programs need 5.5+ anyway and fall
  * back to raw_tp on kernels that refuse it). */
-static __always_inline __u16 sk_lport_d(const struct sock *sk, bool direct)
+static __always_inline __u16 sk_lport_tp(const struct sock *sk, const struct tcp_sock *tp)
 {
-	if (direct) {
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
-		if (tp)
-			return bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
-	}
+	if (tp)
+		return bpf_ntohs(tp->inet_conn.icsk_inet.inet_sport);
 	/* through struct tcp_sock, the type the direct path relocates against anyway: one CO-RE type
 	 * fewer to look up in vmlinux BTF at start-up (~1 ms) */
 	return bpf_ntohs(BPF_CORE_READ((const struct tcp_sock *)sk, inet_conn.icsk_inet.inet_sport));
+}
+
+/* sk as a typed struct tcp_sock for plain loads of its fields when `direct`, else NULL (helper reads).
+ * A helper call (and, with the kernel's return-thunk mitigations, a costly return): a program that needs
+ * tcp_sock fields in several places takes it once and passes it on (the *_tp functions). */
+static __always_inline struct tcp_sock *sk_tcp_d(const struct sock *sk, bool direct)
+{
+	return direct ? bpf_skc_to_tcp_sock((void *)sk) : NULL;
+}
+
+static __always_inline __u16 sk_lport_d(const struct sock *sk, bool direct)
+{
+	return sk_lport_tp(sk, sk_tcp_d(sk, direct));
 }
 
 static __always_inline __u16 sk_lport(const struct sock *sk)
@@ -185,10 +195,12 @@ static __always_inline __u16 sk_lport(const struct sock *sk)
  * verifier types the pointer as struct sock and refuses loads past its end. */
 #define SK_FIELD(direct, sk, field) ((direct) ? (sk)->field : BPF_CORE_READ((sk), field))
 
-static __always_inline void read_sk_tuple_d(const struct sock *sk, struct sk_tuple *t, bool direct)
+/* tp: sk_tcp_d(sk, direct) */
+static __always_inline void read_sk_tuple_tp(const struct sock *sk, const struct tcp_sock *tp,
+					     struct sk_tuple *t, bool direct)
 {
 	t->family = SK_FIELD(direct, sk, __sk_common.skc_family);
-	t->lport = sk_lport_d(sk, direct);
+	t->lport = sk_lport_tp(sk, tp);
 	t->rport = bpf_ntohs(SK_FIELD(direct, sk, __sk_common.skc_dport));
 	if (direct) {
 		if (t->family == AF_INET6) {
@@ -205,6 +217,11 @@ static __always_inline void read_sk_tuple_d(const struct sock *sk, struct sk_tup
 		BPF_CORE_READ_INTO((__u32 *)t->laddr, sk, __sk_common.skc_rcv_saddr);
 		BPF_CORE_READ_INTO((__u32 *)t->raddr, sk, __sk_common.skc_daddr);
 	}
+}
+
+static __always_inline void read_sk_tuple_d(const struct sock *sk, struct sk_tuple *t, bool direct)
+{
+	read_sk_tuple_tp(sk, sk_tcp_d(sk, direct), t, direct);
 }
 
 /* Copies a tuple into an event struct with the usual family/lport/rport/laddr/raddr fields. */

@@ -11,7 +11,7 @@
  *   - listen():   CLOSE -> LISTEN (inet_listen); also recorded by (netns, port) in listen_owners;
  *   - close()/shutdown(): ESTABLISHED/SYN_RECV -> FIN_WAIT1 and CLOSE_WAIT -> LAST_ACK (tcp_close,
  *     tcp_shutdown: always the calling process);
- *   - socket I/O (sock:sock_send_length/sock_recv_length, Linux 6.3+), or else accept()
+ *   - socket reads (sock:sock_recv_length, Linux 6.3+), or else accept()
  *     (syscalls sys_exit_accept/accept4, the returned fd resolved to its socket);
  * and is seeded at start by an iter/task_file walk over every process's socket fds (so sockets opened
  * before the tool started are attributed too). A passively opened socket (LISTEN -> SYN_RECV, created in
@@ -29,6 +29,7 @@
 /* Flags of a socket's record: what the component saw of its life. */
 #define SOCK_ACTIVE_OPEN 1 /* it sent the SYN (CLOSE -> SYN_SENT) */
 #define SOCK_FIN_SENT 2    /* it queued its FIN (-> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK) */
+#define SOCK_OF_LISTENER 4 /* a passive child not yet given an owner: its listener's (lazy_listener) */
 
 /* What the component keeps per socket: one record, so that a tool's per-socket state costs no map
  * operations of its own (each hash map update allocates an element and each delete frees one; under a
@@ -286,12 +287,17 @@ static __always_inline void owner_from_task(struct sock_owner *o, struct task_st
 
 /* The current task as owner: pid is the tgid; comm is the thread's name (as BCC prints it); the cgroup
  * only for --cgroup (nothing prints it; the verifier drops the call when the filter is off). */
-static __always_inline void owner_from_current(struct sock_owner *o)
+static __always_inline void owner_from_current_id(struct sock_owner *o, __u64 pid_tgid)
 {
-	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->pid = pid_tgid >> 32;
 	o->uid = (__u32)bpf_get_current_uid_gid();
 	o->cgroup = filter_cgroup_id ? bpf_get_current_cgroup_id() : 0;
 	bpf_get_current_comm(&o->comm, sizeof(o->comm));
+}
+
+static __always_inline void owner_from_current(struct sock_owner *o)
+{
+	owner_from_current_id(o, bpf_get_current_pid_tgid());
 }
 
 /* The socket of key is owned by o: rewrite its record's owner in place, or create the record. */
@@ -323,7 +329,7 @@ static __always_inline struct sock_rec *owner_set_current_life(__u64 key, bool b
 		r.born_ns = bpf_ktime_get_ns();
 		r.flags = flags;
 		if (!self)
-			owner_from_current(&r.owner);
+			owner_from_current_id(&r.owner, pid_tgid);
 		sock_rec_create(key, &r);
 		return NULL;
 	}
@@ -331,14 +337,14 @@ static __always_inline struct sock_rec *owner_set_current_life(__u64 key, bool b
 	if (cur) {
 		/* the common case on close() and I/O: the owner is already this process, nothing to write */
 		if (cur->owner.pid != pid_tgid >> 32 && !self)
-			owner_from_current(&cur->owner);
+			owner_from_current_id(&cur->owner, pid_tgid);
 		if (flags)
 			cur->flags |= flags;
 		return cur;
 	}
 	if (self)
 		return NULL;
-	owner_from_current(&r.owner);
+	owner_from_current_id(&r.owner, pid_tgid);
 	r.flags = flags;
 	sock_rec_create(key, &r);
 	return NULL;
@@ -349,10 +355,28 @@ static __always_inline void owner_set_current(__u64 key)
 	owner_set_current_life(key, false, 0);
 }
 
+/* A listener's key: its netns and port. Where the port comes from matters: tcp_set_state() fires the
+ * tracepoint for CLOSE only after inet_put_port() has zeroed skc_num, while inet_sport keeps the port;
+ * but skc_num is a plain load in tp_btf programs (inet_sport is past struct sock: a helper call), and
+ * it is right at LISTEN and as a child is cloned from its listener (LISTEN -> SYN_RECV, before
+ * inet_csk_clone_lock() sets the child's own fields; the port is the listener's anyway). */
+static __always_inline struct listen_key listen_key_port(const struct sock *sk, __u16 port, bool direct)
+{
+	struct listen_key k = { .net = sk_net_ptr(sk, direct), .port = port };
+
+	return k;
+}
+
+/* The key at LISTEN and at a child's LISTEN -> SYN_RECV (not at CLOSE: see above). */
+static __always_inline struct listen_key listen_key_of(const struct sock *sk, bool direct)
+{
+	return listen_key_port(sk, SK_FIELD(direct, sk, __sk_common.skc_num), direct);
+}
+
 static __always_inline void listener_record(const struct sock *sk, __u64 key, const struct sock_owner *o,
 					    bool direct)
 {
-	struct listen_key k = { .net = sk_net_ptr(sk, direct), .port = sk_lport_d(sk, direct) };
+	struct listen_key k = listen_key_of(sk, direct);
 	struct listen_owner lo = { .sk = key, .owner = *o };
 
 	bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY);
@@ -362,9 +386,10 @@ static __always_inline void listener_record(const struct sock *sk, __u64 key, co
  * handler, with key = sock_key_d(sk, direct); `direct` as for SK_FIELD (true in tp_btf programs).
  * Returns sk's record when this change looked it up and it existed (FIN_WAIT1, LAST_ACK), else NULL: a
  * tool that needs the record in another case (SYN_SENT and SYN_RECV write theirs without looking) looks
- * it up with sock_rec_of(). The tool deletes the record at CLOSE (owner_forget). */
+ * it up with sock_rec_of(). The tool deletes the record at CLOSE (owner_forget). lazy_listener: see
+ * TCP_SYN_RECV below (a tool that passes true completes owners with owner_of_listener()). */
 static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, __u64 key, int oldstate,
-							 int newstate, bool direct)
+							 int newstate, bool direct, bool lazy_listener)
 {
 	switch (newstate) {
 	case TCP_SYN_SENT:
@@ -383,21 +408,27 @@ static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, 
 		if (oldstate == TCP_LISTEN) {
 			/* a child socket cloned from its listener, in softirq: a new connection, owned by its
 			 * listener's owner until accept() or I/O names the process that took it (replacing any
-			 * stale record: a socket freed without a state change leaves its record behind) */
-			struct listen_key k = { .net = sk_net_ptr(sk, direct),
-						.port = sk_lport_d(sk, direct) };
-			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
+			 * stale record: a socket freed without a state change leaves its record behind).
+			 * lazy_listener: a tool that needs the owner only at the end (tcplife) looks the
+			 * listener up then (owner_of_listener), if nothing named the owner by then; most
+			 * connections are read or closed by their process first: no lookup at all */
 			struct sock_rec r = { .born_ns = bpf_ktime_get_ns() };
 
-			if (lo)
-				r.owner = lo->owner;
+			if (lazy_listener) {
+				r.flags = SOCK_OF_LISTENER;
+			} else {
+				struct listen_key k = listen_key_of(sk, direct);
+				struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
+
+				if (lo)
+					r.owner = lo->owner;
+			}
 			sock_rec_create(key, &r);
 		}
 		return NULL;
 	case TCP_CLOSE:
 		if (oldstate == TCP_LISTEN) {
-			struct listen_key k = { .net = sk_net_ptr(sk, direct),
-						.port = sk_lport_d(sk, direct) };
+			struct listen_key k = listen_key_port(sk, sk_lport_d(sk, direct), direct);
 			struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
 			if (lo && lo->sk == key)
 				bpf_map_delete_elem(&listen_owners, &k);
@@ -422,6 +453,24 @@ static __always_inline void owner_resolve(const struct sock_rec *r, int newstate
 		return;
 	}
 	__builtin_memset(out, 0, sizeof(*out));
+}
+
+/* At CLOSE, for a tool that defers a passive child's listener lookup (lazy_listener): when o (from
+ * owner_resolve()) names no one and the record's flags say nothing named the owner since the socket was
+ * created, its listener's owner. lport: the socket's local port from inet_sport (skc_num is already zero
+ * at CLOSE). */
+static __always_inline void owner_of_listener(__u32 rec_flags, const struct sock *sk, __u16 lport,
+					      struct sock_owner *o, bool direct)
+{
+	struct listen_owner *lo;
+	struct listen_key k;
+
+	if (o->pid || !(rec_flags & SOCK_OF_LISTENER))
+		return;
+	k = listen_key_port(sk, lport, direct);
+	lo = bpf_map_lookup_elem(&listen_owners, &k);
+	if (lo)
+		*o = lo->owner;
 }
 
 /* Does an owner pass the process filters (-p, -u, --cgroup)? */
@@ -454,42 +503,45 @@ struct syscall_exit_record {
 
 /* Keeping the owner right after accept() (a pre-forked worker accepts from its parent's listener; a
  * socket passed to another process): two ways, alternatives for the attach layer (src/attach.rs).
- *  - Linux 6.3+: sock:sock_send_length / sock_recv_length, which run in the process doing the I/O,
- *    for socket I/O only;
- *  - older kernels: syscalls:sys_exit_accept4 / sys_exit_accept. Enabling any syscall tracepoint puts
- *    every syscall of every task on the tracing slow path, a cost the whole machine pays (measured: several
- *    percent of loopback connection rate), hence the preference above. */
+ *  - Linux 6.3+: sock:sock_recv_length, which runs in the process doing the I/O, for socket reads only.
+ *    Reads, not writes too: the hook runs on every recv of every socket on the machine, a tax per I/O
+ *    (~0.3 us in our 6.18 guest) that BCC's tools do not have; a server reads what it accepted (banner
+ *    protocols such as SSH's read right after their first write), and until the owner reads or closes
+ *    (close() and shutdown() name it in any case, see owner_on_state_d) the socket is its listener's
+ *    owner's: only a connection reset or timed out before the new owner's first read is shown with the
+ *    process that listened. (Tracing sends too cost 0.2-0.3% of a loopback connection flood.)
+ *  - older kernels: syscalls:sys_exit_accept4 and sys_exit_accept, together. Enabling any syscall
+ *    tracepoint puts every syscall of every task on the tracing slow path, a cost the whole machine pays
+ *    (measured: several percent of loopback connection rate), hence the preference above. */
 static __always_inline int owner_on_io(const struct sock *sk)
 {
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	if (sk->__sk_common.skc_family != AF_INET && sk->__sk_common.skc_family != AF_INET6)
 		return 0;
+	/* a read of a closed socket (after a reset, before connect) must not make a record: its CLOSE,
+	 * which deletes records, has passed or is not due */
+	if (sk->__sk_common.skc_state == TCP_CLOSE)
+		return 0;
 	owner_set_current(sock_key_d(sk, true));
 	return 0;
 }
 
 #ifndef SOCKOWNER_NO_HOOKS
-SEC("tp_btf/sock_send_length")
-int BPF_PROG(sockowner_refresh1__send, struct sock *sk, int ret, int flags)
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(sockowner_refresh__recv, struct sock *sk, int ret, int flags)
 {
 	return owner_on_io(sk);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int sockowner_refresh1__accept4(struct syscall_exit_record *ctx)
+int sockowner_refresh__accept4(struct syscall_exit_record *ctx)
 {
 	return owner_on_accept(ctx->ret);
 }
 
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(sockowner_refresh2__recv, struct sock *sk, int ret, int flags)
-{
-	return owner_on_io(sk);
-}
-
 SEC("tracepoint/syscalls/sys_exit_accept")
-int sockowner_refresh2__accept(struct syscall_exit_record *ctx)
+int sockowner_refresh__accept(struct syscall_exit_record *ctx)
 {
 	return owner_on_accept(ctx->ret);
 }

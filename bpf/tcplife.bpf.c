@@ -12,12 +12,12 @@ struct tcplife_event _tcplife_event = {};
  * (struct sock_rec: born_ns, flags), kept by owner_on_state_d(): no map of tcplife's own. */
 
 /* The kernel's counters count sequence numbers: bytes_acked includes our SYN (active open) and our FIN
- * once acked; bytes_received includes the peer's FIN. Take those out so TX/RX are payload bytes. */
-static __always_inline void payload_bytes(const struct sock *sk, __u32 flags, __u64 *tx, __u64 *rx,
-					  bool direct)
+ * once acked; bytes_received includes the peer's FIN. Take those out so TX/RX are payload bytes.
+ * btp: sk_tcp_d(sk, direct) (NULL: helper reads). */
+static __always_inline void payload_bytes(const struct sock *sk, const struct tcp_sock *btp, __u32 flags,
+					  __u64 *tx, __u64 *rx)
 {
 	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	struct tcp_sock *btp = direct ? bpf_skc_to_tcp_sock((void *)sk) : NULL;
 	__u64 acked, received;
 	__u32 snd_una, write_seq;
 	unsigned long sk_flags;
@@ -52,9 +52,10 @@ static __always_inline void payload_bytes(const struct sock *sk, __u32 flags, __
 static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate, bool direct)
 {
 	struct tcplife_event *e;
-	struct sk_tuple t = {};
+	struct sk_tuple t;
 	struct sock_owner o;
 	struct sock_rec *rec;
+	struct tcp_sock *tp;
 	__u64 key, now, born_ns;
 	__u32 flags;
 
@@ -62,7 +63,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 		return 0;
 	key = sock_key_d(sk, direct);
 	/* SYN_SENT and SYN_RECV: the session is born (born_ns); FIN_WAIT1, LAST_ACK: our FIN is sent */
-	owner_on_state_d(sk, key, oldstate, newstate, direct);
+	owner_on_state_d(sk, key, oldstate, newstate, direct, true);
 
 	switch (newstate) {
 	case TCP_ESTABLISHED:
@@ -99,9 +100,13 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (oldstate == TCP_SYN_RECV)
 		goto out;
 	now = bpf_ktime_get_ns();
-	read_sk_tuple_d(sk, &t, direct);
+	tp = sk_tcp_d(sk, direct);
+	/* zeroed here, not where declared: that would run on every state change */
+	__builtin_memset(&t, 0, sizeof(t));
+	read_sk_tuple_tp(sk, tp, &t, direct);
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		goto out;
+	owner_of_listener(flags, sk, t.lport, &o, direct);
 
 	/* the process filters first: a record reserved and discarded costs nearly what a sent one does */
 	if (!owner_ok(&o))
@@ -113,7 +118,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	e->skaddr = (__u64)sk;
 	e->ts_ns = now;
 	e->span_ns = now - born_ns;
-	payload_bytes(sk, flags, &e->tx_bytes, &e->rx_bytes, direct);
+	payload_bytes(sk, tp, flags, &e->tx_bytes, &e->rx_bytes);
 	EVENT_SET_TUPLE(e, t);
 	e->pad = 0;
 	event_submit(e);

@@ -64,7 +64,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	key = sock_key_d(sk, direct);
-	rec = owner_on_state_d(sk, key, oldstate, newstate, direct);
+	rec = owner_on_state_d(sk, key, oldstate, newstate, direct, false);
 	if (!rec)
 		rec = sock_rec_of(key);
 

@@ -80,7 +80,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	key = sock_key_d(sk, direct);
-	owner_on_state_d(sk, key, oldstate, newstate, direct);
+	owner_on_state_d(sk, key, oldstate, newstate, direct, false);
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
 		owner_resolve(sock_rec_of(key), newstate, &o);

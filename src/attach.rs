@@ -3,7 +3,9 @@
 //!
 //! Convention in `bpf/*.bpf.c`: alternatives for one hook are programs named `<stem>__<kind>`
 //! (e.g. `tcplife_set_state__btf`, `tcplife_set_state__raw`); a program without `__` stands alone.
-//! Preference: tp_btf > raw_tp > tracepoint > fentry/fexit > kprobe/kretprobe.
+//! Preference: tp_btf > raw_tp > tracepoint > fentry/fexit > kprobe/kretprobe. A group may hold several
+//! programs of one kind: they are taken together, when the kernel has all of them (e.g. the
+//! socket-owner refresh: one tp_btf program, or else two syscall tracepoints).
 //! Programs named `sockowner_*` or `opt_*` are optional: when the kernel offers none of their kinds they
 //! are switched off (said with --verbose) instead of failing the tool. `iter/` programs are run by the
 //! runtime, not attached.
@@ -355,52 +357,63 @@ pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Cho
             }
             _ => cands.iter().collect(),
         };
-        let mut pick = None;
+        // the best kind all of whose programs in the group the kernel has (one program per kind, but
+        // for a fallback that needs several hooks where the preferred kind needs one)
+        let mut pick: Vec<&Candidate> = Vec::new();
         let mut why = Vec::new();
-        for c in pool {
-            match probe(c.kind, &c.target) {
-                Ok(()) => {
-                    pick = Some(c);
-                    break;
-                }
-                Err(e) => why.push(format!("{}/{}: {e}", c.kind.name(), c.target)),
+        let mut kinds: Vec<Kind> = pool.iter().map(|c| c.kind).collect();
+        kinds.dedup();
+        for kind in kinds {
+            let of_kind: Vec<&Candidate> =
+                pool.iter().copied().filter(|c| c.kind == kind).collect();
+            let failed: Vec<String> = of_kind
+                .iter()
+                .filter_map(|c| {
+                    probe(c.kind, &c.target)
+                        .err()
+                        .map(|e| format!("{}/{}: {e}", c.kind.name(), c.target))
+                })
+                .collect();
+            if failed.is_empty() {
+                pick = of_kind;
+                break;
             }
+            why.extend(failed);
         }
         for c in cands.iter() {
-            enabled.insert(c.prog.clone(), pick.is_some_and(|p| p.prog == c.prog));
+            enabled.insert(c.prog.clone(), pick.iter().any(|p| p.prog == c.prog));
         }
-        match pick {
-            Some(c) => {
-                if verbose && c.kind != Kind::Iter {
-                    eprintln!(
-                        "sockray: {tool}: {group}: using {}/{}",
-                        c.kind.name(),
-                        c.target
-                    );
-                }
-                chosen.push(Choice {
-                    group: group.clone(),
-                    prog: c.prog.clone(),
-                    kind: c.kind,
-                    target: c.target.clone(),
-                });
-            }
-            None if optional(group) => {
+        if pick.is_empty() {
+            if optional(group) {
                 if verbose {
                     eprintln!(
                         "sockray: {tool}: {group}: not available, continuing without it ({})",
                         why.join("; ")
                     );
                 }
+                continue;
             }
-            None => {
-                let target = cands.first().map(|c| c.target.as_str()).unwrap_or("");
-                bail!(
-                    "this kernel lacks the hook {group} needs ({}): {}",
-                    hook_hint(target),
-                    why.join("; ")
+            let target = cands.first().map(|c| c.target.as_str()).unwrap_or("");
+            bail!(
+                "this kernel lacks the hook {group} needs ({}): {}",
+                hook_hint(target),
+                why.join("; ")
+            );
+        }
+        for c in pick {
+            if verbose && c.kind != Kind::Iter {
+                eprintln!(
+                    "sockray: {tool}: {group}: using {}/{}",
+                    c.kind.name(),
+                    c.target
                 );
             }
+            chosen.push(Choice {
+                group: group.clone(),
+                prog: c.prog.clone(),
+                kind: c.kind,
+                target: c.target.clone(),
+            });
         }
     }
     for mut prog in obj.progs_mut() {

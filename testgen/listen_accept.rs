@@ -260,7 +260,7 @@ fn accept_client(a: &AcceptArgs, port: u16) -> Result<()> {
     }
     // the server closes each connection once it accepted it
     for (i, mut s) in conns.into_iter().enumerate() {
-        wait_eof(&mut s).with_context(|| format!("connection #{i}"))?;
+        wait_eof(&mut s, false).with_context(|| format!("connection #{i}"))?;
     }
     Ok(())
 }

@@ -84,6 +84,14 @@ enum Cmd {
         /// that exists, unconnected, when a tracer starts).
         #[arg(long)]
         socket_early: bool,
+        /// Pre-forked: the server process listens, then forks a worker named WORKER_COMM that accepts
+        /// and serves every connection (its `server` lines carry the worker's pid and comm).
+        #[arg(long)]
+        worker_comm: Option<String>,
+        /// The client ends each connection with a reset (SO_LINGER 0) instead of a FIN; the server
+        /// takes the reset as the end of the connection. Only with `--closer client`.
+        #[arg(long)]
+        reset: bool,
     },
     /// Connect to a port where nothing listens and expect ECONNREFUSED.
     Refused {
@@ -178,6 +186,8 @@ fn main() {
             wait_go,
             close_on_go,
             socket_early,
+            worker_comm,
+            reset,
         } => session(&SessionCfg {
             addr,
             port,
@@ -191,6 +201,8 @@ fn main() {
             wait_go,
             close_on_go,
             socket_early,
+            worker_comm,
+            reset,
         }),
         Cmd::Refused { addr, port, comm } => refused(addr, port, &comm),
         Cmd::Listen {
@@ -387,6 +399,28 @@ fn setsockopt_int(
     Ok(())
 }
 
+/// SO_LINGER with a zero timeout: close() then resets the connection instead of sending a FIN.
+fn set_linger_zero(fd: RawFd) -> Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: l is a live struct linger of the given size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const _ as *const libc::c_void,
+            mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error()).context("setsockopt SO_LINGER");
+    }
+    Ok(())
+}
+
 /// SO_RCVTIMEO on a listener bounds accept(2) too.
 fn set_rcvtimeo(fd: RawFd, d: Duration) -> Result<()> {
     let tv = libc::timeval {
@@ -464,14 +498,16 @@ fn write_n(s: &mut TcpStream, n: u64) -> Result<u64> {
     Ok(sent)
 }
 
-/// Wait for the peer's FIN: the next read must return 0.
-fn wait_eof(s: &mut TcpStream) -> Result<()> {
+/// Wait for the peer's FIN (the next read must return 0), or with `reset` for its reset.
+fn wait_eof(s: &mut TcpStream, reset: bool) -> Result<()> {
     let mut buf = [0u8; 512];
     loop {
         match s.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) if !reset => return Ok(()),
+            Ok(0) => bail!("expected a reset, got EOF"),
             Ok(k) => bail!("expected EOF, got {k} more bytes"),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if reset && e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
             Err(e) => return Err(e).context("waiting for EOF"),
         }
     }
@@ -587,9 +623,14 @@ struct SessionCfg {
     wait_go: bool,
     close_on_go: bool,
     socket_early: bool,
+    worker_comm: Option<String>,
+    reset: bool,
 }
 
 fn session(cfg: &SessionCfg) -> Result<()> {
+    if cfg.reset && cfg.closer != Closer::Client {
+        bail!("--reset needs --closer client");
+    }
     // The server tells the parent its port once it listens (2 bytes, big endian) through this pipe.
     let mut fds = [0 as RawFd; 2];
     // SAFETY: pipe2 fills two fds.
@@ -658,6 +699,29 @@ fn server_role(cfg: &SessionCfg, mut ready: std::fs::File) -> Result<()> {
         .context("report port")?;
     drop(ready);
 
+    let Some(worker_comm) = &cfg.worker_comm else {
+        return serve(cfg, &listener, &cfg.server_comm);
+    };
+    // pre-forked: the worker inherits the listener, accepts and serves; this process (which called
+    // listen()) only waits for it
+    let worker = fork_role("worker", || {
+        set_comm(worker_comm)?;
+        serve(cfg, &listener, worker_comm)
+    })?;
+    let per_conn = Duration::from_millis(cfg.hold_ms) + Duration::from_secs(5);
+    let mut budget = IO_TIMEOUT * 2 + per_conn * cfg.count;
+    if cfg.wait_go || cfg.close_on_go {
+        budget += GO_TIMEOUT;
+    }
+    if !wait_children(&[worker], Instant::now() + budget) {
+        bail!("worker failed");
+    }
+    drop(listener);
+    Ok(())
+}
+
+/// Accepts and serves cfg.count connections on listener, as the process named comm.
+fn serve(cfg: &SessionCfg, listener: &TcpListener, comm: &str) -> Result<()> {
     for i in 0..cfg.count {
         let (mut s, peer) = listener.accept().with_context(|| format!("accept #{i}"))?;
         // with --close-on-go the client's close (our EOF) also waits for the test's go
@@ -673,18 +737,17 @@ fn server_role(cfg: &SessionCfg, mut ready: std::fs::File) -> Result<()> {
         let sent = write_n(&mut s, cfg.server_send)?;
         let closed_first = cfg.closer == Closer::Server;
         if !closed_first {
-            wait_eof(&mut s)?;
+            wait_eof(&mut s, cfg.reset)?;
         }
         drop(s);
         emit(&json!({
-            "role": "server", "pid": getpid(), "comm": cfg.server_comm, "uid": getuid(), "index": i,
+            "role": "server", "pid": getpid(), "comm": comm, "uid": getuid(), "index": i,
             "family": family_of(&local.ip()),
             "laddr": local.ip().to_string(), "lport": local.port(),
             "raddr": peer.ip().to_string(), "rport": peer.port(),
             "sent": sent, "received": received, "closed_first": closed_first,
         }));
     }
-    drop(listener);
     Ok(())
 }
 
@@ -736,9 +799,12 @@ fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
         if !closed_first {
             // the server closes first: its FIN is in before the hold starts, so CLOSE_WAIT spans the
             // whole hold (the FIN may come well after our read of its data, e.g. under emulation)
-            wait_eof(&mut s)?;
+            wait_eof(&mut s, false)?;
         }
         std::thread::sleep(Duration::from_millis(cfg.hold_ms));
+        if cfg.reset {
+            set_linger_zero(s.as_raw_fd())?;
+        }
         drop(s);
         emit(&json!({
             "role": "client", "pid": getpid(), "comm": cfg.client_comm, "uid": getuid(), "index": i,
@@ -1043,7 +1109,7 @@ fn slow_handshake(
             conns.push(s);
         }
         for mut s in conns {
-            wait_eof(&mut s)?;
+            wait_eof(&mut s, false)?;
         }
         Ok(())
     });

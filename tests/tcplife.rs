@@ -77,6 +77,72 @@ fn v6_server_closes_first() {
     check_tcplife_session(&trace.rows, &out, win);
 }
 
+/// A pre-forked server: the process that listened forks a worker, which accepts and reads; then the
+/// client resets the connection, which ends the server's socket in softirq (on loopback, in the
+/// client's own context). The server's row must name the worker, which took the socket over when it
+/// read from it, not the listener's owner the socket inherited, nor the client.
+fn prefork_reset(addr: &'static str, comms: [&'static str; 3]) {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session(addr, comms[0], comms[1]);
+    spec.worker_comm = Some(comms[2]);
+    spec.reset = true;
+    spec.client_send = 5000;
+    spec.server_send = 7000;
+    spec.hold_ms = 200;
+    spec.closer = Closer::Client;
+    let (trace, out, win) = traced_session("tcplife", &[], &ns, &spec);
+    let (c, s) = (&out.clients[0], &out.servers[0]);
+    assert_eq!(
+        s.comm, comms[2],
+        "the generator's server line is the worker's: {s:?}"
+    );
+    assert_ne!(s.pid, out.server_pid, "the worker is a process of its own");
+    check_tcplife_row(&trace.rows, c, spec.hold_ms as f64, win);
+    check_tcplife_row(&trace.rows, s, spec.hold_ms as f64, win);
+    let of_listener: Vec<&Value> = rows_with_port(&trace.rows, out.port())
+        .into_iter()
+        .filter(|r| r["pid"].as_u64() == Some(out.server_pid))
+        .collect();
+    assert!(
+        of_listener.is_empty(),
+        "rows naming the listening process: {of_listener:#?}"
+    );
+}
+
+#[test]
+fn v4_prefork_worker_reset_by_client() {
+    prefork_reset("127.0.0.1", ["tl-pf4-lsn", "tl-pf4-cli", "tl-pf4-wrk"]);
+}
+
+#[test]
+fn v6_prefork_worker_reset_by_client() {
+    prefork_reset("::1", ["tl-pf6-lsn", "tl-pf6-cli", "tl-pf6-wrk"]);
+}
+
+/// A connection reset before its server ever read from it or closed it: nothing in the server's own
+/// context named the accepted socket's owner, so the row names the listener's owner (the same
+/// process here), looked up when the socket closes.
+#[test]
+fn reset_before_the_server_touched_the_socket() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session("127.0.0.1", "tl-rst-srv", "tl-rst-cli");
+    spec.reset = true;
+    spec.client_send = 0;
+    spec.server_send = 0;
+    spec.hold_ms = 100;
+    spec.closer = Closer::Client;
+    let (trace, out, win) = traced_session("tcplife", &[], &ns, &spec);
+    check_tcplife_session(&trace.rows, &out, win);
+}
+
 #[test]
 fn three_sessions_each_end_attributed() {
     three_sessions(

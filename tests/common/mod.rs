@@ -585,6 +585,10 @@ pub struct Session {
     pub close_on_go: bool,
     /// with `wait_go`: the client's first socket exists (unconnected) before the go
     pub socket_early: bool,
+    /// pre-forked: the listening process forks a worker of this name that accepts and serves
+    pub worker_comm: Option<&'static str>,
+    /// the client ends each connection with a reset (SO_LINGER 0); only with Closer::Client
+    pub reset: bool,
 }
 
 impl Session {
@@ -607,6 +611,8 @@ impl Session {
             wait_go: false,
             close_on_go: false,
             socket_early: false,
+            worker_comm: None,
+            reset: false,
         }
     }
 
@@ -646,6 +652,12 @@ impl Session {
         }
         if self.socket_early {
             a.push("--socket-early".into());
+        }
+        if let Some(w) = self.worker_comm {
+            a.extend(["--worker-comm".into(), w.into()]);
+        }
+        if self.reset {
+            a.push("--reset".into());
         }
         a
     }
