@@ -505,7 +505,7 @@ struct syscall_exit_record {
  * socket passed to another process): two ways, alternatives for the attach layer (src/attach.rs).
  *  - Linux 6.3+: sock:sock_recv_length, which runs in the process doing the I/O, for socket reads only.
  *    Reads, not writes too: the hook runs on every recv of every socket on the machine, a tax per I/O
- *    (~0.3 us in our 6.18 guest) that BCC's tools do not have; a server reads what it accepted (banner
+ *    (~0.2-0.3 us in our 6.18 guest) that BCC's tools do not have; a server reads what it accepted (banner
  *    protocols such as SSH's read right after their first write), and until the owner reads or closes
  *    (close() and shutdown() name it in any case, see owner_on_state_d) the socket is its listener's
  *    owner's: only a connection reset or timed out before the new owner's first read is shown with the

@@ -225,6 +225,10 @@ pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
 /// Attaches every chosen program (not iterators); the links detach when dropped.
 pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
     crate::cli::debug(format_args!("{:.1} ms: loaded", since_start_ms()));
+    if std::env::var_os("SOCKRAY_BENCH_TOGGLE").is_some() {
+        bench_toggle(obj, chosen)?;
+        return Ok(Vec::new());
+    }
     let mut links = Vec::new();
     for prog in obj.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
@@ -251,6 +255,75 @@ pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
         }
     }
     Ok(links)
+}
+
+/// `SOCKRAY_BENCH_TOGGLE=1` (for `cargo xtask bench`, not for users): the programs are attached as usual,
+/// then a thread detaches them on a line `0` on stdin and attaches them again on `1`, saying
+/// `sockray: bench detached` / `attached` on stderr when done. The bench so measures one running tracer
+/// in short alternating intervals, attached and not, instead of starting and stopping it. tp_btf and
+/// raw_tp programs only (links re-created from the program fds); the tool keeps running meanwhile.
+fn bench_toggle(obj: &Object, chosen: &[Choice]) -> Result<()> {
+    use std::io::BufRead;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    let mut progs: Vec<(OwnedFd, Option<std::ffi::CString>)> = Vec::new();
+    for prog in obj.progs() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let Some(c) = chosen.iter().find(|c| c.prog == name) else {
+            continue;
+        };
+        let target = match c.kind {
+            Kind::Iter => continue,
+            Kind::TpBtf => None,
+            Kind::RawTp => Some(std::ffi::CString::new(c.target.clone())?),
+            k => bail!(
+                "SOCKRAY_BENCH_TOGGLE: {name} is a {} program; only tp_btf and raw_tp ones can be toggled",
+                k.name()
+            ),
+        };
+        progs.push((prog.as_fd().try_clone_to_owned()?, target));
+    }
+    let attach = move |progs: &[(OwnedFd, Option<std::ffi::CString>)]| -> Result<Vec<OwnedFd>> {
+        let mut links = Vec::new();
+        for (fd, target) in progs {
+            let name = target.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
+            // SAFETY: a valid program fd; name is NULL (tp_btf: the program's own target) or a C string.
+            let lfd =
+                unsafe { libbpf_rs::libbpf_sys::bpf_raw_tracepoint_open(name, fd.as_raw_fd()) };
+            if lfd < 0 {
+                bail!(
+                    "SOCKRAY_BENCH_TOGGLE: attaching failed: {}",
+                    std::io::Error::from_raw_os_error(-lfd)
+                );
+            }
+            // SAFETY: a new fd that nothing else owns.
+            links.push(unsafe { OwnedFd::from_raw_fd(lfd) });
+        }
+        Ok(links)
+    };
+    let mut links = Some(attach(&progs)?);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            match line.trim() {
+                "0" => links = None,
+                "1" if links.is_none() => match attach(&progs) {
+                    Ok(l) => links = Some(l),
+                    Err(e) => {
+                        eprintln!("sockray: {e:#}");
+                        return;
+                    }
+                },
+                _ => {}
+            }
+            let state = if links.is_some() {
+                "attached"
+            } else {
+                "detached"
+            };
+            eprintln!("sockray: bench {state}");
+        }
+    });
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -16,6 +16,10 @@
 //!   intervals close together, because this VM's speed moves in steps of ±15% every few seconds
 //!   (neighbours on the host): consecutive seconds agree within ~2%, runs a minute apart do not.
 //!   The rates are measured with kernel.bpf_stats_enabled off, as users run the tools;
+//! - the same slowdown measured toggled, for sockray's tracers: one tracer started once with
+//!   SOCKRAY_BENCH_TOGGLE, its programs detached and attached in alternation (200 ms intervals, 3x
+//!   `--rounds` attached ones), so that no process start or exit falls between a traced interval and
+//!   its neighbours: more rounds fit between two of the VM's speed steps, and the figure is tighter;
 //! - BPF run time per connection (`run_time_ns` of the tracer's programs) in one more traced interval
 //!   per tracer with kernel.bpf_stats_enabled on; the tracer's CPU time per 1,000 connections, within the
 //!   traced intervals (its start-up is not counted);
@@ -144,11 +148,23 @@ struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     reader: thread::JoinHandle<Option<String>>,
+    /// toggled (see [`start_toggled`]): its stdin, and its "sockray: bench attached/detached" lines
+    toggle: Option<(std::process::ChildStdin, mpsc::Receiver<bool>)>,
 }
 
 /// Starts a tracer. `pinned`: on CPU 0, as in the load runs, where the load generator has the last CPU
 /// to itself (see `Generator::start`); start-up is measured unpinned, as people run the tools.
 fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
+    start_with(argv, pinned, false)
+}
+
+/// Starts a sockray tracer pinned to CPU 0 with SOCKRAY_BENCH_TOGGLE: its programs can then be detached
+/// and attached again while it runs ([`Running::switch`]).
+fn start_toggled(argv: &[String]) -> Result<Running, String> {
+    start_with(argv, true, true)
+}
+
+fn start_with(argv: &[String], pinned: bool, toggled: bool) -> Result<Running, String> {
     // (this process is pinned to CPU 0, see `pin_to_cpu0`: "unpinned" must undo that for the child)
     let cpus = if pinned {
         "0".to_string()
@@ -157,8 +173,15 @@ fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
     };
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &cpus]).args(argv);
+    if toggled {
+        cmd.env("SOCKRAY_BENCH_TOGGLE", "1");
+    }
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if toggled {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -169,13 +192,21 @@ fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
     // sockray --verbose says when it is attached ("sockray: ready ...") on stderr, also with --json,
     // which has no header line
     let ready_tx = tx.clone();
+    let (ack_tx, ack_rx) = mpsc::channel();
     thread::spawn(move || {
         for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
             if line.starts_with("sockray: ready") {
                 let _ = ready_tx.send(line);
+            } else if let Some(state) = line.strip_prefix("sockray: bench ") {
+                let _ = ack_tx.send(state == "attached");
             }
         }
     });
+    let toggle = if toggled {
+        Some((child.stdin.take().ok_or("no stdin")?, ack_rx))
+    } else {
+        None
+    };
     // reads in large chunks, remembers only the first line (readiness) and the last one
     let reader = thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
@@ -198,6 +229,7 @@ fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
         child,
         lines: rx,
         reader,
+        toggle,
     })
 }
 
@@ -268,6 +300,19 @@ impl Running {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 Err("it exited before printing its header".into())
             }
+        }
+    }
+
+    /// A toggled tracer's programs attached (`on`) or detached; returns once it says it is done.
+    fn switch(&mut self, on: bool) -> Result<(), String> {
+        let (stdin, acks) = self.toggle.as_mut().ok_or("not a toggled tracer")?;
+        std::io::Write::write_all(stdin, if on { b"1\n" } else { b"0\n" })
+            .and_then(|()| std::io::Write::flush(stdin))
+            .map_err(|e| format!("toggling: {e}"))?;
+        match acks.recv_timeout(Duration::from_secs(5)) {
+            Ok(state) if state == on => Ok(()),
+            Ok(_) => Err("toggling: it says the other state".into()),
+            Err(_) => Err("toggling: no answer (SOCKRAY_BENCH_TOGGLE not supported?)".into()),
         }
     }
 
@@ -632,6 +677,69 @@ impl Interval {
     }
 }
 
+/// Toggled rounds (sockray tracers): one tracer started once, its programs detached and attached in
+/// alternation (SOCKRAY_BENCH_TOGGLE), each interval TOGGLE_SPAN long from TOGGLE_SETTLE after the tracer
+/// said it switched. No process start or exit between the intervals, so they can be short and close
+/// together: more rounds fall between two of the VM's speed steps.
+const TOGGLE_SPAN: Duration = Duration::from_millis(200);
+const TOGGLE_SETTLE: Duration = Duration::from_millis(20);
+/// Toggled rounds per `--rounds` round (a toggled round takes a third of the time).
+const TOGGLE_ROUNDS: usize = 3;
+
+/// Runs a sockray tracer's toggled rounds: U T U T ... U (U detached, T attached). None when the tracer
+/// cannot be toggled (said on stdout).
+fn toggled_run(
+    t: &Tracer,
+    config: usize,
+    rounds: usize,
+    lost: &mut Option<u64>,
+) -> Result<Option<Vec<Interval>>, String> {
+    let Some(argv) = &t.argv else {
+        return Ok(None);
+    };
+    let mut r = start_toggled(argv)?;
+    r.ready(Instant::now())
+        .map_err(|e| format!("{}: {e}", t.name))?;
+    thread::sleep(SETTLE);
+    let mut out = Vec::new();
+    for k in 0..=2 * rounds {
+        let on = k % 2 == 1;
+        if let Err(e) = r.switch(on) {
+            println!("{}: not toggled ({e})", t.name);
+            r.stop();
+            return Ok(None);
+        }
+        thread::sleep(TOGGLE_SETTLE);
+        let a = mono_ns();
+        thread::sleep(TOGGLE_SPAN);
+        out.push(Interval {
+            config: if on { config } else { 0 },
+            a,
+            b: mono_ns(),
+            cpu_s: 0.0,
+            bpf_ns: 0,
+        });
+    }
+    add_lost(lost, t, r.stop())?;
+    Ok(Some(out))
+}
+
+/// A tracer's figure, steady-round count and range, formatted for the tables.
+fn summary(rounds: &[Round]) -> (String, String, String) {
+    if rounds.is_empty() {
+        return ("-".into(), "-".into(), "-".into());
+    }
+    let s = counted(rounds);
+    let lo = s.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let n_steady = rounds.iter().filter(|r| r.steady).count();
+    (
+        format!("{:.1}%", median(s) * 100.0),
+        format!("{n_steady}/{}", rounds.len()),
+        format!("{:.1}..{:.1}", lo * 100.0, hi * 100.0),
+    )
+}
+
 /// Adds a sockray run's `{"lost": N}` (its last line) to the tracer's count.
 fn add_lost(lost: &mut Option<u64>, t: &Tracer, last: Option<String>) -> Result<(), String> {
     if t.sockray {
@@ -659,10 +767,13 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
             .cloned()
             .collect::<Vec<_>>()
             .join(" ");
+        // another sockray build (its exe named sockray*, with --json): its lost events counted, and
+        // toggled if it can be
+        let sockray = name.starts_with("sockray") && argv.iter().any(|a| a == "--json");
         configs.push(Tracer {
             name: name.chars().take(24).collect(),
             argv: Some(argv),
-            sockray: false,
+            sockray,
         });
     }
     pin_to_cpu0();
@@ -706,7 +817,9 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
     }
     sequence.push(0);
     let tracer_runs = (configs.len() - 1) * (rounds + 1);
-    let max_s = 60 + 5 * (sequence.len() + tracer_runs) as u64;
+    let toggle_rounds = TOGGLE_ROUNDS * rounds;
+    let toggled_s = configs.iter().filter(|t| t.sockray).count() * (toggle_rounds + 1);
+    let max_s = 60 + 5 * (sequence.len() + tracer_runs) as u64 + toggled_s as u64;
     let mut rss: Vec<u64> = vec![0; configs.len()];
     let mut lost: Vec<Option<u64>> = vec![None; configs.len()];
     let mut intervals: Vec<Interval> = Vec::new();
@@ -726,6 +839,18 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
         let _on = BpfStats::set(true);
         for (i, t) in configs.iter().enumerate().skip(1) {
             bpf_intervals.push(Interval::run(t, i, &mut rss[i], &mut lost[i])?);
+        }
+    }
+    // toggled rounds of each sockray tracer (not with bpf_stats: as users run the tools)
+    let mut toggled: Vec<Option<Vec<Interval>>> = Vec::new();
+    {
+        let _stats = BpfStats::set(false);
+        for (i, t) in configs.iter().enumerate() {
+            toggled.push(if t.sockray {
+                toggled_run(t, i, toggle_rounds, &mut lost[i])?
+            } else {
+                None
+            });
         }
     }
     let marks = generator.stop()?;
@@ -785,18 +910,10 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
                 .map(|(_, r)| *r)
                 .collect(),
         );
-        let (slow, steady, range) = if i == 0 || slowdowns[i].is_empty() {
+        let (slow, steady, range) = if i == 0 {
             ("-".into(), "-".into(), "-".into())
         } else {
-            let s = counted(&slowdowns[i]);
-            let lo = s.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let n_steady = slowdowns[i].iter().filter(|r| r.steady).count();
-            (
-                format!("{:.1}%", median(s) * 100.0),
-                format!("{n_steady}/{}", slowdowns[i].len()),
-                format!("{:.1}..{:.1}", lo * 100.0, hi * 100.0),
-            )
+            summary(&slowdowns[i])
         };
         let lo = lost[i].map(|n| n.to_string()).unwrap_or("-".into());
         let (kns, ucpu) = if t.argv.is_some() {
@@ -817,6 +934,27 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
          within {:.0}%; all rounds when fewer than {MIN_STEADY} are), ROUNDS_RANGE over the same rounds.",
         STEADY * 100.0
     );
+    if toggled.iter().any(Option::is_some) {
+        println!(
+            "\nToggled: one running tracer, its programs detached and attached in alternation, {toggle_rounds} \
+             attached intervals of {} ms each between two detached ones (SOCKRAY_BENCH_TOGGLE)",
+            TOGGLE_SPAN.as_millis()
+        );
+        println!(
+            "{:<24} {:>9} {:>7} {:>13}",
+            "TRACER", "SLOWDOWN", "STEADY", "ROUNDS_RANGE"
+        );
+        for (i, t) in configs.iter().enumerate() {
+            let Some(ivs) = &toggled[i] else { continue };
+            let mut hist = Vec::new();
+            for iv in ivs {
+                let (n, secs) = marks.within(iv.a, iv.b).ok_or_else(stalled)?;
+                hist.push((iv.config, n as f64 / secs));
+            }
+            let (slow, steady, range) = summary(&paired_slowdowns(&hist, configs.len())[i]);
+            println!("{:<24} {slow:>9} {steady:>7} {range:>13}", t.name);
+        }
+    }
     println!();
     for tool in TOOLS {
         let find = |n: &str| configs.iter().position(|t| t.name == n);
