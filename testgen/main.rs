@@ -377,26 +377,32 @@ fn local_addr(fd: RawFd) -> Result<SocketAddr> {
     from_sockaddr(&ss)
 }
 
+/// setsockopt(2) with a value of any plain C type.
+fn setsockopt_val<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> Result<()> {
+    // SAFETY: val is a live T of the given size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            val as *const T as *const libc::c_void,
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("setsockopt({level}, {name})"));
+    }
+    Ok(())
+}
+
 fn setsockopt_int(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
     val: libc::c_int,
 ) -> Result<()> {
-    // SAFETY: val is a live c_int of the given size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &val as *const _ as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error()).context("setsockopt");
-    }
-    Ok(())
+    setsockopt_val(fd, level, name, &val)
 }
 
 /// SO_LINGER with a zero timeout: close() then resets the connection instead of sending a FIN.
@@ -405,20 +411,7 @@ fn set_linger_zero(fd: RawFd) -> Result<()> {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: l is a live struct linger of the given size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const _ as *const libc::c_void,
-            mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error()).context("setsockopt SO_LINGER");
-    }
-    Ok(())
+    setsockopt_val(fd, libc::SOL_SOCKET, libc::SO_LINGER, &l)
 }
 
 /// SO_RCVTIMEO on a listener bounds accept(2) too.
@@ -427,20 +420,7 @@ fn set_rcvtimeo(fd: RawFd, d: Duration) -> Result<()> {
         tv_sec: d.as_secs() as libc::time_t,
         tv_usec: d.subsec_micros() as libc::suseconds_t,
     };
-    // SAFETY: tv is a live timeval of the given size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error()).context("setsockopt(SO_RCVTIMEO)");
-    }
-    Ok(())
+    setsockopt_val(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
 }
 
 /// A listening socket on addr:port, SO_REUSEADDR, IPV6_V6ONLY for v6.
