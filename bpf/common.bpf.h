@@ -158,9 +158,9 @@ struct sk_tuple {
 };
 
 /* Local port, host order. From inet_sport, not skc_num: at TCP_CLOSE inet_put_port() has already
- * zeroed inet_num when inet_sock_set_state fires. With `direct` (tp_btf), bpf_skc_to_tcp_sock() gives a
- * typed pointer so the read is a plain load (Linux 5.9+ helper; tp_btf programs need 5.5+ anyway and fall
- * back to raw_tp on kernels that refuse it). */
+ * zeroed inet_num when inet_sock_set_state fires. tp: sk as a typed struct tcp_sock (sk_tcp_d(), tp_btf
+ * programs: bpf_skc_to_tcp_sock(), Linux 5.9+; tp_btf programs need 5.5+ anyway and fall back to raw_tp
+ * on kernels that refuse it), so the read is a plain load; NULL: a helper read. */
 static __always_inline __u16 sk_lport_tp(const struct sock *sk, const struct tcp_sock *tp)
 {
 	if (tp)

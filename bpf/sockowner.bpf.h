@@ -15,7 +15,8 @@
  *     (syscalls sys_exit_accept/accept4, the returned fd resolved to its socket);
  * and is seeded at start by an iter/task_file walk over every process's socket fds (so sockets opened
  * before the tool started are attributed too). A passively opened socket (LISTEN -> SYN_RECV, created in
- * softirq) inherits its listener's owner until accept() names the accepting process.
+ * softirq) inherits its listener's owner until its process reads it (or accept() returns it, on older
+ * kernels) or closes it.
  *
  * A tool includes this header, takes the socket's key (sock_key_d()), calls owner_on_state_d() first in
  * its inet_sock_set_state handler, reads the record (sock_rec_of(), owner_resolve()) and deletes it with
@@ -407,7 +408,7 @@ static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, 
 	case TCP_SYN_RECV:
 		if (oldstate == TCP_LISTEN) {
 			/* a child socket cloned from its listener, in softirq: a new connection, owned by its
-			 * listener's owner until accept() or I/O names the process that took it (replacing any
+			 * listener's owner until a read (or accept()) names the process that took it (replacing any
 			 * stale record: a socket freed without a state change leaves its record behind).
 			 * lazy_listener: a tool that needs the owner only at the end (tcplife) looks the
 			 * listener up then (owner_of_listener), if nothing named the owner by then; most
