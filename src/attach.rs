@@ -317,6 +317,34 @@ fn optional(group: &str) -> bool {
     group.starts_with("sockowner_") || group.starts_with("opt_")
 }
 
+/// Of a group's candidates (in order of preference), the programs of the best kind all of whose programs
+/// `probe` accepts: one program per kind as a rule, but a fallback may need several hooks where the
+/// preferred kind needs one. Empty when no kind is complete, with why.
+fn pick_kind<'a>(
+    pool: &[&'a Candidate],
+    probe: impl Fn(Kind, &str) -> Result<(), String>,
+) -> (Vec<&'a Candidate>, Vec<String>) {
+    let mut why = Vec::new();
+    let mut kinds: Vec<Kind> = pool.iter().map(|c| c.kind).collect();
+    kinds.dedup();
+    for kind in kinds {
+        let of_kind: Vec<&Candidate> = pool.iter().copied().filter(|c| c.kind == kind).collect();
+        let failed: Vec<String> = of_kind
+            .iter()
+            .filter_map(|c| {
+                probe(c.kind, &c.target)
+                    .err()
+                    .map(|e| format!("{}/{}: {e}", c.kind.name(), c.target))
+            })
+            .collect();
+        if failed.is_empty() {
+            return (of_kind, why);
+        }
+        why.extend(failed);
+    }
+    (Vec::new(), why)
+}
+
 /// Picks one program per hook, switches autoload off for the rest. Returns what was chosen (iterators
 /// included, with kind Iter), in program order.
 pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Choice>> {
@@ -357,29 +385,7 @@ pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Cho
             }
             _ => cands.iter().collect(),
         };
-        // the best kind all of whose programs in the group the kernel has (one program per kind, but
-        // for a fallback that needs several hooks where the preferred kind needs one)
-        let mut pick: Vec<&Candidate> = Vec::new();
-        let mut why = Vec::new();
-        let mut kinds: Vec<Kind> = pool.iter().map(|c| c.kind).collect();
-        kinds.dedup();
-        for kind in kinds {
-            let of_kind: Vec<&Candidate> =
-                pool.iter().copied().filter(|c| c.kind == kind).collect();
-            let failed: Vec<String> = of_kind
-                .iter()
-                .filter_map(|c| {
-                    probe(c.kind, &c.target)
-                        .err()
-                        .map(|e| format!("{}/{}: {e}", c.kind.name(), c.target))
-                })
-                .collect();
-            if failed.is_empty() {
-                pick = of_kind;
-                break;
-            }
-            why.extend(failed);
-        }
+        let (pick, why) = pick_kind(&pool, probe);
         for c in cands.iter() {
             enabled.insert(c.prog.clone(), pick.iter().any(|p| p.prog == c.prog));
         }
@@ -466,6 +472,53 @@ mod tests {
         assert_eq!(known_category("tcp_retransmit_skb"), Some("tcp"));
         assert_eq!(known_category("sys_exit_recvfrom"), Some("syscalls"));
         assert_eq!(known_category("something_else"), None);
+    }
+
+    #[test]
+    fn a_group_takes_every_program_of_its_best_complete_kind() {
+        let c = |prog: &str, kind, target: &str| Candidate {
+            prog: prog.into(),
+            kind,
+            target: target.into(),
+        };
+        let cands = [
+            c("refresh__recv", Kind::TpBtf, "sock_recv_length"),
+            c(
+                "refresh__accept4",
+                Kind::Tracepoint,
+                "syscalls/sys_exit_accept4",
+            ),
+            c(
+                "refresh__accept",
+                Kind::Tracepoint,
+                "syscalls/sys_exit_accept",
+            ),
+        ];
+        let pool: Vec<&Candidate> = cands.iter().collect();
+        let names = |v: Vec<&Candidate>| v.iter().map(|c| c.prog.clone()).collect::<Vec<_>>();
+        // everything there: the preferred program alone
+        let (pick, _) = pick_kind(&pool, |_, _| Ok(()));
+        assert_eq!(names(pick), ["refresh__recv"]);
+        // no tp_btf: both tracepoints, together
+        let (pick, why) = pick_kind(&pool, |k, _| {
+            (k != Kind::TpBtf).then_some(()).ok_or("no".to_string())
+        });
+        assert_eq!(names(pick), ["refresh__accept4", "refresh__accept"]);
+        assert_eq!(why, ["tp_btf/sock_recv_length: no"]);
+        // one of the two missing: neither (half a fallback is not one), and why names it
+        let (pick, why) = pick_kind(&pool, |k, t| {
+            (k == Kind::Tracepoint && t.ends_with("accept4"))
+                .then_some(())
+                .ok_or("no".to_string())
+        });
+        assert!(pick.is_empty());
+        assert_eq!(
+            why,
+            [
+                "tp_btf/sock_recv_length: no",
+                "tracepoint/syscalls/sys_exit_accept: no"
+            ]
+        );
     }
 
     #[test]

@@ -257,11 +257,12 @@ pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
     Ok(links)
 }
 
-/// `SOCKRAY_BENCH_TOGGLE=1` (for `cargo xtask bench`, not for users): the programs are attached as usual,
-/// then a thread detaches them on a line `0` on stdin and attaches them again on `1`, saying
-/// `sockray: bench detached` / `attached` on stderr when done. The bench so measures one running tracer
-/// in short alternating intervals, attached and not, instead of starting and stopping it. tp_btf and
-/// raw_tp programs only (links re-created from the program fds); the tool keeps running meanwhile.
+/// `SOCKRAY_BENCH_TOGGLE=1` (for `cargo xtask bench`, not for users): the programs are attached here, with
+/// bpf_raw_tracepoint_open() on their fds (so tp_btf and raw_tp programs only: a tool with others refuses
+/// to start), then a thread detaches them on a line `0` on stdin and attaches them again on `1`, saying
+/// `sockray: bench detached` / `attached` on stderr when done. The bench so measures one running tracer in
+/// short alternating intervals, attached and not, instead of starting and stopping it; the tool keeps
+/// running meanwhile.
 fn bench_toggle(obj: &Object, chosen: &[Choice]) -> Result<()> {
     use std::io::BufRead;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
