@@ -374,6 +374,15 @@ static __always_inline struct listen_key listen_key_of(const struct sock *sk, bo
 	return listen_key_port(sk, SK_FIELD(direct, sk, __sk_common.skc_num), direct);
 }
 
+/* The owner recorded for the listener of key k, copied to out; out is left as it was when there is none. */
+static __always_inline void listener_owner(const struct listen_key *k, struct sock_owner *out)
+{
+	struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, k);
+
+	if (lo)
+		*out = lo->owner;
+}
+
 static __always_inline void listener_record(const struct sock *sk, __u64 key, const struct sock_owner *o,
 					    bool direct)
 {
@@ -419,10 +428,8 @@ static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, 
 				r.flags = SOCK_OF_LISTENER;
 			} else {
 				struct listen_key k = listen_key_of(sk, direct);
-				struct listen_owner *lo = bpf_map_lookup_elem(&listen_owners, &k);
 
-				if (lo)
-					r.owner = lo->owner;
+				listener_owner(&k, &r.owner);
 			}
 			sock_rec_create(key, &r);
 		}
@@ -463,15 +470,12 @@ static __always_inline void owner_resolve(const struct sock_rec *r, int newstate
 static __always_inline void owner_of_listener(__u32 rec_flags, const struct sock *sk, __u16 lport,
 					      struct sock_owner *o, bool direct)
 {
-	struct listen_owner *lo;
 	struct listen_key k;
 
 	if (o->pid || !(rec_flags & SOCK_OF_LISTENER))
 		return;
 	k = listen_key_port(sk, lport, direct);
-	lo = bpf_map_lookup_elem(&listen_owners, &k);
-	if (lo)
-		*o = lo->owner;
+	listener_owner(&k, o);
 }
 
 /* Does an owner pass the process filters (-p, -u, --cgroup)? */

@@ -607,6 +607,17 @@ struct SessionCfg {
     reset: bool,
 }
 
+/// How long a session's processes may take: every connection up to IO_TIMEOUT per blocking step, plus
+/// the hold; plus the go wait.
+fn session_budget(cfg: &SessionCfg) -> Duration {
+    let per_conn = Duration::from_millis(cfg.hold_ms) + Duration::from_secs(5);
+    let mut budget = IO_TIMEOUT * 2 + per_conn * cfg.count;
+    if cfg.wait_go || cfg.close_on_go {
+        budget += GO_TIMEOUT;
+    }
+    budget
+}
+
 fn session(cfg: &SessionCfg) -> Result<()> {
     if cfg.reset && cfg.closer != Closer::Client {
         bail!("--reset needs --closer client");
@@ -650,13 +661,7 @@ fn session(cfg: &SessionCfg) -> Result<()> {
 
     let client = fork_role("client", || client_role(cfg, port))?;
 
-    // every connection: up to IO_TIMEOUT per blocking step, plus the hold; plus the go wait
-    let per_conn = Duration::from_millis(cfg.hold_ms) + Duration::from_secs(5);
-    let mut budget = IO_TIMEOUT * 2 + per_conn * cfg.count;
-    if cfg.wait_go || cfg.close_on_go {
-        budget += GO_TIMEOUT;
-    }
-    if !wait_children(&[server, client], Instant::now() + budget) {
+    if !wait_children(&[server, client], Instant::now() + session_budget(cfg)) {
         bail!("session failed");
     }
     Ok(())
@@ -688,12 +693,7 @@ fn server_role(cfg: &SessionCfg, mut ready: std::fs::File) -> Result<()> {
         set_comm(worker_comm)?;
         serve(cfg, &listener, worker_comm)
     })?;
-    let per_conn = Duration::from_millis(cfg.hold_ms) + Duration::from_secs(5);
-    let mut budget = IO_TIMEOUT * 2 + per_conn * cfg.count;
-    if cfg.wait_go || cfg.close_on_go {
-        budget += GO_TIMEOUT;
-    }
-    if !wait_children(&[worker], Instant::now() + budget) {
+    if !wait_children(&[worker], Instant::now() + session_budget(cfg)) {
         bail!("worker failed");
     }
     drop(listener);
