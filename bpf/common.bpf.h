@@ -112,8 +112,9 @@ static __always_inline void *event_reserve(__u64 size)
 /* Submits without waking the reader, except once per EVENT_WAKEUP_BYTES of records: a wake-up per event
  * costs an irq_work and a cross-CPU IPI on the traced CPU (measured: ~20% fewer loopback connections
  * per second), and each forced wake-up queues an irq_work, a self-IPI (a VM exit in a guest, ~24 us on
- * our VMs). The reader polls at least every 100 ms (src/runtime.rs), so a quiet trace still shows
- * events promptly; under load it is woken ~15 times a second at 8,000 tcplife connections a second.
+ * our VMs). Under load the reader is woken ~15 times a second at 8,000 tcplife connections a second;
+ * below a mark nothing wakes it, and it reads the ring on every poll timeout instead: each record reaches
+ * the output within MAX_EVENT_DELAY (50 ms, src/runtime.rs) at any rate, a trickle included.
  * The record that wakes is the one that covers a 128 KiB boundary of the ring's address space: exactly
  * one record per boundary, whichever CPUs reserve them, with no helper call (a ring query is a call,
  * and with the kernel's return-thunk mitigations every call costs); the ring is a whole number of

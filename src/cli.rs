@@ -60,8 +60,15 @@ static VERBOSE: AtomicBool = AtomicBool::new(false);
 /// A --verbose diagnostic on stderr.
 pub fn debug(args: std::fmt::Arguments) {
     if VERBOSE.load(Ordering::Relaxed) {
-        eprintln!("sockray: {args}");
+        say(format_args!("sockray: {args}"));
     }
+}
+
+/// A line on stderr that never panics (unlike `eprintln!`): after SIGHUP the terminal may be gone, and
+/// what is said at exit must not turn into a panic there.
+pub fn say(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
 pub fn set_verbose(v: bool) {

@@ -36,7 +36,7 @@ fn run_tool(tool: &tools::Tool, args: Vec<OsString>) -> ExitCode {
     match runtime::finish((tool.run)(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sockray {}: {e:#}", tool.name);
+            cli::say(format_args!("sockray {}: {e:#}", tool.name));
             ExitCode::FAILURE
         }
     }

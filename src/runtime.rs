@@ -18,6 +18,8 @@ use crate::cli::Common;
 use crate::output::{Printer, Value, is_closed_pipe};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by SIGHUP: the terminal may be gone, and a write to it fails with EIO.
+static HANGUP: AtomicBool = AtomicBool::new(false);
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// Milliseconds since the tool started (for --verbose start-up timings).
@@ -25,14 +27,18 @@ pub fn since_start_ms() -> f64 {
     START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0
 }
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
+    if sig == libc::SIGHUP {
+        HANGUP.store(true, Ordering::SeqCst);
+    }
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// SIGINT and SIGTERM end the event loop (the tool then detaches, flushes and prints its summary).
+/// SIGINT, SIGTERM and SIGHUP end the event loop: the tool then drains the ring buffer, prints what was
+/// in it and its summary where the output still exists (a closed terminal is not an error), and exits.
 pub fn install_signal_handlers() {
     START.get_or_init(Instant::now);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: on_signal only stores to an atomic, which is async-signal-safe.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
@@ -574,8 +580,19 @@ pub fn read_event<T: Copy>(data: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(data.as_ptr() as *const T) })
 }
 
-/// Polls the `events` ring buffer until SIGINT/SIGTERM, the optional duration, or a closed pipe.
-/// `on_event` gets each record; `on_tick` runs about every `tick` (interval tools), and returns false to stop.
+/// The longest a record waits in the ring buffer before it is read, written and flushed: the reader's
+/// poll timeout. The BPF side wakes the reader only once per 128 KiB of records (`event_submit` in
+/// bpf/common.bpf.h: a wake-up per record costs the traced CPU an irq_work, a self-IPI), so a poll that
+/// times out has seen no wake-up, and the records below the next mark would wait for it: at a trickle of
+/// events, for ever. So every poll, woken or timed out, ends with a consume of whatever the ring holds.
+/// Under a flood nothing changes (the marks wake the reader as before, and a consume of an empty ring
+/// reads two positions from shared memory, no system call); at a trickle every record reaches the
+/// output within this bound, and an idle tracer wakes 20 times a second.
+pub const MAX_EVENT_DELAY: Duration = Duration::from_millis(50);
+
+/// Polls the `events` ring buffer until SIGINT/SIGTERM/SIGHUP, the optional duration, or a closed
+/// pipe; every record is handled, and its output flushed, within [`MAX_EVENT_DELAY`].
+/// `on_event` gets each record; `on_tick` runs every `tick` (interval tools), and returns false to stop.
 pub fn event_loop(
     obj: &Object,
     mut on_event: impl FnMut(&[u8]) -> std::io::Result<()>,
@@ -600,32 +617,36 @@ pub fn event_loop(
     } else {
         None
     };
-    let start = Instant::now();
-    let mut next_tick = tick.map(|t| start + t);
-    loop {
-        if stopped() {
-            break;
-        }
-        if let Some(d) = duration
-            && start.elapsed() >= d
-        {
-            break;
-        }
-        let wait = Duration::from_millis(100);
-        match &rb {
-            Some(rb) => {
-                let rc = rb.poll_raw(wait);
-                if rc < 0 && rc != -libc::EINTR {
-                    if let Some(e) = failure.borrow_mut().take() {
-                        return Err(e.into());
-                    }
-                    bail!("reading events: {}", std::io::Error::from_raw_os_error(-rc));
-                }
-            }
-            None => std::thread::sleep(wait),
-        }
+    let failed = |rc: i32, what: &str| -> Result<()> {
         if let Some(e) = failure.borrow_mut().take() {
             return Err(e.into());
+        }
+        if rc < 0 && rc != -libc::EINTR {
+            bail!("{what}: {}", std::io::Error::from_raw_os_error(-rc));
+        }
+        Ok(())
+    };
+    let start = Instant::now();
+    let end = duration.map(|d| start + d);
+    let mut next_tick = tick.map(|t| start + t);
+    while !stopped() {
+        let now = Instant::now();
+        if end.is_some_and(|e| now >= e) {
+            break;
+        }
+        // wake for the next tick or the end, when sooner than the delay bound
+        let wait = [next_tick, end]
+            .into_iter()
+            .flatten()
+            .map(|at| at.saturating_duration_since(now))
+            .fold(MAX_EVENT_DELAY, Duration::min);
+        match &rb {
+            Some(rb) => {
+                failed(rb.poll_raw(wait), "reading events")?;
+                // what arrived below the next wake-up mark (see MAX_EVENT_DELAY)
+                failed(rb.consume_raw(), "reading events")?;
+            }
+            None => std::thread::sleep(wait),
         }
         if let (Some(t), Some(at)) = (tick, next_tick)
             && Instant::now() >= at
@@ -643,10 +664,7 @@ pub fn event_loop(
     }
     // drain what is already in the buffer
     if let Some(rb) = &rb {
-        let _ = rb.consume_raw();
-        if let Some(e) = failure.borrow_mut().take() {
-            return Err(e.into());
-        }
+        failed(rb.consume_raw(), "reading events")?;
     }
     crate::output::flush_batch()?;
     Ok(())
@@ -667,7 +685,7 @@ fn stdout_reader_gone() -> bool {
 /// The end of every run: the lost-event count on stderr (when any) and as the last JSON record.
 pub fn report_lost(printer: &mut Printer, tool: &str, lost: Lost) -> Result<()> {
     if let Some(m) = lost.message(tool) {
-        eprintln!("{m}");
+        crate::cli::say(format_args!("{m}"));
     }
     printer.json_record(&vec![
         ("lost", Value::U(lost.total())),
@@ -678,12 +696,22 @@ pub fn report_lost(printer: &mut Printer, tool: &str, lost: Lost) -> Result<()> 
     Ok(())
 }
 
-/// Result of a tool's run, with a closed stdout (the reader went away) counted as success.
+/// Result of a tool's run, with a closed stdout (the reader went away, or the terminal hung up) counted
+/// as success.
 pub fn finish(r: Result<()>) -> Result<()> {
     match r {
         Err(e) if is_closed_pipe(&e) => Ok(()),
+        Err(e) if HANGUP.load(Ordering::SeqCst) && is_io_error(&e) => Ok(()),
         other => other,
     }
+}
+
+/// EIO: what a write to a terminal that hung up gives.
+fn is_io_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EIO))
+    })
 }
 
 /// The common body of a tool that prints one line per event: says it is ready (--verbose), prints the

@@ -20,7 +20,7 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  deps                                 install missing build/test packages (Debian/Ubuntu, apt)
+  deps                                 install missing build packages (Debian/Ubuntu, apt)
   run [--debug] [--] <tool> [args...]  build sockray and run a tool (via sudo when not root)
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
@@ -33,9 +33,9 @@ commands:
                                        integration tests under Debian kernels in QEMU (--help)
 ";
 
-/// Debian/Ubuntu packages needed to build (clang for the BPF C, static libbpf/libelf/zlib),
-/// to test (`ip netns`) and to benchmark (libbpf-tools is the baseline).
-const PACKAGES: &[&str] = &[
+/// Debian/Ubuntu packages needed to build and run sockray (clang for the BPF C, static
+/// libbpf/libelf/zlib): all that `cargo xtask run` and `install` install.
+const BUILD_PACKAGES: &[&str] = &[
     "clang",
     "llvm",
     "gcc",
@@ -43,9 +43,14 @@ const PACKAGES: &[&str] = &[
     "pkg-config",
     "libelf-dev",
     "zlib1g-dev",
-    "iproute2",
-    "libbpf-tools",
 ];
+
+/// What the tests need besides (`ip netns`).
+pub(crate) const TEST_PACKAGES: &[&str] = &["iproute2"];
+
+/// What the bench needs besides (libbpf-tools is its baseline; `script` from util-linux gives both
+/// tracers a pseudo-terminal for the start-up figures).
+const BENCH_PACKAGES: &[&str] = &["iproute2", "libbpf-tools", "util-linux"];
 
 /// A failed command: message for stderr (may be empty) and the process exit code.
 struct Fail {
@@ -172,6 +177,7 @@ fn cmd_test(args: &[OsString]) -> Res {
         }
     };
     deps()?;
+    install_packages("tests: ", TEST_PACKAGES)?;
     ensure_tracefs();
     ensure_components();
     step(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -297,6 +303,7 @@ fn cmd_bench(args: &[OsString]) -> Res {
         ));
     }
     deps()?;
+    install_packages("bench: ", BENCH_PACKAGES)?;
     let bin = build(Profile::Release)?;
     let mut tools = list_tools(&bin)?;
     if !only.is_empty() {
@@ -321,22 +328,31 @@ fn cmd_bench(args: &[OsString]) -> Res {
 
 // ---- shared steps ----
 
-/// Installs the missing `PACKAGES` with apt-get; silent when everything is present.
+/// What to build and run sockray.
 fn deps() -> Res {
+    install_packages("", BUILD_PACKAGES)
+}
+
+/// Installs the missing `pkgs` with apt-get; silent when everything is present. `what` names the
+/// task that needs them in the message ("" for the build).
+pub(crate) fn install_packages(what: &str, pkgs: &[&'static str]) -> Res {
     if find_cmd("apt-get").is_none() || find_cmd("dpkg-query").is_none() {
         return Err(fail(format!(
             "not a Debian/Ubuntu (apt) system; install these packages (Debian names) yourself: {}",
-            PACKAGES.join(" ")
+            pkgs.join(" ")
         )));
     }
-    let missing = missing_packages()?;
+    let missing = missing_packages(pkgs)?;
     if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing missing packages: {}", missing.join(" "));
+    eprintln!(
+        "xtask: {what}installing missing packages: {}",
+        missing.join(" ")
+    );
     apt_get(&["update"])?;
     apt_get(&[&["install", "-y", "--no-install-recommends"][..], &missing].concat())?;
-    let still = missing_packages()?;
+    let still = missing_packages(pkgs)?;
     if !still.is_empty() {
         return Err(fail(format!(
             "packages still missing after apt-get install: {}",
@@ -346,11 +362,11 @@ fn deps() -> Res {
     Ok(())
 }
 
-/// The `PACKAGES` dpkg does not report as installed.
-fn missing_packages() -> Res<Vec<&'static str>> {
+/// The packages of `pkgs` dpkg does not report as installed.
+fn missing_packages(pkgs: &[&'static str]) -> Res<Vec<&'static str>> {
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package}\t${Status}\n"])
-        .args(PACKAGES)
+        .args(pkgs)
         .stderr(Stdio::null()) // "no packages found matching X" for never-installed ones
         .output()
         .map_err(|e| fail(format!("cannot run dpkg-query: {e}")))?;
@@ -361,7 +377,7 @@ fn missing_packages() -> Res<Vec<&'static str>> {
         .filter(|(_, status)| status.ends_with(" installed"))
         .map(|(pkg, _)| pkg)
         .collect();
-    Ok(PACKAGES
+    Ok(pkgs
         .iter()
         .copied()
         .filter(|p| !installed.contains(p))

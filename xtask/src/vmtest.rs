@@ -226,6 +226,7 @@ pub fn cmd(args: &[OsString]) -> Res {
     }
     let t0 = Instant::now();
     crate::deps()?;
+    crate::install_packages("tests: ", crate::TEST_PACKAGES)?;
     vm_deps()?;
     let cache = cache_dir();
     let kernels = resolve_kernels(&o, &cache)?;
@@ -307,45 +308,7 @@ fn source_version() -> Option<String> {
 // ---- host packages ----
 
 fn vm_deps() -> Res {
-    let missing = missing_packages(VM_PACKAGES)?;
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!(
-        "xtask: vmtest: installing missing packages: {}",
-        missing.join(" ")
-    );
-    crate::apt_get(&["update"])?;
-    crate::apt_get(&[&["install", "-y", "--no-install-recommends"][..], &missing].concat())?;
-    let still = missing_packages(VM_PACKAGES)?;
-    if !still.is_empty() {
-        return Err(fail(format!(
-            "packages still missing after apt-get install: {}",
-            still.join(" ")
-        )));
-    }
-    Ok(())
-}
-
-fn missing_packages(pkgs: &[&'static str]) -> Res<Vec<&'static str>> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f=${Package}\t${Status}\n"])
-        .args(pkgs)
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| fail(format!("cannot run dpkg-query: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let installed: HashSet<&str> = text
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .filter(|(_, st)| st.ends_with(" installed"))
-        .map(|(p, _)| p)
-        .collect();
-    Ok(pkgs
-        .iter()
-        .copied()
-        .filter(|p| !installed.contains(p))
-        .collect())
+    crate::install_packages("vmtest: ", VM_PACKAGES)
 }
 
 /// `/bin/busybox`, checked to be statically linked (the `busybox` package's is not).
