@@ -1,12 +1,17 @@
 //! `cargo xtask bench`: sockray against Debian's libbpf-tools, measured in one run on this machine.
 //!
-//! - start-up: time from spawn to the first line on stdout (the header, printed once the probes are
-//!   attached; libbpf-tools run under `stdbuf -oL` so their header is not stuck in a stdio buffer),
-//!   median of several starts, not pinned to a CPU (sockray loads its socket-owner seeding object on a
-//!   second thread);
+//! - start-up as users see it: each tracer in table form with its stdin and stdout on a new
+//!   pseudo-terminal (where a C tool's stdout is line buffered, as on a user's terminal: no wrapper on
+//!   either side), started directly (its CPU affinity set between fork and exec), not pinned to a CPU
+//!   (sockray loads its socket-owner seeding object on a second thread), timed from spawn to its first
+//!   line there (the header, printed once the probes are attached); `--starts N` (11 by default) timed
+//!   starts per tracer after an untimed one, the tracers taking turns (sockray tcplife, libbpf-tools
+//!   tcplife, sockray tcpstates, ...), shown as median, quartiles and range. `--startup-only` stops
+//!   there;
 //! - peak RSS (VmHWM) of the tracer during the load run;
 //! - loopback connection rate (connect/accept/close per second) with no tracer and with each tracer
-//!   attached: one bounded load generator runs through the whole measurement, in a network namespace
+//!   attached (sockray's with `--json` into a pipe, any other's on a pty, whose header says it is
+//!   attached): one bounded load generator runs through the whole measurement, in a network namespace
 //!   of its own, pinned to the last CPU, and reports the time of every 250th connection; tracers come
 //!   and go on CPU 0, each traced interval (300 ms, from 100 ms after the tracer says it is attached)
 //!   between two 300 ms intervals without a tracer. A traced interval's slowdown is
@@ -35,8 +40,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use std::{env, fs, thread};
 
-/// Starts per start-up measurement.
-const STARTS: usize = 5;
+/// Pause after a tracer's exit before the next start: the kernel frees a BPF object's programs and
+/// maps after an RCU grace period, off the next start's clock.
+const STARTUP_GAP: Duration = Duration::from_millis(100);
 
 /// What `cargo xtask bench` was asked for.
 pub struct Options {
@@ -46,6 +52,10 @@ pub struct Options {
     pub extra: Vec<String>,
     /// print every interval's rate
     pub verbose: bool,
+    /// timed starts per tracer
+    pub starts: usize,
+    /// the start-up measurement only
+    pub startup_only: bool,
 }
 
 impl Default for Options {
@@ -54,6 +64,8 @@ impl Default for Options {
             rounds: 20,
             extra: Vec::new(),
             verbose: false,
+            starts: 11,
+            startup_only: false,
         }
     }
 }
@@ -66,6 +78,55 @@ unsafe extern "C" {
     fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
     safe fn sysconf(name: i32) -> i64;
     fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    // in glibc's libc.so.6 since 2.34 (libutil before)
+    fn openpty(
+        master: *mut i32,
+        slave: *mut i32,
+        name: *mut u8,
+        termios: *const u8,
+        winsize: *const Winsize,
+    ) -> i32;
+}
+
+#[repr(C)]
+struct Winsize {
+    rows: u16,
+    cols: u16,
+    xpixel: u16,
+    ypixel: u16,
+}
+
+/// A new pseudo-terminal (default termios, as a terminal emulator's: line discipline, echo, ONLCR) of
+/// 50x200 cells: its master and slave ends.
+fn open_pty() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
+    use std::os::fd::FromRawFd;
+    let (mut master, mut slave) = (-1, -1);
+    let size = Winsize {
+        rows: 50,
+        cols: 200,
+        xpixel: 0,
+        ypixel: 0,
+    };
+    // SAFETY: valid out-pointers; no name buffer, default termios
+    let rc = unsafe {
+        openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("openpty: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: two fds just opened, owned by nothing else
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(master),
+            std::os::fd::OwnedFd::from_raw_fd(slave),
+        )
+    })
 }
 
 #[repr(C)]
@@ -131,11 +192,7 @@ fn tracers(sockray: &Path, tools: &[String]) -> Vec<Tracer> {
         if libbpf.exists() {
             v.push(Tracer {
                 name: format!("libbpf-tools {tool}"),
-                argv: Some(vec![
-                    "stdbuf".into(),
-                    "-oL".into(),
-                    libbpf.display().to_string(),
-                ]),
+                argv: Some(vec![libbpf.display().to_string()]),
                 sockray: false,
             });
         }
@@ -153,40 +210,68 @@ struct Running {
 }
 
 /// Starts a tracer. `pinned`: on CPU 0, as in the load runs, where the load generator has the last CPU
-/// to itself (see `Generator::start`); start-up is measured unpinned, as people run the tools.
-fn start(argv: &[String], pinned: bool) -> Result<Running, String> {
-    start_with(argv, pinned, false)
+/// to itself (see `Generator::start`); start-up is measured unpinned, as people run the tools. `pty`:
+/// its stdin and stdout on a new pseudo-terminal, as on a user's terminal (and a C tool's stdout line
+/// buffered, as there), else stdout into a pipe.
+fn start(argv: &[String], pinned: bool, pty: bool) -> Result<Running, String> {
+    start_with(argv, pinned, false, pty)
 }
 
 /// Starts a sockray tracer pinned to CPU 0 with SOCKRAY_BENCH_TOGGLE: its programs can then be detached
 /// and attached again while it runs ([`Running::switch`]).
 fn start_toggled(argv: &[String]) -> Result<Running, String> {
-    start_with(argv, true, true)
+    start_with(argv, true, true, false)
 }
 
-fn start_with(argv: &[String], pinned: bool, toggled: bool) -> Result<Running, String> {
-    // (this process is pinned to CPU 0, see `pin_to_cpu0`: "unpinned" must undo that for the child)
-    let cpus = if pinned {
-        "0".to_string()
-    } else {
-        format!("0-{}", online_cpus() - 1)
-    };
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", &cpus]).args(argv);
+fn start_with(argv: &[String], pinned: bool, toggled: bool, pty: bool) -> Result<Running, String> {
+    use std::os::unix::process::CommandExt;
+    let (exe, args) = argv.split_first().ok_or("an empty command line")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
     if toggled {
         cmd.env("SOCKRAY_BENCH_TOGGLE", "1");
     }
-    let mut child = cmd
-        .stdin(if toggled {
+    // the CPUs it may run on, set in the child before exec (this process is pinned to CPU 0, see
+    // `pin_to_cpu0`: "unpinned" must undo that), so that no wrapper's exec is timed with the tool
+    let mut mask = [0u64; 16];
+    for cpu in 0..if pinned { 1 } else { online_cpus().min(1024) } {
+        mask[cpu / 64] |= 1 << (cpu % 64);
+    }
+    // SAFETY: sched_setaffinity is async-signal-safe; the mask is a copy owned by the closure
+    unsafe {
+        cmd.pre_exec(move || {
+            if sched_setaffinity(0, size_of_val(&mask), mask.as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let master = if pty {
+        let (master, slave) = open_pty()?;
+        let dup = |fd: &std::os::fd::OwnedFd| fd.try_clone().map_err(|e| format!("pty: {e}"));
+        cmd.stdin(Stdio::from(dup(&slave)?))
+            .stdout(Stdio::from(slave));
+        Some(master)
+    } else {
+        cmd.stdin(if toggled {
             Stdio::piped()
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::piped())
+        .stdout(Stdio::piped());
+        None
+    };
+    let mut child = cmd
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", argv.join(" ")))?;
-    let mut out = child.stdout.take().ok_or("no stdout")?;
+    // the slave's last copies in this process (kept by `cmd`): closed, so that the master reads EIO
+    // once the tracer is gone
+    drop(cmd);
+    let mut out: Box<dyn Read + Send> = match master {
+        Some(m) => Box::new(fs::File::from(m)),
+        None => Box::new(child.stdout.take().ok_or("no stdout")?),
+    };
     let err = child.stderr.take().ok_or("no stderr")?;
     let (tx, rx) = mpsc::channel();
     // sockray --verbose says when it is attached ("sockray: ready ...") on stderr, also with --json,
@@ -207,7 +292,8 @@ fn start_with(argv: &[String], pinned: bool, toggled: bool) -> Result<Running, S
     } else {
         None
     };
-    // reads in large chunks, remembers only the first line (readiness) and the last one
+    // reads in large chunks, remembers only the first line (readiness) and the last one (a pty's
+    // master reads EIO, not EOF, once the slave is closed)
     let reader = thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 16];
         let mut lines = Lines::default();
@@ -611,7 +697,9 @@ fn lost_of(last: Option<String>) -> Option<u64> {
 /// Starts a tracer pinned to CPU 0 and waits until it is attached: its header, or sockray's "ready"
 /// (--verbose; --json has no header).
 fn start_attached(t: &Tracer, argv: &[String]) -> Result<Running, String> {
-    let mut r = start(argv, true)?;
+    // sockray --json into a pipe (its lost-event record read at exit, "ready" on stderr); any other
+    // tracer's header on a pty, where its stdout is line buffered as on a user's terminal
+    let mut r = start(argv, true, !t.sockray)?;
     r.ready(Instant::now())
         .map_err(|e| format!("{}: {e}", t.name))?;
     Ok(r)
@@ -754,6 +842,98 @@ fn add_lost(lost: &mut Option<u64>, t: &Tracer, last: Option<String>) -> Result<
     Ok(())
 }
 
+/// Start-up as users see it: each tracer (table form: no --json, no --verbose) started on a
+/// pseudo-terminal, unpinned, and timed from spawn to its first line there (the header, printed once
+/// its probes are attached), then stopped. The tracers take turns, one start each per turn (sockray
+/// tcplife, libbpf-tools tcplife, sockray tcpstates, ...), so that a change of the machine's speed falls
+/// on all of them alike; one untimed start of each first (page cache). A tracer that prints no header
+/// (does not run on this kernel) is left out. Returns each tracer's times in ms.
+fn startup_times(configs: &[Tracer], starts: usize) -> Vec<(String, Vec<f64>)> {
+    let mut out: Vec<(String, Vec<String>, Vec<f64>)> = configs
+        .iter()
+        .filter_map(|t| {
+            let mut argv = t.argv.clone()?;
+            argv.retain(|a| a != "--json" && a != "--verbose");
+            Some((t.name.clone(), argv, Vec::new()))
+        })
+        .collect();
+    let mut failed: Vec<String> = Vec::new();
+    for turn in 0..=starts {
+        for (name, argv, times) in &mut out {
+            if failed.contains(name) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let ready = start(argv, false, true).and_then(|mut r| {
+                let d = r.ready(t0);
+                r.stop();
+                d
+            });
+            match ready {
+                Ok(d) if turn > 0 => times.push(d.as_secs_f64() * 1000.0),
+                Ok(_) => {}
+                Err(e) => {
+                    println!("{name}: does not run on this kernel ({e}); left out");
+                    failed.push(name.clone());
+                }
+            }
+            thread::sleep(STARTUP_GAP);
+        }
+    }
+    out.into_iter()
+        .filter(|(n, _, _)| !failed.contains(n))
+        .map(|(n, _, v)| (n, v))
+        .collect()
+}
+
+/// Minimum, first quartile, median, third quartile and maximum (nearest rank); zeros when empty.
+fn quartiles(v: &[f64]) -> (f64, f64, f64, f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let Some(&last) = v.last() else {
+        return (0.0, 0.0, 0.0, 0.0, 0.0);
+    };
+    let at = |q: usize| v[(q * (v.len() - 1) + 2) / 4];
+    (v[0], at(1), at(2), at(3), last)
+}
+
+/// The start-up table: median, quartiles and range of each tracer, and sockray's median against
+/// libbpf-tools' for each tool.
+fn print_startup(startup: &[(String, Vec<f64>)], starts: usize) {
+    println!(
+        "\nStart-up (ms from spawn to the header on a pty; {starts} alternating starts per tracer)"
+    );
+    println!(
+        "{:<24} {:>8} {:>13} {:>13}",
+        "TRACER", "MEDIAN", "QUARTILES", "RANGE"
+    );
+    for (name, v) in startup {
+        let (lo, q1, med, q3, hi) = quartiles(v);
+        println!(
+            "{name:<24} {med:>8.1} {:>13} {:>13}",
+            format!("{q1:.1}..{q3:.1}"),
+            format!("{lo:.1}..{hi:.1}")
+        );
+    }
+    let med = |n: &str| {
+        startup
+            .iter()
+            .find(|(x, _)| x == n)
+            .map(|(_, v)| quartiles(v).2)
+    };
+    for tool in TOOLS {
+        if let (Some(s), Some(l)) = (
+            med(&format!("sockray {tool}")),
+            med(&format!("libbpf-tools {tool}")),
+        ) {
+            println!(
+                "{tool}: start-up sockray/libbpf-tools = {:.2} (medians)",
+                s / l
+            );
+        }
+    }
+}
+
 /// The whole benchmark; `sockray` is the release binary, `tools` what it offers.
 pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), String> {
     let rounds = opts.rounds;
@@ -781,35 +961,29 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
         });
     }
     pin_to_cpu0();
-    println!(
-        "sockray bench: {rounds} traced intervals of {} ms per tracer under a running loopback connection load, {STARTS} starts per tool",
-        SPAN.as_millis()
-    );
-
-    // start-up (table form: time to the header line)
-    let mut startup: Vec<(String, f64)> = Vec::new();
-    for t in configs.iter().filter(|t| t.argv.is_some()) {
-        let mut argv = t.argv.clone().unwrap_or_default();
-        argv.retain(|a| a != "--json" && a != "--verbose");
-        let mut times = Vec::new();
-        for _ in 0..STARTS {
-            let t0 = Instant::now();
-            let mut r = start(&argv, false)?;
-            match r.ready(t0) {
-                Ok(d) => times.push(d.as_secs_f64() * 1000.0),
-                Err(e) => {
-                    println!("{}: does not run on this kernel ({e}); left out", t.name);
-                    r.stop();
-                    break;
-                }
-            }
-            r.stop();
-        }
-        if times.len() == STARTS {
-            startup.push((t.name.clone(), median(times)));
-        }
+    if opts.startup_only {
+        println!(
+            "sockray bench: start-up only, {} starts per tracer",
+            opts.starts
+        );
+    } else {
+        println!(
+            "sockray bench: {rounds} traced intervals of {} ms per tracer under a running loopback connection load, {} starts per tracer",
+            SPAN.as_millis(),
+            opts.starts
+        );
     }
+
+    let startup = startup_times(&configs, opts.starts);
+    print_startup(&startup, opts.starts);
     configs.retain(|t| t.argv.is_none() || startup.iter().any(|(n, _)| *n == t.name));
+    if opts.startup_only {
+        return Ok(());
+    }
+    let startup: Vec<(String, f64)> = startup
+        .into_iter()
+        .map(|(n, v)| (n, quartiles(&v).1))
+        .collect();
 
     // the load runs through all of it; tracers come and go, each traced interval between two
     // intervals without a tracer: none, t1, none, t2, none, ...
@@ -1060,6 +1234,14 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 3.0);
         assert_eq!(median(vec![]), 0.0);
+    }
+
+    #[test]
+    fn quartiles_by_nearest_rank() {
+        let v: Vec<f64> = (0..11).rev().map(f64::from).collect();
+        assert_eq!(quartiles(&v), (0.0, 3.0, 5.0, 8.0, 10.0));
+        assert_eq!(quartiles(&[2.0]), (2.0, 2.0, 2.0, 2.0, 2.0));
+        assert_eq!(quartiles(&[]), (0.0, 0.0, 0.0, 0.0, 0.0));
     }
 
     #[test]

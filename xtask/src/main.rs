@@ -24,11 +24,12 @@ commands:
   run [--debug] [--] <tool> [args...]  build sockray and run a tool (via sudo when not root)
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
-  bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose]
+  bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose] [--starts N] [--startup-only]
                                        start-up, RSS and connection-rate cost vs libbpf-tools
                                        (20 rounds; T: tcplife, tcpstates or tcpconnect; CMD: any
                                        other tracer command line to compare, e.g. a variant;
-                                       --verbose: every interval's rate)
+                                       --verbose: every interval's rate; --starts: timed starts
+                                       per tracer, 11; --startup-only: no connection-rate runs)
   vmtest [--kernel S] [--path P] [--quick] [--report] [-- <test args>]
                                        integration tests under Debian kernels in QEMU (--help)
 ";
@@ -48,8 +49,8 @@ const BUILD_PACKAGES: &[&str] = &[
 /// What the tests need besides (`ip netns`).
 pub(crate) const TEST_PACKAGES: &[&str] = &["iproute2"];
 
-/// What the bench needs besides (libbpf-tools is its baseline; `script` from util-linux gives both
-/// tracers a pseudo-terminal for the start-up figures).
+/// What the bench needs besides (libbpf-tools is its baseline; `taskset` from util-linux pins the load
+/// generator).
 const BENCH_PACKAGES: &[&str] = &["iproute2", "libbpf-tools", "util-linux"];
 
 /// A failed command: message for stderr (may be empty) and the process exit code.
@@ -294,6 +295,14 @@ fn cmd_bench(args: &[OsString]) -> Res {
             "--tool" => only.push(value()?),
             "--tracer" => opts.extra.push(value()?),
             "--verbose" => opts.verbose = true,
+            "--starts" => {
+                let v = value()?;
+                opts.starts =
+                    v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| {
+                        usage_err(format!("bench: --starts {v:?}: a count above 0"))
+                    })?;
+            }
+            "--startup-only" => opts.startup_only = true,
             _ => return Err(usage_err(format!("bench: unexpected argument {a:?}"))),
         }
     }
