@@ -3,7 +3,8 @@
  * when a tool starts, by walking every task's open files (iter/task_file). A separate BPF object: user
  * space loads it on a second thread while the tool's own object loads, with the two maps shared by fd,
  * and runs it once the tool's hooks are attached (src/runtime.rs). Its CO-RE relocations (task_struct,
- * file, socket) are the costliest part of a tool's start-up; in parallel they cost no wall time. */
+ * socket, sock; file before Linux 5.11) are the costliest part of its load: each type relocated against
+ * costs libbpf a walk over all of vmlinux BTF's types. */
 #define SOCKOWNER_NO_HOOKS
 #include "common.bpf.h"
 #include "sockowner.bpf.h"
@@ -21,26 +22,14 @@ struct sockray_iter_task_file {
 	struct file *file;
 };
 
-static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool with_cgroup)
+/* Records the owner of a socket that `task` holds, if it is TCP. */
+static __always_inline int seed_sock(struct task_struct *task, struct socket *sock, bool with_cgroup)
 {
-	struct task_struct *task = ctx->task;
-	struct file *file = ctx->file;
 	struct sock_rec r = {};
-	struct socket *sock;
 	struct sock *sk;
 	__u16 fam;
 	__u64 key;
 
-	if (!task || !file)
-		return 0;
-	/* threads share the fd table: visit each process once, through its leader */
-	if (task->pid != task->tgid)
-		return 0;
-	/* a socket file's private_data is its struct socket, whose ->file points back (bpf_sock_from_file()
-	 * would say the same, but only from Linux 5.11) */
-	sock = BPF_CORE_READ(file, private_data);
-	if (!sock || BPF_CORE_READ(sock, file) != file)
-		return 0;
 	sk = BPF_CORE_READ(sock, sk);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
@@ -56,17 +45,56 @@ static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool wit
 	return 0;
 }
 
-/* Two variants; user space loads one (src/runtime.rs): the task's cgroup costs three more CO-RE
- * relocations at start-up (css_set, cgroup, kernfs_node; ~1 ms each) and is needed only for --cgroup. */
+/* `from_file`: the socket through bpf_sock_from_file() (Linux 5.11+), which checks that the file is a
+ * socket: no CO-RE relocation against struct file, one type fewer for libbpf to look up in vmlinux BTF
+ * (~1-2 ms of start-up). Else through the file's private_data, which for a socket file is its struct
+ * socket, whose ->file points back. */
+static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool with_cgroup, bool from_file)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct socket *sock;
+
+	if (!task || !file)
+		return 0;
+	/* threads share the fd table: visit each process once, through its leader */
+	if (task->pid != task->tgid)
+		return 0;
+	if (from_file) {
+		sock = bpf_sock_from_file(file);
+	} else {
+		sock = BPF_CORE_READ(file, private_data);
+		if (sock && BPF_CORE_READ(sock, file) != file)
+			return 0;
+	}
+	if (!sock)
+		return 0;
+	return seed_sock(task, sock, with_cgroup);
+}
+
+/* Four variants; user space loads one (src/runtime.rs): the task's cgroup costs three more CO-RE
+ * relocations at start-up (css_set, cgroup, kernfs_node; ~1 ms each) and is needed only for --cgroup;
+ * the `_file` ones need bpf_sock_from_file() (Linux 5.11+), the others are the fallback before. */
+SEC("iter/task_file")
+int sockseed_plain_file(struct sockray_iter_task_file *ctx)
+{
+	return seed_one(ctx, false, true);
+}
+
+SEC("iter/task_file")
+int sockseed_cg_file(struct sockray_iter_task_file *ctx)
+{
+	return seed_one(ctx, true, true);
+}
+
 SEC("iter/task_file")
 int sockseed_plain(struct sockray_iter_task_file *ctx)
 {
-	return seed_one(ctx, false);
+	return seed_one(ctx, false, false);
 }
 
 SEC("iter/task_file")
 int sockseed_cg(struct sockray_iter_task_file *ctx)
 {
-	return seed_one(ctx, true);
+	return seed_one(ctx, true, false);
 }
-

@@ -122,11 +122,12 @@ macro_rules! load_tool {
         let (mut open, mut chosen) =
             $crate::cli::open_prepared!($builder, $storage, $tool, $common, $filters, $setup, $skip);
         // the socket-owner seeding object loads on a second thread meanwhile, sharing the owner maps
+        // (the thread opens its object while the maps are created)
+        let seeder = $crate::runtime::Seeder::spawn(open.open_object(), $filters.cgroup_id.is_some());
         let shared = $crate::runtime::SharedOwnerMaps::create(open.open_object_mut())?;
-        let seeder = match &shared {
-            Some(s) => Some($crate::runtime::Seeder::start(s, $filters.cgroup_id.is_some())?),
-            None => None,
-        };
+        if let (Some(seeder), Some(s)) = (&seeder, &shared) {
+            seeder.share(s)?;
+        }
         let skel = match open.load() {
             Ok(skel) => skel,
             Err(e) if !$crate::attach::strict() => {

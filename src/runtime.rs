@@ -2,6 +2,7 @@
 //! seeding the socket-owner map, the event loop (ring buffer, SIGINT/SIGTERM, closed pipes), and the
 //! lost-event count at exit.
 
+use std::mem::MaybeUninit;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -403,70 +404,137 @@ fn reuse_maps(obj: &mut OpenObject, maps: &[(String, impl AsFd)]) -> Result<()> 
 /// The seeding iterator, loading on its own thread; [`Seeder::run`] walks the existing sockets once the
 /// tool's hooks are attached (so that no socket falls between the walk and the hooks).
 pub struct Seeder {
+    maps: std::sync::mpsc::Sender<Vec<(String, std::os::fd::OwnedFd)>>,
     go: std::sync::mpsc::Sender<()>,
-    done: std::thread::JoinHandle<Result<Duration>>,
+    done: std::sync::mpsc::Receiver<Result<Duration>>,
 }
 
 impl Seeder {
-    /// Starts loading. `cgroup`: the variant that records each owner's cgroup (for --cgroup; three more
-    /// CO-RE relocations).
-    pub fn start(shared: &SharedOwnerMaps, cgroup: bool) -> Result<Seeder> {
-        use libbpf_rs::skel::{OpenSkel as _, Skel as _, SkelBuilder as _};
-        let fds: Vec<(String, std::os::fd::OwnedFd)> = shared
+    /// Starts the seeding thread when the tool's object has the socket-owner maps (else None): it opens
+    /// the seeding object while the tool creates the maps ([`Seeder::share`]), then loads it. `cgroup`:
+    /// the variant that records each owner's cgroup (for --cgroup; three more CO-RE relocations).
+    pub fn spawn(obj: &OpenObject, cgroup: bool) -> Option<Seeder> {
+        let names: Vec<String> = obj
+            .maps()
+            .map(|m| m.name().to_string_lossy().into_owned())
+            .collect();
+        if !SHARED_MAPS.iter().all(|n| names.iter().any(|m| m == n)) {
+            return None;
+        }
+        let (maps, maps_rx) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut first, mut fallback) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+            let mut skel = None;
+            let r = Self::seed(
+                [&mut first, &mut fallback],
+                &mut skel,
+                cgroup,
+                maps_rx,
+                wait,
+            );
+            // said before the object is closed: its teardown is not the tool's wait
+            let _ = done_tx.send(r);
+            drop(skel);
+        });
+        Some(Seeder { maps, go, done })
+    }
+
+    /// Opens the seeding object with only the program `wanted` to load.
+    fn open_variant<'a>(
+        storage: &'a mut MaybeUninit<OpenObject>,
+        wanted: &str,
+    ) -> Result<seedskel::OpenSockseedSkel<'a>> {
+        use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
+        let mut open = seedskel::SockseedSkelBuilder::default().open(storage)?;
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.sock_slot_mask = sock_slot_mask();
+        }
+        if let Some(mut events) = open
+            .open_object_mut()
+            .maps_mut()
+            .find(|m| m.name() == "events")
+        {
+            // the iterator sends no events: the smallest ring buffer
+            events.set_max_entries(4096)?;
+        }
+        for mut p in open.open_object_mut().progs_mut() {
+            let on = p.name() == wanted;
+            p.set_autoload(on);
+        }
+        Ok(open)
+    }
+
+    fn seed<'a>(
+        [first, fallback]: [&'a mut MaybeUninit<OpenObject>; 2],
+        skel: &mut Option<seedskel::SockseedSkel<'a>>,
+        cgroup: bool,
+        maps: std::sync::mpsc::Receiver<Vec<(String, std::os::fd::OwnedFd)>>,
+        wait: std::sync::mpsc::Receiver<()>,
+    ) -> Result<Duration> {
+        use libbpf_rs::skel::{OpenSkel as _, Skel as _};
+        // the variant with bpf_sock_from_file() (Linux 5.11+: one CO-RE type fewer), else the fallback
+        let (wanted, older) = if cgroup {
+            ("sockseed_cg_file", "sockseed_cg")
+        } else {
+            ("sockseed_plain_file", "sockseed_plain")
+        };
+        let mut open = Self::open_variant(first, wanted)?;
+        let Ok(fds) = maps.recv() else {
+            return Ok(Duration::ZERO); // the tool did not get to create the maps
+        };
+        reuse_maps(open.open_object_mut(), &fds)?;
+        let (loaded, wanted) = match open.load() {
+            Ok(s) => (skel.insert(s), wanted),
+            Err(e) => {
+                crate::cli::debug(format_args!(
+                    "seeding: {wanted} not loaded ({e}); loading {older} (before Linux 5.11)"
+                ));
+                let mut open = Self::open_variant(fallback, older)?;
+                reuse_maps(open.open_object_mut(), &fds)?;
+                (skel.insert(open.load()?), older)
+            }
+        };
+        crate::cli::debug(format_args!(
+            "{:.1} ms: seeding iterator loaded",
+            since_start_ms()
+        ));
+        if wait.recv().is_err() {
+            return Ok(Duration::ZERO); // the tool did not get to attach
+        }
+        let started = Instant::now();
+        let prog = loaded
+            .object()
+            .progs_mut()
+            .find(|p| p.name() == wanted)
+            .ok_or_else(|| anyhow!("no program {wanted}"))?;
+        let link = prog.attach()?;
+        let mut it = libbpf_rs::Iter::new(&link)?;
+        std::io::copy(&mut it, &mut std::io::sink())?;
+        Ok(started.elapsed())
+    }
+
+    /// Gives the seeding thread the tool's socket-owner maps, which it loads its object with.
+    pub fn share(&self, shared: &SharedOwnerMaps) -> Result<()> {
+        let fds = shared
             .maps
             .iter()
             .map(|(n, h)| Ok((n.clone(), h.as_fd().try_clone_to_owned()?)))
             .collect::<Result<_>>()?;
-        let (go, wait) = std::sync::mpsc::channel::<()>();
-        let done = std::thread::spawn(move || -> Result<Duration> {
-            let mut storage = std::mem::MaybeUninit::uninit();
-            let mut open = seedskel::SockseedSkelBuilder::default().open(&mut storage)?;
-            if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
-                ro.sock_slot_mask = sock_slot_mask();
-            }
-            reuse_maps(open.open_object_mut(), &fds)?;
-            if let Some(mut events) = open
-                .open_object_mut()
-                .maps_mut()
-                .find(|m| m.name() == "events")
-            {
-                // the iterator sends no events: the smallest ring buffer
-                events.set_max_entries(4096)?;
-            }
-            let wanted = if cgroup {
-                "sockseed_cg"
-            } else {
-                "sockseed_plain"
-            };
-            for mut p in open.open_object_mut().progs_mut() {
-                let on = p.name() == wanted;
-                p.set_autoload(on);
-            }
-            let skel = open.load()?;
-            if wait.recv().is_err() {
-                return Ok(Duration::ZERO); // the tool did not get to attach
-            }
-            let started = Instant::now();
-            let prog = skel
-                .object()
-                .progs_mut()
-                .find(|p| p.name() == wanted)
-                .ok_or_else(|| anyhow!("no program {wanted}"))?;
-            let link = prog.attach()?;
-            let mut it = libbpf_rs::Iter::new(&link)?;
-            std::io::copy(&mut it, &mut std::io::sink())?;
-            Ok(started.elapsed())
-        });
-        Ok(Seeder { go, done })
+        self.maps
+            .send(fds)
+            .map_err(|_| anyhow!("the seeding thread is gone"))
     }
 
     /// Walks the sockets that exist now (call after the tool's hooks are attached) and waits for it.
     /// A seeding that fails leaves those sockets' owners unknown (pid 0): said with --verbose.
     pub fn run(self, verbose: bool) {
+        crate::cli::debug(format_args!("{:.1} ms: attached", since_start_ms()));
         let _ = self.go.send(());
         let r = self
             .done
-            .join()
+            .recv()
             .unwrap_or_else(|_| Err(anyhow!("the seeding thread panicked")));
         match r {
             Ok(d) if verbose => eprintln!("sockray: seeded socket owners in {d:?}"),
