@@ -9,7 +9,7 @@ mod common;
 use std::thread;
 use std::time::Duration;
 
-use acceptlisten::{TextTracer, netns_inode, own_netns_inode};
+use acceptlisten::{netns_inode, own_netns_inode};
 use common::*;
 use serde_json::Value;
 
@@ -220,13 +220,13 @@ fn table_columns_as_bcc() {
     let n = inode.to_string();
     let mut g = Gen::spawn(&ns, &cases_args("::1", "sl-tbl", 23, true));
     g.wait_role("ready", Duration::from_secs(20));
-    let plain = TextTracer::start("solisten", &["-n", &n]);
-    let shown = TextTracer::start("solisten", &["-n", &n, "--show-netns", "-t"]);
+    let plain = Tracer::text("solisten", &["-n", &n]);
+    let shown = Tracer::text("solisten", &["-n", &n, "--show-netns", "-t"]);
     g.go();
     let cases = Cases::new(g.finish(Duration::from_secs(30)));
     thread::sleep(SETTLE);
-    let plain = plain.stop();
-    let shown = shown.stop();
+    let plain = plain.stop_text();
+    let shown = shown.stop_text();
 
     assert_eq!(plain[0], "PID    COMM         PROTO  BACKLOG  PORT  ADDR");
     assert_eq!(
@@ -267,3 +267,19 @@ fn table_columns_as_bcc() {
         assert_eq!(rest, want_shown, "{name} row with --show-netns -t");
     }
 }
+
+// ---- a person watching: rows while the tool runs, at a trickle ----
+
+// The server's listen() (table columns PID COMM PROTO BACKLOG PORT ADDR).
+live_tests!("solisten", "sl", |out: &SessionOut| {
+    let l = &out.listen;
+    let proto = format!("TCPv{}", u(l, "family"));
+    vec![
+        Want::new("the server's listen()")
+            .col("pid", 0, u(l, "pid"))
+            .col("comm", 1, s(l, "comm"))
+            .col("proto", 2, proto)
+            .col("lport", 4, u(l, "lport"))
+            .col("laddr", 5, s(l, "laddr")),
+    ]
+});

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::thread;
 use std::time::Duration;
 
-use acceptlisten::{Cgroup, TextTracer};
+use acceptlisten::Cgroup;
 use common::*;
 use serde_json::Value;
 
@@ -456,12 +456,12 @@ fn table_columns_as_bcc() {
     let mut tracers = Vec::new();
     let run = run_accept_gated(&ns, &spec, |_, port| {
         let p = port.to_string();
-        tracers.push(TextTracer::start("tcpaccept", &["-P", &p]));
-        tracers.push(TextTracer::start("tcpaccept", &["-P", &p, "-B", "-T"]));
+        tracers.push(Tracer::text("tcpaccept", &["-P", &p]));
+        tracers.push(Tracer::text("tcpaccept", &["-P", &p, "-B", "-T"]));
     });
     thread::sleep(SETTLE);
-    let plain = tracers.remove(0).stop();
-    let timed = tracers.remove(0).stop();
+    let plain = tracers.remove(0).stop_text();
+    let timed = tracers.remove(0).stop_text();
 
     assert_eq!(
         plain[0],
@@ -500,3 +500,18 @@ fn table_columns_as_bcc() {
         assert_eq!(rest, format!("{want} {backlog}"), "row {i} with -T -B");
     }
 }
+
+// ---- a person watching: rows while the tool runs, at a trickle ----
+
+// The server's accept (table columns PID COMM IP RADDR RPORT LADDR LPORT).
+live_tests!("tcpaccept", "ta", |out: &SessionOut| {
+    let s = &out.servers[0];
+    vec![
+        Want::new("the server's accept")
+            .col("pid", 0, s.pid)
+            .col("comm", 1, &s.comm)
+            .col("raddr", 3, &s.raddr)
+            .col("rport", 4, s.rport)
+            .col("lport", 6, s.lport),
+    ]
+});

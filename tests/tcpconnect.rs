@@ -623,3 +623,45 @@ fn dns_table_column() {
     );
     assert!(lines.contains(&row.as_str()), "want {row:?}:\n{text}");
 }
+
+// ---- a person watching: rows while the tool runs, at a trickle ----
+
+// The client's connect (table columns PID COMM IP SADDR DADDR DPORT).
+live_tests!("tcpconnect", "tc", |out: &SessionOut| {
+    let c = &out.clients[0];
+    vec![
+        Want::new("the client's connect")
+            .col("pid", 0, c.pid)
+            .col("comm", 1, &c.comm)
+            .col("ip", 2, c.family)
+            .col("daddr", 4, &c.raddr)
+            .col("dport", 5, c.rport)
+            .json("lport", c.lport),
+    ]
+});
+
+/// `kill -TERM` and `kill -HUP` end `-c` as Ctrl-C does: the count table is printed.
+#[test]
+fn count_table_on_sigterm_and_sighup() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    for (sig, srv, cli) in [
+        (libc::SIGTERM, "tc-ct-srv", "tc-ct-cli"),
+        (libc::SIGHUP, "tc-ch-srv", "tc-ch-cli"),
+    ] {
+        let ns = Netns::new();
+        let tracer = Tracer::launch("tcpconnect", &["-c"], &[], true, Sink::File);
+        let mut spec = session("127.0.0.1", srv, cli);
+        spec.count = 2;
+        let out = spec.run(&ns);
+        let trace = tracer.stop_by(sig);
+        let row = trace
+            .rows
+            .iter()
+            .find(|r| r["dport"].as_u64() == Some(out.port()))
+            .unwrap_or_else(|| panic!("signal {sig}: no count row: {:#?}", trace.rows));
+        assert_eq!(u(row, "connects"), 2, "signal {sig}: {row}");
+    }
+}

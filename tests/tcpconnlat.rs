@@ -372,3 +372,18 @@ fn table_output() {
         }
     }
 }
+
+// ---- a person watching: rows while the tool runs, at a trickle ----
+
+// The client's handshake (table columns PID COMM IP SADDR DADDR DPORT LAT(ms)).
+live_tests!("tcpconnlat", "tl", |out: &SessionOut| {
+    let c = &out.clients[0];
+    vec![
+        Want::new("the client's handshake latency")
+            .col("pid", 0, c.pid)
+            .col("comm", 1, &c.comm)
+            .col("daddr", 4, &c.raddr)
+            .col("dport", 5, c.rport)
+            .json("lport", c.lport),
+    ]
+});

@@ -531,3 +531,94 @@ fn closed_pipe_after_header_ends_the_tool() {
     assert!(status.unwrap().success(), "exit {status:?}, stderr: {err}");
     assert!(err.trim().is_empty(), "stderr: {err}");
 }
+
+// ---- a person watching: rows while the tool runs, at a trickle ----
+
+/// Both ends of one session: (table columns PID COMM LADDR LPORT RADDR RPORT TX_KB RX_KB MS).
+fn live_wants(out: &SessionOut) -> Vec<Want> {
+    let (c, s) = (&out.clients[0], &out.servers[0]);
+    vec![
+        Want::new("the client's row")
+            .col("pid", 0, c.pid)
+            .col("comm", 1, &c.comm)
+            .col("lport", 3, c.lport)
+            .col("rport", 5, c.rport)
+            .json("tx_bytes", c.sent)
+            .json("rx_bytes", c.received),
+        Want::new("the server's row")
+            .col("pid", 0, s.pid)
+            .col("comm", 1, &s.comm)
+            .col("lport", 3, s.lport)
+            .col("rport", 5, s.rport)
+            .json("tx_bytes", s.sent)
+            .json("rx_bytes", s.received),
+    ]
+}
+
+live_tests!("tcplife", "tl", live_wants);
+
+/// CSV (`-s`, into a file): PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,TX_KB,RX_KB,MS.
+#[test]
+fn live_csv_rows_into_a_file() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let comms = ("tl-lc-srv", "tl-lc-cli");
+    watch_sessions("tcplife", &["-s"], false, Sink::File, "::1", comms, |out| {
+        let c = &out.clients[0];
+        vec![
+            Want::new("the client's CSV row")
+                .col("pid", 0, c.pid)
+                .col("ip", 2, 6)
+                .col("laddr", 3, "::1")
+                .col("lport", 4, c.lport)
+                .col("rport", 6, c.rport),
+        ]
+    });
+}
+
+/// `kill -TERM` and `kill -HUP` end the tool as Ctrl-C does: the rows still in the ring buffer are
+/// printed (into a file, as when it runs under nohup or `>> log`), then the lost record; exit 0.
+#[test]
+fn sigterm_and_sighup_print_the_rows_in_flight() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    for (sig, srv, cli) in [
+        (libc::SIGTERM, "tl-term-srv", "tl-term-cli"),
+        (libc::SIGHUP, "tl-hup-srv", "tl-hup-cli"),
+    ] {
+        let ns = Netns::new();
+        let tracer = Tracer::launch("tcplife", &[], &[], true, Sink::File);
+        let spec = session("127.0.0.1", srv, cli);
+        let t0 = now_ns();
+        let out = spec.run(&ns);
+        let t1 = now_ns();
+        // at once: no time for the rows to be read before the signal
+        check_tcplife_session(&tracer.stop_by(sig).rows, &out, (t0, t1));
+    }
+}
+
+/// Closing the terminal it prints on (a terminal window closed, an ssh session gone) hangs it up: the
+/// tool ends with status 0 and no panic, though its output has nowhere to go.
+#[test]
+fn closing_its_terminal_ends_it_cleanly() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let tracer = Tracer::launch("tcplife", &[], &[], false, Sink::Pty);
+    let out = session("::1", "tl-tty-srv", "tl-tty-cli").run(&ns);
+    for w in live_wants(&out) {
+        tracer.expect_want(false, &w);
+    }
+    let (status, stderr) = tracer.hang_up();
+    assert!(
+        status.success(),
+        "exit status {status} after its terminal hung up; stderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "stderr:\n{stderr}");
+}

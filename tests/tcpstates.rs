@@ -224,3 +224,25 @@ fn filter_ipv6_only() {
     let _serial = serial();
     family_filter("-6", 6);
 }
+
+// ---- a person watching: rows while the tool runs, at a trickle ----
+
+// Each end's last change, to CLOSE (table columns SKADDR C-PID C-COMM LADDR LPORT RADDR RPORT
+// OLDSTATE -> NEWSTATE MS).
+live_tests!("tcpstates", "ts", |out: &SessionOut| {
+    let (c, s) = (&out.clients[0], &out.servers[0]);
+    vec![
+        Want::new("the client's change to CLOSE")
+            .col("pid", 1, c.pid)
+            .col("comm", 2, &c.comm)
+            .col("lport", 4, c.lport)
+            .col("rport", 6, c.rport)
+            .col("newstate", 9, "CLOSE"),
+        Want::new("the server's change to CLOSE")
+            .col("pid", 1, s.pid)
+            .col("comm", 2, &s.comm)
+            .col("lport", 4, s.lport)
+            .col("rport", 6, s.rport)
+            .col("newstate", 9, "CLOSE"),
+    ]
+});

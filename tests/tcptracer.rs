@@ -405,3 +405,30 @@ fn table_output() {
         );
     }
 }
+
+// ---- a person watching: rows while the tool runs, at a trickle ----
+
+// Connect, accept and both closes (table columns T PID COMM IP SADDR DADDR SPORT DPORT).
+live_tests!("tcptracer", "tt", |out: &SessionOut| {
+    let (c, s) = (&out.clients[0], &out.servers[0]);
+    let row = |what: &str, t: &str, e: &Conn| {
+        let kind = match t {
+            "C" => "connect",
+            "A" => "accept",
+            _ => "close",
+        };
+        Want::new(what)
+            .table(0, t)
+            .json("type", kind)
+            .col("pid", 1, e.pid)
+            .col("comm", 2, &e.comm)
+            .col("sport", 6, e.lport)
+            .col("dport", 7, e.rport)
+    };
+    vec![
+        row("the client's connect", "C", c),
+        row("the server's accept", "A", s),
+        row("the client's close", "X", c),
+        row("the server's close", "X", s),
+    ]
+});

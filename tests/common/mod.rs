@@ -8,11 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -227,13 +229,57 @@ pub fn now_ns() -> u64 {
 // ---------------------------------------------------------------------------------------------------
 // the tracer under test
 
-/// `sockray <tool> --json --verbose args...`, running in the root namespace.
+/// How long a row may take to appear while the tool keeps running (a person watching): the tool
+/// promises 50 ms from the event (src/runtime.rs MAX_EVENT_DELAY); this leaves room for a loaded CI
+/// machine and for emulated kernels, and is far below "never" (before the fix, rows at a trickle waited
+/// for the tool's exit).
+pub const LIVE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Where a tracer's stdout goes: a pipe (a script reading it), a pseudo-terminal (a person; it is the
+/// tool's controlling terminal, so closing it hangs up as closing a terminal window does), or a file it
+/// appends to (`sockray tool >> log` while someone runs `tail -f log`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sink {
+    Pipe,
+    Pty,
+    File,
+}
+
+/// The tracer's stdout lines as they arrive, each with its arrival time.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<(String, Instant)>>,
+    cv: Condvar,
+}
+
+impl Lines {
+    fn push(&self, raw: &[u8]) {
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim_end_matches(['\n', '\r']).to_string();
+        self.lines.lock().unwrap().push((text, Instant::now()));
+        self.cv.notify_all();
+    }
+
+    /// Splits `buf` into complete lines, keeps the rest.
+    fn push_complete(&self, buf: &mut Vec<u8>) {
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            self.push(&line);
+        }
+    }
+}
+
+/// `sockray <tool> [--json] --verbose args...`, running in the root namespace.
 pub struct Tracer {
     child: Option<Child>,
     desc: String,
-    stdout: Arc<Mutex<Vec<String>>>,
+    out: Arc<Lines>,
     stderr: Arc<Mutex<String>>,
     threads: Vec<JoinHandle<()>>,
+    /// tells the stdout reader to stop: the pty reader then closes the terminal's master side (a hang-up),
+    /// the file reader reads what is left
+    reader_done: Arc<AtomicBool>,
+    file: Option<std::path::PathBuf>,
 }
 
 /// What a tracer printed: its records (without the final `{"lost": N}`) and its stderr.
@@ -245,33 +291,100 @@ pub struct Trace {
 }
 
 impl Tracer {
-    /// Start the tool and wait (up to READY_TIMEOUT) for `sockray: ready` on its stderr.
+    /// Start the tool (`--json`, stdout a pipe) and wait (up to READY_TIMEOUT) for `sockray: ready` on
+    /// its stderr.
     pub fn start(tool: &str, args: &[&str]) -> Tracer {
-        Self::start_env(tool, args, &[])
+        Self::launch(tool, args, &[], true, Sink::Pipe)
     }
 
     /// As [`Tracer::start`], with extra environment variables (e.g. SOCKRAY_ATTACH).
     pub fn start_env(tool: &str, args: &[&str], env: &[(&str, &str)]) -> Tracer {
+        Self::launch(tool, args, env, true, Sink::Pipe)
+    }
+
+    /// The tool in table mode (no --json), stdout a pipe: the columns users read.
+    pub fn text(tool: &str, args: &[&str]) -> Tracer {
+        Self::launch(tool, args, &[], false, Sink::Pipe)
+    }
+
+    /// Start the tool with `--json` or not, its stdout on `sink`, and wait for it to be ready.
+    pub fn launch(
+        tool: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        json: bool,
+        sink: Sink,
+    ) -> Tracer {
         let bin = sockray_bin();
         let mut cmd = Command::new(&bin);
-        cmd.arg(tool).arg("--json").arg("--verbose").args(args);
+        cmd.arg(tool);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.arg("--verbose").args(args);
         cmd.envs(env.iter().copied());
         let env_desc: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         let desc = format!(
-            "{env_desc}sockray {tool} --json --verbose {}",
+            "{env_desc}sockray {tool}{} --verbose {} (stdout: {sink:?})",
+            if json { " --json" } else { "" },
             args.join(" ")
         );
+        let out = Arc::new(Lines::default());
+        let reader_done = Arc::new(AtomicBool::new(false));
+        let mut file = None;
+        let mut reader_src: Option<Box<dyn FnOnce() + Send>> = None;
+        match sink {
+            Sink::Pipe => {
+                cmd.stdout(Stdio::piped());
+            }
+            Sink::Pty => {
+                let (master, slave) = open_pty();
+                cmd.stdout(Stdio::from(slave));
+                // SAFETY: between fork and exec only async-signal-safe calls: a new session whose
+                // controlling terminal is the pty on fd 1 (closing the master then hangs it up).
+                unsafe {
+                    use std::os::unix::process::CommandExt;
+                    cmd.pre_exec(|| {
+                        if libc::setsid() < 0 || libc::ioctl(1, libc::TIOCSCTTY, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                let (o, d) = (Arc::clone(&out), Arc::clone(&reader_done));
+                reader_src = Some(Box::new(move || read_pty(master, &o, &d)));
+            }
+            Sink::File => {
+                let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+                let path =
+                    std::env::temp_dir().join(format!("sockray-t-{}-{n}.out", std::process::id()));
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+                drop(f);
+                let append = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+                cmd.stdout(Stdio::from(append));
+                let (o, d, p) = (Arc::clone(&out), Arc::clone(&reader_done), path.clone());
+                reader_src = Some(Box::new(move || tail_file(&p, &o, &d)));
+                file = Some(path);
+            }
+        }
         let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        // the parent's copies of the terminal's slave side / the file are closed with `cmd`
+        drop(cmd);
 
-        let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let (ready_tx, ready_rx) = mpsc::channel::<bool>();
-
         let err_pipe = child.stderr.take().unwrap();
         let err_buf = Arc::clone(&stderr);
         let t_err = thread::spawn(move || {
@@ -295,24 +408,30 @@ impl Tracer {
                 let _ = ready_tx.send(false);
             }
         });
-
-        let out_pipe = child.stdout.take().unwrap();
-        let out_buf = Arc::clone(&stdout);
-        let t_out = thread::spawn(move || {
-            for line in BufReader::new(out_pipe).lines() {
-                match line {
-                    Ok(l) => out_buf.lock().unwrap().push(l),
-                    Err(_) => break,
-                }
+        let t_out = match reader_src {
+            Some(f) => thread::spawn(f),
+            None => {
+                let pipe = child.stdout.take().unwrap();
+                let o = Arc::clone(&out);
+                thread::spawn(move || {
+                    let mut r = BufReader::new(pipe);
+                    let mut line = Vec::new();
+                    while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                        o.push(&line);
+                        line.clear();
+                    }
+                })
             }
-        });
+        };
 
         let mut tracer = Tracer {
             child: Some(child),
             desc,
-            stdout,
+            out,
             stderr,
             threads: vec![t_err, t_out],
+            reader_done,
+            file,
         };
         match ready_rx.recv_timeout(READY_TIMEOUT) {
             Ok(true) => tracer,
@@ -340,9 +459,115 @@ impl Tracer {
         self.child.as_ref().unwrap().id()
     }
 
+    /// The stdout lines so far (header included), while the tool runs.
+    pub fn lines_now(&self) -> Vec<String> {
+        let lines = self.out.lines.lock().unwrap();
+        lines.iter().map(|(l, _)| l.clone()).collect()
+    }
+
+    /// Waits, while the tool keeps running, for the first stdout line (from the start) for which
+    /// `pick` gives a value; returns it with the line's arrival time. Panics at the deadline with
+    /// everything the tool printed.
+    pub fn wait_line<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        mut pick: impl FnMut(&str) -> Option<T>,
+    ) -> (T, Instant) {
+        let deadline = Instant::now() + within;
+        let mut lines = self.out.lines.lock().unwrap();
+        let mut seen = 0;
+        loop {
+            for (l, at) in &lines[seen..] {
+                if let Some(v) = pick(l) {
+                    return (v, *at);
+                }
+            }
+            seen = lines.len();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let printed: Vec<String> = lines.iter().map(|(l, _)| l.clone()).collect();
+                drop(lines);
+                panic!(
+                    "{}: no {what} within {within:?} while it kept running; its stdout so far:\n{}\nstderr:\n{}",
+                    self.desc,
+                    printed.join("\n"),
+                    self.stderr.lock().unwrap()
+                );
+            }
+            lines = self.out.cv.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    /// A table (or CSV) line whose whitespace- (or comma-) separated fields satisfy `pred`, while
+    /// the tool keeps running.
+    pub fn expect_line(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&[&str]) -> bool,
+    ) -> Vec<String> {
+        self.wait_line(what, within, |l| {
+            let f: Vec<&str> = if l.contains(',') {
+                l.split(',').collect()
+            } else {
+                l.split_whitespace().collect()
+            };
+            pred(&f).then(|| f.iter().map(|s| s.to_string()).collect())
+        })
+        .0
+    }
+
+    /// A `--json` record satisfying `pred`, while the tool keeps running. Also checks how late it
+    /// came: its `time_ns` (the event's wall-clock time) against its arrival, and says so on stderr.
+    pub fn expect_row(&self, what: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let (row, at) = self.wait_line(what, within, |l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            pred(&v).then_some(v)
+        });
+        if let Some(t) = row["time_ns"].as_u64() {
+            let arrival = now_ns().saturating_sub(at.elapsed().as_nanos() as u64);
+            let late_ms = arrival.saturating_sub(t) as f64 / 1e6;
+            eprintln!(
+                "{}: {what} arrived {late_ms:.1} ms after the event",
+                self.desc
+            );
+        }
+        row
+    }
+
+    /// Sends `sig`, waits for the exit, and returns its status, every stdout line and stderr.
+    fn end(&mut self, sig: libc::c_int) -> (ExitStatus, Vec<String>, String) {
+        let mut child = self.child.take().unwrap();
+        kill_by_pid(&mut child, sig);
+        let status = match wait_timeout(&mut child, STOP_TIMEOUT) {
+            Some(st) => st,
+            None => {
+                kill_by_pid(&mut child, libc::SIGKILL);
+                let _ = child.wait();
+                let err = self.stderr.lock().unwrap().clone();
+                panic!(
+                    "{} did not exit within {STOP_TIMEOUT:?} of signal {sig}; stderr:\n{err}",
+                    self.desc
+                );
+            }
+        };
+        self.reader_done.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let stderr = self.stderr.lock().unwrap().clone();
+        (status, self.lines_now(), stderr)
+    }
+
     /// SIGINT, wait for a clean exit (status 0), check the final `{"lost": 0}` record, return the rest.
     pub fn stop(self) -> Trace {
-        let trace = self.stop_with_skips();
+        self.stop_by(libc::SIGINT)
+    }
+
+    /// As [`Tracer::stop`], ended by `sig` (SIGTERM, SIGHUP: the same drain and exit as SIGINT).
+    pub fn stop_by(self, sig: libc::c_int) -> Trace {
+        let trace = self.stop_with_skips_by(sig);
         assert_eq!(
             trace.skipped, 0,
             "the kernel skipped program runs; stderr:\n{}",
@@ -355,30 +580,15 @@ impl Tracer {
     /// programs on syscall tracepoints preemptibly, and a preempted run makes the kernel skip the next
     /// classic-tracepoint program on that CPU) are returned rather than failed on; the caller checks
     /// that whatever is missing is covered by them. Ring-buffer losses still fail.
-    pub fn stop_with_skips(mut self) -> Trace {
-        let mut child = self.child.take().unwrap();
-        // The tracer may still be running a while after it was ready; give events time to arrive.
-        kill_by_pid(&mut child, libc::SIGINT);
-        let status = match wait_timeout(&mut child, STOP_TIMEOUT) {
-            Some(st) => st,
-            None => {
-                kill_by_pid(&mut child, libc::SIGKILL);
-                let _ = child.wait();
-                let err = self.stderr.lock().unwrap().clone();
-                panic!(
-                    "{} did not exit within {STOP_TIMEOUT:?} of SIGINT; stderr:\n{err}",
-                    self.desc
-                );
-            }
-        };
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        let stderr = self.stderr.lock().unwrap().clone();
-        let lines = std::mem::take(&mut *self.stdout.lock().unwrap());
+    pub fn stop_with_skips(self) -> Trace {
+        self.stop_with_skips_by(libc::SIGINT)
+    }
+
+    fn stop_with_skips_by(mut self, sig: libc::c_int) -> Trace {
+        let (status, lines, stderr) = self.end(sig);
         assert!(
             status.success(),
-            "{} exited with {status} after SIGINT; stderr:\n{stderr}",
+            "{} exited with {status} after signal {sig}; stderr:\n{stderr}",
             self.desc
         );
 
@@ -433,6 +643,47 @@ impl Tracer {
             skipped,
         }
     }
+
+    /// Table mode: SIGINT, wait for exit 0 (no event lost), return every stdout line (header first).
+    pub fn stop_text(self) -> Vec<String> {
+        self.stop_text_by(libc::SIGINT)
+    }
+
+    /// As [`Tracer::stop_text`], ended by `sig`.
+    pub fn stop_text_by(mut self, sig: libc::c_int) -> Vec<String> {
+        let (status, lines, err) = self.end(sig);
+        assert!(
+            status.success(),
+            "{} exited with {status} after signal {sig}; stderr:\n{err}",
+            self.desc
+        );
+        assert!(
+            !err.contains("lost"),
+            "{}: events were lost; stderr:\n{err}",
+            self.desc
+        );
+        lines
+    }
+
+    /// Closes the terminal (Sink::Pty) as a person closes a terminal window: the kernel hangs it up and
+    /// sends SIGHUP. Returns the exit status and stderr once the tool has exited.
+    pub fn hang_up(mut self) -> (ExitStatus, String) {
+        self.reader_done.store(true, Ordering::SeqCst);
+        let mut child = self.child.take().unwrap();
+        let status = wait_timeout(&mut child, STOP_TIMEOUT).unwrap_or_else(|| {
+            kill_by_pid(&mut child, libc::SIGKILL);
+            let _ = child.wait();
+            panic!(
+                "{} did not exit within {STOP_TIMEOUT:?} of its terminal's hang-up",
+                self.desc
+            )
+        });
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let err = self.stderr.lock().unwrap().clone();
+        (status, err)
+    }
 }
 
 impl Drop for Tracer {
@@ -441,6 +692,80 @@ impl Drop for Tracer {
         if let Some(mut child) = self.child.take() {
             kill_by_pid(&mut child, libc::SIGKILL);
             let _ = child.wait();
+        }
+        self.reader_done.store(true, Ordering::SeqCst);
+        if let Some(p) = &self.file {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A pseudo-terminal: (master, slave).
+fn open_pty() -> (OwnedFd, OwnedFd) {
+    let (mut m, mut s) = (-1, -1);
+    // SAFETY: openpty writes two fds; no name buffer, default termios and window size.
+    let rc = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // not inherited by any process the tests start (the tool's stdout is a dup2 of the slave): while
+    // another process holds the master, closing ours would not hang the terminal up
+    for fd in [m, s] {
+        // SAFETY: fcntl on fds we just opened.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: two new fds that nothing else owns.
+    unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) }
+}
+
+/// Reads the terminal's master side until the tool has gone (EIO once no slave is open) or `done`;
+/// then closes it, which hangs the terminal up if the tool still runs.
+fn read_pty(master: OwnedFd, out: &Lines, done: &AtomicBool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !done.load(Ordering::SeqCst) {
+        let mut pfd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 10) };
+        if n <= 0 {
+            continue;
+        }
+        // SAFETY: reading into a buffer of its length from an fd we own.
+        let r = unsafe { libc::read(master.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+        if r <= 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..r as usize]);
+        out.push_complete(&mut buf);
+    }
+    drop(master);
+}
+
+/// Follows a file as `tail -f` does until `done`, then reads what is left.
+fn tail_file(path: &Path, out: &Lines, done: &AtomicBool) {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut buf = Vec::new();
+    loop {
+        let finished = done.load(Ordering::SeqCst);
+        let mut chunk = Vec::new();
+        let _ = f.read_to_end(&mut chunk);
+        buf.extend_from_slice(&chunk);
+        out.push_complete(&mut buf);
+        if finished {
+            break;
+        }
+        if chunk.is_empty() {
+            thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -1322,50 +1647,143 @@ pub fn gen_args(a: &[&str]) -> Vec<String> {
 /// ready, run the traffic, let the events arrive, stop it with SIGINT; returns its stdout (exit 0
 /// checked). For asserting the columns users see.
 pub fn traced_text(tool: &str, args: &[&str], traffic: impl FnOnce()) -> String {
-    let desc = format!("sockray {tool} --verbose {}", args.join(" "));
-    let mut child = Command::new(sockray_bin())
-        .arg(tool)
-        .arg("--verbose")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
-    let out_t = drain(child.stdout.take().unwrap());
-    let err_pipe = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<()>();
-    let err_t = thread::spawn(move || {
-        let mut all = String::new();
-        let mut r = BufReader::new(err_pipe);
-        let mut line = String::new();
-        while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
-            if line.contains("sockray: ready") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            line.clear();
-        }
-        all
-    });
-    if rx.recv_timeout(READY_TIMEOUT).is_err() {
-        kill_by_pid(&mut child, libc::SIGKILL);
-        let _ = child.wait();
-        panic!("{desc} not ready; stderr:\n{}", err_t.join().unwrap());
-    }
+    let t = Tracer::text(tool, args);
     traffic();
     thread::sleep(SETTLE);
-    kill_by_pid(&mut child, libc::SIGINT);
-    let status = wait_timeout(&mut child, STOP_TIMEOUT).unwrap_or_else(|| {
-        kill_by_pid(&mut child, libc::SIGKILL);
-        let _ = child.wait();
-        panic!("{desc} did not exit within {STOP_TIMEOUT:?} of SIGINT");
-    });
-    let stdout = String::from_utf8_lossy(&out_t.join().unwrap()).into_owned();
-    let stderr = err_t.join().unwrap();
-    assert!(
-        status.success(),
-        "{desc} exited with {status}; stderr:\n{stderr}"
-    );
-    stdout
+    let mut text = t.stop_text().join("\n");
+    text.push('\n');
+    text
+}
+
+// ---------------------------------------------------------------------------------------------------
+// a person watching: rows while the tool keeps running
+
+/// One row a live test waits for: `(JSON key, table column, value)` triples, the column `None` for a
+/// field the table does not show.
+pub struct Want {
+    pub what: String,
+    pub fields: Vec<(&'static str, Option<usize>, String)>,
+}
+
+impl Want {
+    pub fn new(what: impl Into<String>) -> Want {
+        Want {
+            what: what.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// A field shown in the table's column `col` (0-based, whitespace-separated) and in JSON.
+    pub fn col(mut self, key: &'static str, col: usize, v: impl ToString) -> Want {
+        self.fields.push((key, Some(col), v.to_string()));
+        self
+    }
+
+    /// A column of the table only.
+    pub fn table(mut self, col: usize, v: impl ToString) -> Want {
+        self.fields.push(("", Some(col), v.to_string()));
+        self
+    }
+
+    /// A field of the JSON record only.
+    pub fn json(mut self, key: &'static str, v: impl ToString) -> Want {
+        self.fields.push((key, None, v.to_string()));
+        self
+    }
+}
+
+/// A JSON value as the table prints it (strings without quotes).
+fn json_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl Tracer {
+    /// Waits up to [`LIVE_WITHIN`], while the tool keeps running, for the row `w` describes.
+    pub fn expect_want(&self, json: bool, w: &Want) {
+        if json {
+            self.expect_row(&w.what, LIVE_WITHIN, |r| {
+                w.fields
+                    .iter()
+                    .all(|(k, _, v)| k.is_empty() || json_text(&r[*k]) == *v)
+            });
+        } else {
+            self.expect_line(&w.what, LIVE_WITHIN, |f| {
+                w.fields
+                    .iter()
+                    .all(|(_, c, v)| c.is_none_or(|c| f.get(c).is_some_and(|x| x == v)))
+            });
+        }
+    }
+}
+
+/// A person watching `tool` (stdout on `sink`, `--json` or not): it keeps running while `rounds`
+/// single connections are made one at a time in a fresh namespace (a trickle: one connection, then a
+/// pause), each on a port of its own; after each, every row `wants` names for it must appear while
+/// the tool still runs, before the next connection is made. Then it is stopped (SIGINT) and must
+/// exit cleanly with nothing lost.
+pub fn watch_sessions(
+    tool: &str,
+    args: &[&str],
+    json: bool,
+    sink: Sink,
+    addr: &'static str,
+    comms: (&'static str, &'static str),
+    wants: impl Fn(&SessionOut) -> Vec<Want>,
+) {
+    let ns = Netns::new();
+    let t = Tracer::launch(tool, args, &[], json, sink);
+    for _ in 0..2 {
+        let out = Session::new(addr, pick_port(), comms.0, comms.1).run(&ns);
+        for w in wants(&out) {
+            t.expect_want(json, &w);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    if json {
+        t.stop();
+    } else {
+        t.stop_text();
+    }
+}
+
+/// The three live-row tests of a tool, each a person watching it at a trickle ([`watch_sessions`]):
+/// the table on a terminal (IPv4), `--json` into a pipe (IPv6), the table into a file that someone
+/// follows with `tail -f` (IPv4). `$tag` makes the processes' names (at most 4 characters), `$wants`
+/// names the rows of a session.
+#[macro_export]
+macro_rules! live_tests {
+    ($tool:literal, $tag:literal, $wants:expr) => {
+        #[test]
+        fn live_rows_on_a_terminal() {
+            if !require_bpf() {
+                return;
+            }
+            let _serial = serial();
+            let comms = (concat!($tag, "-pty-s"), concat!($tag, "-pty-c"));
+            watch_sessions($tool, &[], false, Sink::Pty, "127.0.0.1", comms, $wants);
+        }
+
+        #[test]
+        fn live_rows_json_in_a_pipe() {
+            if !require_bpf() {
+                return;
+            }
+            let _serial = serial();
+            let comms = (concat!($tag, "-jsn-s"), concat!($tag, "-jsn-c"));
+            watch_sessions($tool, &[], true, Sink::Pipe, "::1", comms, $wants);
+        }
+
+        #[test]
+        fn live_rows_into_a_file() {
+            if !require_bpf() {
+                return;
+            }
+            let _serial = serial();
+            let comms = (concat!($tag, "-fil-s"), concat!($tag, "-fil-c"));
+            watch_sessions($tool, &[], false, Sink::File, "127.0.0.1", comms, $wants);
+        }
+    };
 }
