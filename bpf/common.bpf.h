@@ -189,12 +189,22 @@ static __always_inline __u16 sk_lport(const struct sock *sk)
 	return sk_lport_d(sk, false);
 }
 
+/* Every field of struct sock is read through struct tcp_sock, which begins with it (same offset, same
+ * instruction; also for a socket that is not TCP): libbpf then relocates all socket fields against one
+ * vmlinux type, tcp_sock, instead of two, and each type relocated against costs it a walk over all of
+ * vmlinux BTF's types (~1-2 ms of start-up). SK_D: a plain load (direct), SK_R: with the helper,
+ * SK_R_INTO: BPF_CORE_READ_INTO. */
+#define SK_TCP(s) ((struct tcp_sock *)(s))
+#define SK_D(s, field) (SK_TCP(s)->inet_conn.icsk_inet.sk.field)
+#define SK_R(s, field) BPF_CORE_READ(SK_TCP(s), inet_conn.icsk_inet.sk.field)
+#define SK_R_INTO(dst, s, field) BPF_CORE_READ_INTO(dst, SK_TCP(s), inet_conn.icsk_inet.sk.field)
+
 /* A field of struct sock: a plain load when `direct` (tp_btf/fentry programs, where the verifier knows
  * sk's BTF type and makes the load fault-safe: several times cheaper than a helper call), else
  * bpf_probe_read_kernel (raw_tp/kprobe/iterators). Every caller passes a constant, so only one branch is
  * compiled into each program. Fields of struct inet_sock/tcp_sock are always read with the helper: the
  * verifier types the pointer as struct sock and refuses loads past its end. */
-#define SK_FIELD(direct, sk, field) ((direct) ? (sk)->field : BPF_CORE_READ((sk), field))
+#define SK_FIELD(direct, sk, field) ((direct) ? SK_D(sk, field) : SK_R(sk, field))
 
 /* tp: sk_tcp_d(sk, direct) */
 static __always_inline void read_sk_tuple_tp(const struct sock *sk, const struct tcp_sock *tp,
@@ -205,18 +215,18 @@ static __always_inline void read_sk_tuple_tp(const struct sock *sk, const struct
 	t->rport = bpf_ntohs(SK_FIELD(direct, sk, __sk_common.skc_dport));
 	if (direct) {
 		if (t->family == AF_INET6) {
-			__builtin_memcpy(t->laddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
-			__builtin_memcpy(t->raddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+			__builtin_memcpy(t->laddr, SK_D(sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8), 16);
+			__builtin_memcpy(t->raddr, SK_D(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8), 16);
 		} else {
-			*(__u32 *)t->laddr = sk->__sk_common.skc_rcv_saddr;
-			*(__u32 *)t->raddr = sk->__sk_common.skc_daddr;
+			*(__u32 *)t->laddr = SK_D(sk, __sk_common.skc_rcv_saddr);
+			*(__u32 *)t->raddr = SK_D(sk, __sk_common.skc_daddr);
 		}
 	} else if (t->family == AF_INET6) {
-		BPF_CORE_READ_INTO(&t->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&t->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		SK_R_INTO(&t->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		SK_R_INTO(&t->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
 	} else {
-		BPF_CORE_READ_INTO((__u32 *)t->laddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)t->raddr, sk, __sk_common.skc_daddr);
+		SK_R_INTO((__u32 *)t->laddr, sk, __sk_common.skc_rcv_saddr);
+		SK_R_INTO((__u32 *)t->raddr, sk, __sk_common.skc_daddr);
 	}
 }
 
@@ -243,7 +253,7 @@ static __always_inline void read_sk_tuple(const struct sock *sk, struct sk_tuple
 static __always_inline __u32 sk_netns_d(const struct sock *sk, bool direct)
 {
 	/* the helper also when direct: see sk_net_ptr() in sockowner.bpf.h (pointer loads cost start-up) */
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return BPF_CORE_READ(SK_TCP(sk), inet_conn.icsk_inet.sk.__sk_common.skc_net.net, ns.inum);
 }
 
 static __always_inline __u32 sk_netns(const struct sock *sk)

@@ -258,7 +258,7 @@ static __always_inline __u64 sk_net_ptr(const struct sock *sk, bool direct)
 	/* Always the helper, also in tp_btf programs: a plain load of a pointer field from a BTF pointer
 	 * makes the verifier (6.x) look up "<type>__safe_trusted" by name in vmlinux BTF, a linear scan
 	 * (~1-2 ms of start-up per load site); this runs once per passive open only. */
-	return (__u64)BPF_CORE_READ(sk, __sk_common.skc_net.net);
+	return (__u64)SK_R(sk, __sk_common.skc_net.net);
 }
 
 struct listen_owner {
@@ -280,7 +280,7 @@ static __always_inline void owner_from_task(struct sock_owner *o, struct task_st
 					    const struct sock *sk, bool with_cgroup)
 {
 	o->pid = BPF_CORE_READ(task, tgid);
-	o->uid = BPF_CORE_READ(sk, sk_uid.val);
+	o->uid = SK_R(sk, sk_uid.val);
 	if (with_cgroup)
 		o->cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	BPF_CORE_READ_STR_INTO(&o->comm, task, comm);
@@ -520,13 +520,13 @@ struct syscall_exit_record {
  *    (measured: several percent of loopback connection rate), hence the preference above. */
 static __always_inline int owner_on_io(const struct sock *sk)
 {
-	if (sk->sk_protocol != IPPROTO_TCP)
+	if (SK_D(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	if (sk->__sk_common.skc_family != AF_INET && sk->__sk_common.skc_family != AF_INET6)
+	if (SK_D(sk, __sk_common.skc_family) != AF_INET && SK_D(sk, __sk_common.skc_family) != AF_INET6)
 		return 0;
 	/* a read of a closed socket (after a reset, before connect) must not make a record: its CLOSE,
 	 * which deletes records, has passed or is not due */
-	if (sk->__sk_common.skc_state == TCP_CLOSE)
+	if (SK_D(sk, __sk_common.skc_state) == TCP_CLOSE)
 		return 0;
 	owner_set_current(sock_key_d(sk, true));
 	return 0;

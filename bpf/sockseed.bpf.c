@@ -3,7 +3,7 @@
  * when a tool starts, by walking every task's open files (iter/task_file). A separate BPF object: user
  * space loads it on a second thread while the tool's own object loads, with the two maps shared by fd,
  * and runs it once the tool's hooks are attached (src/runtime.rs). Its CO-RE relocations (task_struct,
- * socket, sock; file before Linux 5.11) are the costliest part of its load: each type relocated against
+ * socket, tcp_sock; file before Linux 5.11) are the costliest part of its load: each type relocated against
  * costs libbpf a walk over all of vmlinux BTF's types. */
 #define SOCKOWNER_NO_HOOKS
 #include "common.bpf.h"
@@ -31,16 +31,16 @@ static __always_inline int seed_sock(struct task_struct *task, struct socket *so
 	__u64 key;
 
 	sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!sk || SK_R(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
-	fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	fam = SK_R(sk, __sk_common.skc_family);
 	if (fam != AF_INET && fam != AF_INET6)
 		return 0;
 	/* the owner only: when the connection began is not known (born_ns 0) */
 	owner_from_task(&r.owner, task, sk, with_cgroup);
 	key = sock_key_d(sk, false);
 	sock_rec_create_new(key, &r);
-	if (BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
+	if (SK_R(sk, __sk_common.skc_state) == TCP_LISTEN)
 		listener_record(sk, key, &r.owner, false);
 	return 0;
 }

@@ -70,7 +70,7 @@ int solisten_exit_listen(struct trace_event_raw_sys_exit *ctx)
 		return 0; /* not a socket: never reached inet_listen() */
 
 	sk = sock_of_fd(fd);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!sk || SK_R(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	read_sk_tuple(sk, &t);
 	if (!family_ok(t.family))

@@ -48,8 +48,8 @@ static __always_inline void fill_listener(struct tcpaccept_event *e, long lfd, _
 
 	if (!lsk || sk_lport(lsk) != lport)
 		return;
-	e->backlog = BPF_CORE_READ(lsk, sk_ack_backlog);
-	e->backlog_max = BPF_CORE_READ(lsk, sk_max_ack_backlog);
+	e->backlog = SK_R(lsk, sk_ack_backlog);
+	e->backlog_max = SK_R(lsk, sk_max_ack_backlog);
 	e->has_listener = 1;
 }
 
@@ -63,7 +63,7 @@ static __always_inline int emit_accept(long newfd, long lfd)
 	__u32 uid;
 
 	sk = sock_of_fd(newfd);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!sk || SK_R(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	read_sk_tuple(sk, &t);
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))

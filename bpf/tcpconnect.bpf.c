@@ -109,7 +109,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 
 	if (oldstate != TCP_CLOSE || newstate != TCP_SYN_SENT)
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (SK_R(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	read_sk_tuple(sk, &t);
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
@@ -221,9 +221,9 @@ int BPF_PROG(opt_dns_recv, struct sock *sk, int ret, int flags)
 
 	if (!dns_on || ret <= 0)
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
+	if (SK_R(sk, sk_protocol) != IPPROTO_UDP)
 		return 0;
-	if (BPF_CORE_READ(sk, __sk_common.skc_dport) != bpf_htons(53))
+	if (SK_R(sk, __sk_common.skc_dport) != bpf_htons(53))
 		return 0;
 	task = bpf_get_current_task_btf();
 	if (task->flags & (PF_KTHREAD | PF_IO_WORKER))
@@ -269,8 +269,8 @@ static __always_inline bool fd_is_dns_socket(long fd)
 {
 	struct sock *sk = sock_of_fd(fd);
 
-	return sk && BPF_CORE_READ(sk, sk_protocol) == IPPROTO_UDP &&
-	       BPF_CORE_READ(sk, __sk_common.skc_dport) == bpf_htons(53);
+	return sk && SK_R(sk, sk_protocol) == IPPROTO_UDP &&
+	       SK_R(sk, __sk_common.skc_dport) == bpf_htons(53);
 }
 
 static __always_inline int dns_enter(long fd, __u64 buf, __u64 cap)

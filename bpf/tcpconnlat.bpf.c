@@ -36,13 +36,13 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 
 	if (oldstate != TCP_SYN_SENT && newstate != TCP_SYN_SENT)
 		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (SK_R(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 
 	if (newstate == TCP_SYN_SENT) {
 		/* in connect() (or a Fast Open sendmsg): the current task is the owner */
 		struct start st = { .ts_ns = bpf_ktime_get_ns() };
-		__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		__u16 family = SK_R(sk, __sk_common.skc_family);
 
 		if (!family_ok(family))
 			return 0;

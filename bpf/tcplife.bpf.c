@@ -34,7 +34,7 @@ static __always_inline void payload_bytes(const struct sock *sk, const struct tc
 		received = BPF_CORE_READ(tp, bytes_received);
 		snd_una = BPF_CORE_READ(tp, snd_una);
 		write_seq = BPF_CORE_READ(tp, write_seq);
-		sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+		sk_flags = SK_R(sk, __sk_common.skc_flags);
 	}
 	if ((flags & SOCK_ACTIVE_OPEN) && acked)
 		acked--;

@@ -117,7 +117,7 @@ static __always_inline int on_accept_exit(long ret)
 	if (ret < 0)
 		return 0;
 	sk = sock_of_fd(ret);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!sk || SK_R(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	owner_from_current(&o);
 	owner_store(sock_key_d(sk, false), &o);
