@@ -19,8 +19,9 @@
  * kernels) or closes it.
  *
  * A tool includes this header, takes the socket's key (sock_key_d()), calls owner_on_state_d() first in
- * its inet_sock_set_state handler, reads the record (sock_rec_of(), owner_resolve()) and deletes it with
- * owner_forget() at TCP_CLOSE. */
+ * its inet_sock_set_state handler, reads the record (sock_rec_of_d(), owner_resolve()), asks at TCP_CLOSE
+ * whether a missing record was lost for want of room (sock_rec_lost()) and deletes it with
+ * owner_forget_d(). */
 #ifndef SOCKRAY_SOCKOWNER_BPF_H
 #define SOCKRAY_SOCKOWNER_BPF_H
 
@@ -31,6 +32,7 @@
 #define SOCK_ACTIVE_OPEN 1 /* it sent the SYN (CLOSE -> SYN_SENT) */
 #define SOCK_FIN_SENT 2    /* it queued its FIN (-> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK) */
 #define SOCK_OF_LISTENER 4 /* a passive child not yet given an owner: its listener's (lazy_listener) */
+#define SOCK_SEEDED 8      /* recorded by the seeding walk: a socket that existed when the tool started */
 
 /* What the component keeps per socket: one record, so that a tool's per-socket state costs no map
  * operations of its own (each hash map update allocates an element and each delete frees one; under a
@@ -44,10 +46,15 @@ struct sock_rec {
 	__u32 pad;
 };
 
-/* Where records live: a direct-mapped table of slots in front of a hash map.
+/* Where records live: a direct-mapped table of slots in front of socket-local storage or a hash map.
  *  - sock_slots[slot_of(key)], when that slot holds the socket's key (the common case): an array
  *    lookup, which the verifier inlines; the record is written in place, never allocated or freed;
- *  - else sock_owners, a hash map, for a socket whose slot another socket holds.
+ *  - else, for a socket whose slot another socket holds: in typed (tp_btf) programs, when user space
+ *    set sock_storage_on, the socket's own storage (sock_store: allocated with the record, freed with
+ *    the socket, no ceiling: a server's hundreds of thousands of sockets all keep theirs); otherwise
+ *    sock_owners, a hash map sized by user space from the machine (src/runtime.rs), whose records
+ *    the seeding walk also writes (an iterator's sockets are not typed here). A record that finds no
+ *    room is counted (`full`, then `lost` at the socket's end), never dropped silently.
  * Under a loopback connection flood (tcplife, 6.18 VM) the hash map alone cost 5.9 us of BPF per
  * connection, with the table 3.9: each hash insert allocates an element and each delete frees one.
  * 2^14 slots (1 MiB, zeroed at start-up: ~0.4 ms; 2^16 took 1.6) hold most sockets of a machine with
@@ -70,6 +77,9 @@ struct sock_slots_hdr {
 	__u64 overflow; /* records that may be in the hash map (added on insert, subtracted on delete): with
 			 * none, a slot miss costs no hash lookup */
 	__u64 anchor;   /* the header's own address, once a tp_btf program has run: see sock_key_d() */
+	__u64 full;     /* non-zero once a record could not be kept (the hash map full, or no memory) */
+	__u64 lost;     /* sockets that ended without the record they should have had, while `full`: read by
+			 * user space at exit as lost_capacity (sock_rec_lost()) */
 };
 
 #define SOCK_SLOT_BITS 14
@@ -84,10 +94,34 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, SOCK_MAP_ENTRIES);
+	__uint(max_entries, SOCK_MAP_ENTRIES); /* sized by user space before load */
 	__type(key, __u64); /* sock_key_d() */
 	__type(value, struct sock_rec);
 } sock_owners SEC(".maps");
+
+#ifndef SOCKOWNER_NO_HOOKS
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_rec);
+} sock_store SEC(".maps");
+#define SOCK_STORE (&sock_store)
+#else
+#define SOCK_STORE ((void *)0) /* the seeding walk writes no socket-local storage (see above) */
+#endif
+
+/* Socket-local storage in this program? `direct` is a constant (true in tp_btf programs only), so the
+ * others never contain the helper calls; sock_storage_on is frozen read-only data, so where it is off
+ * the verifier does not even look at them (Linux 5.10 allows them in no tracing program). */
+#define STORE_ON(direct) ((direct) && sock_storage_on)
+
+/* sk's record in its own storage; create: make one (zeroed) when it has none. NULL: none, or (create)
+ * no memory. */
+static __always_inline struct sock_rec *sock_store_get(const struct sock *sk, bool create)
+{
+	return bpf_sk_storage_get(SOCK_STORE, (void *)sk, 0, create ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+}
 
 static __always_inline struct sock_slots_hdr *slots_hdr(void)
 {
@@ -152,12 +186,25 @@ static __always_inline bool slot_claim(struct sock_slot *sl, __u64 key)
 	return false;
 }
 
+/* A record could not be kept: from now on, a socket that ends without its record is counted lost. */
+static __always_inline void capacity_full(void)
+{
+	struct sock_slots_hdr *h = slots_hdr();
+
+	if (h && !*(volatile __u64 *)&h->full)
+		h->full = 1;
+}
+
 static __always_inline void overflow_insert(__u64 key, const struct sock_rec *r, __u64 flags)
 {
 	__u64 *n = overflow_count();
 
-	if (bpf_map_update_elem(&sock_owners, &key, r, flags) == 0 && n)
-		__sync_fetch_and_add(n, 1);
+	if (bpf_map_update_elem(&sock_owners, &key, r, flags) == 0) {
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	} else {
+		capacity_full();
+	}
 }
 
 /* Deletes key's record from the hash map, if the hash map may have any. */
@@ -179,14 +226,26 @@ static __always_inline struct sock_rec *sock_rec_in_overflow(__u64 key)
 	return bpf_map_lookup_elem(&sock_owners, &key);
 }
 
-/* key's record, or NULL when the component has none. */
-static __always_inline struct sock_rec *sock_rec_of(__u64 key)
+/* The record of sk (whose key is key), or NULL when the component has none. `direct` as for SK_FIELD. */
+static __always_inline struct sock_rec *sock_rec_of_d(const struct sock *sk, __u64 key, bool direct)
 {
 	struct sock_slot *sl = slot_of(key);
 
 	if (sl && sl->key == key)
 		return &sl->rec;
+	if (STORE_ON(direct)) {
+		struct sock_rec *r = sock_store_get(sk, false);
+
+		if (r)
+			return r;
+	}
 	return sock_rec_in_overflow(key);
+}
+
+/* key's record in the slot table or the hash map (programs without typed sockets). */
+static __always_inline struct sock_rec *sock_rec_of(__u64 key)
+{
+	return sock_rec_of_d(0, key, false);
 }
 
 /* A new record for key, replacing any. Where an existing record is to be kept, callers rewrite it in
@@ -195,7 +254,8 @@ static __always_inline struct sock_rec *sock_rec_of(__u64 key)
  * takes no pointer arguments in global functions, and a variant with scalar arguments (the slot found
  * or claimed, then the record written by the caller) saved ~1.5 ms of start-up for ~0.3 us more per
  * connection. */
-static __always_inline void sock_rec_create(__u64 key, const struct sock_rec *r)
+static __always_inline void sock_rec_create_d(const struct sock *sk, __u64 key, const struct sock_rec *r,
+					       bool direct)
 {
 	struct sock_slot *sl = slot_of(key);
 	struct sock_rec *cur;
@@ -208,6 +268,16 @@ static __always_inline void sock_rec_create(__u64 key, const struct sock_rec *r)
 		sl->rec = *r;
 		/* a record of this key from when the slot was taken would now be hidden; drop it */
 		overflow_delete(key);
+		return;
+	}
+	if (STORE_ON(direct)) {
+		/* a seeded record of this socket in the hash map is shadowed from now on, and deleted with
+		 * the socket's end (owner_forget_d) */
+		cur = sock_store_get(sk, true);
+		if (cur)
+			*cur = *r;
+		else
+			capacity_full();
 		return;
 	}
 	/* in the hash map: rewritten in place if there (an insert that replaces would count twice) */
@@ -233,8 +303,8 @@ static __always_inline void sock_rec_create_new(__u64 key, const struct sock_rec
 	overflow_insert(key, r, BPF_NOEXIST);
 }
 
-/* key's record is no longer needed (its socket closed). */
-static __always_inline void owner_forget(__u64 key)
+/* sk's record is no longer needed (the socket closed). */
+static __always_inline void owner_forget_d(const struct sock *sk, __u64 key, bool direct)
 {
 	struct sock_slot *sl = slot_of(key);
 
@@ -242,7 +312,30 @@ static __always_inline void owner_forget(__u64 key)
 		__sync_fetch_and_add(&sl->key, -key);
 		return;
 	}
+	if (STORE_ON(direct))
+		bpf_sk_storage_delete(SOCK_STORE, (void *)sk);
 	overflow_delete(key);
+}
+
+/* At a socket's CLOSE: is its record one that could not be kept? True, and counted (once per socket:
+ * a socket closes once), when records have been lost for want of room (`full`) and this one is missing
+ * or has no start (born_ns 0) though the seeding walk did not make it (SOCK_SEEDED) and it is no
+ * listener: a session whose start the component would have seen. (Once `full`, a session that began
+ * before the tool and was not seeded, such as one still in its listener's accept queue at start, is
+ * counted too: it may be one of those lost, and is not shown as if its start were known.) */
+static __always_inline bool sock_rec_lost(bool found, __u64 born_ns, __u32 flags, int oldstate)
+{
+	struct sock_slots_hdr *h;
+
+	if (found && (born_ns || (flags & SOCK_SEEDED)))
+		return false;
+	if (oldstate == TCP_LISTEN)
+		return false;
+	h = slots_hdr();
+	if (!h || !*(volatile __u64 *)&h->full)
+		return false;
+	__sync_fetch_and_add(&h->lost, 1);
+	return true;
 }
 
 /* A listener: its network namespace (the struct net's address, which identifies it as well as the inode
@@ -302,9 +395,10 @@ static __always_inline void owner_from_current(struct sock_owner *o)
 }
 
 /* The socket of key is owned by o: rewrite its record's owner in place, or create the record. */
-static __always_inline void owner_store(__u64 key, const struct sock_owner *o)
+static __always_inline void owner_store_d(const struct sock *sk, __u64 key, const struct sock_owner *o,
+					   bool direct)
 {
-	struct sock_rec *cur = sock_rec_of(key);
+	struct sock_rec *cur = sock_rec_of_d(sk, key, direct);
 	struct sock_rec r = {};
 
 	if (cur) {
@@ -312,13 +406,14 @@ static __always_inline void owner_store(__u64 key, const struct sock_owner *o)
 		return;
 	}
 	r.owner = *o;
-	sock_rec_create(key, &r);
+	sock_rec_create_d(sk, key, &r, direct);
 }
 
 /* The current task owns the socket of key. `begin`: the connection begins here (CLOSE -> SYN_SENT): a
  * fresh record, born now, with these flags; else `flags` are added to the record. Returns the record
  * when it existed already, NULL when it was created here (a caller that needs it looks it up). */
-static __always_inline struct sock_rec *owner_set_current_life(__u64 key, bool begin, __u32 flags)
+static __always_inline struct sock_rec *owner_set_current_life(const struct sock *sk, __u64 key, bool begin,
+								__u32 flags, bool direct)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	bool self = pid_tgid >> 32 == self_tgid;
@@ -331,10 +426,10 @@ static __always_inline struct sock_rec *owner_set_current_life(__u64 key, bool b
 		r.flags = flags;
 		if (!self)
 			owner_from_current_id(&r.owner, pid_tgid);
-		sock_rec_create(key, &r);
+		sock_rec_create_d(sk, key, &r, direct);
 		return NULL;
 	}
-	cur = sock_rec_of(key);
+	cur = sock_rec_of_d(sk, key, direct);
 	if (cur) {
 		/* the common case on close() and I/O: the owner is already this process, nothing to write */
 		if (cur->owner.pid != pid_tgid >> 32 && !self)
@@ -347,13 +442,13 @@ static __always_inline struct sock_rec *owner_set_current_life(__u64 key, bool b
 		return NULL;
 	owner_from_current_id(&r.owner, pid_tgid);
 	r.flags = flags;
-	sock_rec_create(key, &r);
+	sock_rec_create_d(sk, key, &r, direct);
 	return NULL;
 }
 
-static __always_inline void owner_set_current(__u64 key)
+static __always_inline void owner_set_current_d(const struct sock *sk, __u64 key, bool direct)
 {
-	owner_set_current_life(key, false, 0);
+	owner_set_current_life(sk, key, false, 0, direct);
 }
 
 /* A listener's key: its netns and port. Where the port comes from matters: tcp_set_state() fires the
@@ -389,7 +484,8 @@ static __always_inline void listener_record(const struct sock *sk, __u64 key, co
 	struct listen_key k = listen_key_of(sk, direct);
 	struct listen_owner lo = { .sk = key, .owner = *o };
 
-	bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY);
+	if (bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY))
+		capacity_full();
 }
 
 /* Keep the socket's record in step with a state change. Call first in every inet_sock_set_state
@@ -403,14 +499,14 @@ static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, 
 {
 	switch (newstate) {
 	case TCP_SYN_SENT:
-		return owner_set_current_life(key, true, SOCK_ACTIVE_OPEN);
+		return owner_set_current_life(sk, key, true, SOCK_ACTIVE_OPEN, direct);
 	case TCP_FIN_WAIT1:
 	case TCP_LAST_ACK:
-		return owner_set_current_life(key, false, SOCK_FIN_SENT);
+		return owner_set_current_life(sk, key, false, SOCK_FIN_SENT, direct);
 	case TCP_LISTEN: {
 		struct sock_owner o = {};
 		owner_from_current(&o);
-		owner_store(key, &o);
+		owner_store_d(sk, key, &o, direct);
 		listener_record(sk, key, &o, direct);
 		return NULL;
 	}
@@ -431,7 +527,7 @@ static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, 
 
 				listener_owner(&k, &r.owner);
 			}
-			sock_rec_create(key, &r);
+			sock_rec_create_d(sk, key, &r, direct);
 		}
 		return NULL;
 	case TCP_CLOSE:
@@ -493,7 +589,7 @@ static __always_inline int owner_on_accept(long ret)
 		return 0;
 	sk = sock_of_fd(ret);
 	if (sk)
-		owner_set_current(sock_key_d(sk, false));
+		owner_set_current_d(sk, sock_key_d(sk, false), false);
 	return 0;
 }
 
@@ -528,7 +624,7 @@ static __always_inline int owner_on_io(const struct sock *sk)
 	 * which deletes records, has passed or is not due */
 	if (SK_D(sk, __sk_common.skc_state) == TCP_CLOSE)
 		return 0;
-	owner_set_current(sock_key_d(sk, true));
+	owner_set_current_d(sk, sock_key_d(sk, true), true);
 	return 0;
 }
 

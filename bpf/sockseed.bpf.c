@@ -11,6 +11,10 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* puts the slot table's header type into BTF, so the skeleton carries it to Rust (src/runtime.rs reads
+ * its counters at exit); read-only data the object has anyway: no map of its own */
+const volatile struct sock_slots_hdr sockray_slots_hdr_type = {};
+
 /* ---- seeding: every TCP socket held by a process when the tool starts ---- */
 
 /* The task_file iterator's context (Linux 5.8+; its layout is the iterator's ABI), declared without
@@ -38,6 +42,7 @@ static __always_inline int seed_sock(struct task_struct *task, struct socket *so
 		return 0;
 	/* the owner only: when the connection began is not known (born_ns 0) */
 	owner_from_task(&r.owner, task, sk, with_cgroup);
+	r.flags = SOCK_SEEDED;
 	key = sock_key_d(sk, false);
 	sock_rec_create_new(key, &r);
 	if (SK_R(sk, __sk_common.skc_state) == TCP_LISTEN)

@@ -71,10 +71,16 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 		 * child enters SYN_RECV when it is created, just before this: its record is there */
 		if (oldstate == TCP_SYN_RECV)
 			return 0;
-		rec = sock_rec_of(key);
+		rec = sock_rec_of_d(sk, key, direct);
 		if (!rec) {
 			struct sock_rec fresh = { .born_ns = bpf_ktime_get_ns() };
-			sock_rec_create(key, &fresh);
+			struct sock_slots_hdr *h = slots_hdr();
+
+			/* once records have been lost for want of room, a missing one may be this session's:
+			 * its start is not known (counted and marked at CLOSE), not "now" */
+			if (h && *(volatile __u64 *)&h->full)
+				return 0;
+			sock_rec_create_d(sk, key, &fresh, direct);
 		} else if (!rec->born_ns) {
 			rec->born_ns = bpf_ktime_get_ns();
 		}
@@ -84,15 +90,18 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	default:
 		return 0;
 	}
-	rec = sock_rec_of(key);
-	if (!rec || !rec->born_ns)
-		goto out; /* listener, or a session born before we started */
+	rec = sock_rec_of_d(sk, key, direct);
 	/* What the event needs of the record, read now: past this point the program is the same whichever
-	 * map the record is in (slot table or hash map), and the verifier checks it once, not once per map
-	 * (a map value pointer kept alive until the end doubled the verification of what follows). */
-	born_ns = rec->born_ns;
-	flags = rec->flags;
+	 * map the record is in (slot table, socket storage or hash map), and the verifier checks it once,
+	 * not once per map (a map value pointer kept alive until the end doubled the verification of what
+	 * follows). */
+	born_ns = rec ? rec->born_ns : 0;
+	flags = rec ? rec->flags : 0;
 	owner_resolve(rec, newstate, &o);
+	/* no start: a listener, or a session born before we started (not shown, as BCC's), unless its
+	 * record was lost for want of room: then shown with its start unknown (span_ns ~0) and counted */
+	if (!born_ns && !sock_rec_lost(rec != 0, born_ns, flags, oldstate))
+		goto out;
 	/* A passive child that closes from SYN_RECV never became a connection: when two CPUs handle the
 	 * handshake's last ACK at once, the loser's copy of the child is dropped this way (seen on 5.10),
 	 * with the same addresses as the real one. (A refused or unanswered connect, SYN_SENT -> CLOSE, is
@@ -117,13 +126,13 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	e->owner = o;
 	e->skaddr = (__u64)sk;
 	e->ts_ns = now;
-	e->span_ns = now - born_ns;
+	e->span_ns = born_ns ? now - born_ns : ~0ULL;
 	payload_bytes(sk, tp, flags, &e->tx_bytes, &e->rx_bytes);
 	EVENT_SET_TUPLE(e, t);
 	e->pad = 0;
 	event_submit(e);
 out:
-	owner_forget(key);
+	owner_forget_d(sk, key, direct);
 	return 0;
 }
 

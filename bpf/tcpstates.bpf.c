@@ -66,7 +66,9 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	key = sock_key_d(sk, direct);
 	rec = owner_on_state_d(sk, key, oldstate, newstate, direct, false);
 	if (!rec)
-		rec = sock_rec_of(key);
+		rec = sock_rec_of_d(sk, key, direct);
+	if (newstate == TCP_CLOSE)
+		sock_rec_lost(rec != 0, rec ? rec->born_ns : 0, rec ? rec->flags : 0, oldstate);
 
 	/* the time of the socket's previous change is kept in its record (tool_ns), written in place */
 	now = bpf_ktime_get_ns();
@@ -77,7 +79,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	} else if (newstate != TCP_CLOSE) {
 		/* a socket the component has no record of (owner unknown) */
 		struct sock_rec fresh = { .tool_ns = now };
-		sock_rec_create(key, &fresh);
+		sock_rec_create_d(sk, key, &fresh, direct);
 	}
 
 	read_sk_tuple_d(sk, &t, direct);
@@ -103,7 +105,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	emit(sk, rec, &t, now, delta, ctx_pid, oldstate, newstate);
 out:
 	if (newstate == TCP_CLOSE)
-		owner_forget(key);
+		owner_forget_d(sk, key, direct);
 	return 0;
 }
 

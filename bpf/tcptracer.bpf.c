@@ -83,14 +83,17 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	owner_on_state_d(sk, key, oldstate, newstate, direct, false);
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
-		owner_resolve(sock_rec_of(key), newstate, &o);
+		owner_resolve(sock_rec_of_d(sk, key, direct), newstate, &o);
 		emit(sk, TCPTRACER_CONNECT, &o, direct);
 	} else if (newstate == TCP_CLOSE) {
+		struct sock_rec *rec = sock_rec_of_d(sk, key, direct);
+
+		sock_rec_lost(rec != 0, rec ? rec->born_ns : 0, rec ? rec->flags : 0, oldstate);
 		if (was_established(oldstate)) {
-			owner_resolve(sock_rec_of(key), newstate, &o);
+			owner_resolve(rec, newstate, &o);
 			emit(sk, TCPTRACER_CLOSE, &o, direct);
 		}
-		owner_forget(key);
+		owner_forget_d(sk, key, direct);
 	}
 	return 0;
 }
@@ -120,7 +123,7 @@ static __always_inline int on_accept_exit(long ret)
 	if (!sk || SK_R(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	owner_from_current(&o);
-	owner_store(sock_key_d(sk, false), &o);
+	owner_store_d(sk, sock_key_d(sk, false), &o, false);
 	emit(sk, TCPTRACER_ACCEPT, &o, false);
 	return 0;
 }

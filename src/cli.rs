@@ -33,6 +33,15 @@ impl Common {
     }
 }
 
+/// `--max-sockets`: tools that keep a record per socket (socket-owner component).
+#[derive(Args, Debug, Clone, Default)]
+pub struct SocketTable {
+    /// room for this many sockets' records in the hash map (where the kernel cannot keep them with the
+    /// socket: before Linux 6.3, or with the raw_tp path); default: twice the TCP sockets at start, at least 65536
+    #[arg(long = "max-sockets", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sockets: Option<u32>,
+}
+
 /// BCC's `-4` / `-6` (one or the other).
 #[derive(Args, Debug, Clone, Default)]
 pub struct FamilyArgs {
@@ -166,6 +175,10 @@ macro_rules! open_prepared {
         ($setup)(ro);
         let mut chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
         $crate::runtime::skip_programs(open.open_object_mut(), &mut chosen, $skip);
+        let storage = $crate::runtime::place_sock_records(open.open_object_mut(), &chosen);
+        if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+            ro.sock_storage_on = storage as u8;
+        }
         $crate::runtime::prealloc_maps_if_needed(open.open_object_mut());
         (open, chosen)
     }};

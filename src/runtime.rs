@@ -180,6 +180,98 @@ fn slot_mask_of(setting: Option<&str>) -> u32 {
         .map_or(u32::MAX, |n| n - 1)
 }
 
+static MAX_SOCKETS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// `--max-sockets N` (tools with socket-owner records): the room for records where the kernel cannot
+/// keep them with their socket. Call before the tool loads.
+pub fn set_max_sockets(n: Option<u32>) {
+    if let Some(n) = n {
+        let _ = MAX_SOCKETS.set(n);
+    }
+}
+
+/// Does this kernel let tracing programs use socket-local storage (Linux 5.11+)? Its helper for them,
+/// bpf_sk_storage_get_tracing, is named in vmlinux BTF where it exists.
+fn kernel_has_sk_storage_tracing() -> bool {
+    match std::fs::read("/sys/kernel/btf/vmlinux") {
+        Ok(btf) => memchr::memmem::find(&btf, b"\0bpf_sk_storage_get_tracing\0").is_some(),
+        Err(_) => false,
+    }
+}
+
+/// The socket-owner component's places for records that find no slot (bpf/sockowner.bpf.h): socket-local
+/// storage, when every program the tool runs is a typed (tp_btf) one (others cannot address it) and the
+/// kernel allows it; else the hash map `sock_owners`, sized here from the machine. Either way the hash
+/// map also takes the seeding walk's records of the sockets that exist at start. Sets the object's
+/// `sock_storage_on`; call after the hooks are chosen, before the maps are created.
+pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
+    let Some(mut map) = obj.maps_mut().find(|m| m.name() == "sock_owners") else {
+        return false;
+    };
+    let typed_only = chosen
+        .iter()
+        .all(|c| matches!(c.kind, Kind::TpBtf | Kind::Iter));
+    let storage = typed_only
+        && std::env::var_os("SOCKRAY_NO_SK_STORAGE").is_none()
+        && kernel_has_sk_storage_tracing();
+    let machine = std::fs::read_to_string("/proc/net/sockstat")
+        .ok()
+        .and_then(|s| tcp_sockets_allocated(&s));
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| mem_total_kib(&s));
+    let entries = sock_map_entries(MAX_SOCKETS.get().copied(), machine, mem);
+    if let Err(e) = map.set_max_entries(entries) {
+        crate::cli::debug(format_args!("sock_owners: cannot size to {entries}: {e}"));
+    }
+    crate::cli::debug(format_args!(
+        "socket records: {} slots, then {}; hash map for {entries} sockets ({} TCP sockets now)",
+        sock_slot_mask().saturating_add(1).min(1 << 14),
+        if storage {
+            "socket-local storage"
+        } else {
+            "the hash map"
+        },
+        machine.map_or("?".into(), |n| n.to_string()),
+    ));
+    storage
+}
+
+/// The hash map's room: `--max-sockets`, else twice the TCP sockets that exist now (at least
+/// `SOCK_MAP_ENTRIES`' 65,536), at most one per 4 KiB of memory (a TCP socket costs the kernel more).
+fn sock_map_entries(flag: Option<u32>, sockets_now: Option<u64>, mem_kib: Option<u64>) -> u32 {
+    if let Some(n) = flag {
+        return n.max(1);
+    }
+    let want = sockets_now
+        .unwrap_or(0)
+        .saturating_mul(2)
+        .max(65_536)
+        .next_power_of_two();
+    let cap = mem_kib.map_or(u64::MAX, |k| (k / 4).max(65_536));
+    want.min(cap).min(1 << 28) as u32
+}
+
+/// `alloc` of the `TCP:` line of /proc/net/sockstat: TCP sockets of both families that exist.
+fn tcp_sockets_allocated(sockstat: &str) -> Option<u64> {
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "alloc" {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Before the BPF memory allocator (Linux 6.1), the verifier warns once per boot, tainting the kernel
 /// ("trace type BPF program uses run-time allocation"), when a kprobe, tracepoint or raw_tp program uses
 /// a hash map created with BPF_F_NO_PREALLOC. On such kernels, and only when such a program is to be
@@ -206,7 +298,8 @@ pub fn prealloc_maps_if_needed(obj: &mut OpenObject) {
     }
     for mut m in obj.maps_mut() {
         let flags = m.map_flags();
-        if flags & no_prealloc != 0 {
+        // socket-local storage is never preallocated (and is not a hash map)
+        if flags & no_prealloc != 0 && m.map_type() != libbpf_rs::MapType::SkStorage {
             let name = m.name().to_string_lossy().into_owned();
             match m.set_map_flags(flags & !no_prealloc) {
                 Ok(()) => crate::cli::debug(format_args!(
@@ -547,7 +640,8 @@ impl Seeder {
     }
 }
 
-/// What a run lost: events the ring buffer could not take, and program runs the kernel skipped.
+/// What a run lost: events the ring buffer could not take, program runs the kernel skipped, and
+/// sockets whose records found no room.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lost {
     /// `bpf_ringbuf_reserve` failed: the reader fell behind (per-CPU counters in `lost_events`).
@@ -556,11 +650,15 @@ pub struct Lost {
     /// (interrupted, or preempted: Linux 7.x preempts programs on syscall tracepoints): each of the
     /// programs' `recursion_misses` is a run never made, so at most that many events are missing.
     pub skipped: u64,
+    /// Sockets that ended without the record the socket-owner component should have had for them,
+    /// because a table was full (bpf/sockowner.bpf.h `sock_rec_lost`): their rows are shown with what
+    /// is not known marked (owner `?`, tcplife's lifespan empty), never as if right.
+    pub capacity: u64,
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.ringbuf + self.skipped
+        self.ringbuf + self.skipped + self.capacity
     }
 
     /// The stderr lines for a run that lost something; None when nothing was lost.
@@ -579,6 +677,13 @@ impl Lost {
                 self.skipped, self.skipped
             ));
         }
+        if self.capacity > 0 {
+            lines.push(format!(
+                "sockray: {tool}: {} sockets ended whose records could not be kept (the socket table was \
+                 full; raise it with --max-sockets N): their rows show what was not known as unknown",
+                self.capacity
+            ));
+        }
         (!lines.is_empty()).then(|| lines.join("\n"))
     }
 }
@@ -587,6 +692,7 @@ impl Lost {
 pub fn lost_events(obj: &Object) -> Lost {
     Lost {
         ringbuf: ringbuf_lost(obj),
+        capacity: capacity_lost(obj),
         skipped: obj
             .progs()
             .filter(|p| p.autoload())
@@ -601,6 +707,17 @@ pub fn lost_events(obj: &Object) -> Lost {
                 n
             })
             .sum(),
+    }
+}
+
+/// The socket-owner slot table's count of sockets whose records were lost (its header, slot 0).
+fn capacity_lost(obj: &Object) -> u64 {
+    let Some(map) = obj.maps().find(|m| m.name() == "sock_slots") else {
+        return 0;
+    };
+    match map.lookup(&0u32.to_ne_bytes(), MapFlags::ANY) {
+        Ok(Some(v)) => read_event::<seedskel::types::sock_slots_hdr>(&v).map_or(0, |h| h.lost),
+        _ => 0,
     }
 }
 
@@ -759,6 +876,7 @@ pub fn report_lost(printer: &mut Printer, tool: &str, lost: Lost) -> Result<()> 
         ("lost", Value::U(lost.total())),
         ("lost_ringbuf", Value::U(lost.ringbuf)),
         ("lost_skipped", Value::U(lost.skipped)),
+        ("lost_capacity", Value::U(lost.capacity)),
     ])?;
     printer.flush()?;
     Ok(())
@@ -815,6 +933,24 @@ mod tests {
     use super::{Lost, slot_mask_of};
 
     #[test]
+    fn sock_map_sizing() {
+        use super::{mem_total_kib, sock_map_entries, tcp_sockets_allocated};
+        let stat = "sockets: used 250\nTCP: inuse 5 orphan 0 tw 2 alloc 120000 mem 3\nUDP: inuse 1 mem 0\n";
+        assert_eq!(tcp_sockets_allocated(stat), Some(120_000));
+        assert_eq!(tcp_sockets_allocated("UDP: inuse 1\n"), None);
+        assert_eq!(mem_total_kib("MemTotal:       24576000 kB\n"), Some(24_576_000));
+        // the flag wins
+        assert_eq!(sock_map_entries(Some(64), Some(1_000_000), None), 64);
+        // a quiet machine: the default
+        assert_eq!(sock_map_entries(None, Some(7), Some(24_576_000)), 65_536);
+        assert_eq!(sock_map_entries(None, None, None), 65_536);
+        // a busy one: twice its sockets, rounded up to a power of two
+        assert_eq!(sock_map_entries(None, Some(120_000), Some(24_576_000)), 262_144);
+        // never more than one per 4 KiB of memory
+        assert_eq!(sock_map_entries(None, Some(10_000_000), Some(1_048_576)), 262_144);
+    }
+
+    #[test]
     fn slot_mask_setting() {
         assert_eq!(slot_mask_of(None), u32::MAX);
         assert_eq!(slot_mask_of(Some("1")), 0);
@@ -831,7 +967,7 @@ mod tests {
         assert_eq!(Lost::default().message("tcplife"), None);
         let l = Lost {
             ringbuf: 2,
-            skipped: 0,
+            ..Lost::default()
         };
         assert_eq!(
             l.message("tcplife").unwrap(),
@@ -840,10 +976,12 @@ mod tests {
         let l = Lost {
             ringbuf: 1,
             skipped: 3,
+            capacity: 4,
         };
         let m = l.message("tcpstates").unwrap();
         let lines: Vec<&str> = m.lines().collect();
-        assert_eq!(lines.len(), 2, "{m}");
+        assert_eq!(lines.len(), 3, "{m}");
+        assert!(lines[2].starts_with("sockray: tcpstates: 4 sockets ended whose records could not be kept"));
         assert!(lines[0].starts_with("sockray: tcpstates: lost 1 events (ring buffer full"));
         assert!(lines[1].starts_with("sockray: tcpstates: the kernel skipped 3 runs"));
         assert!(lines[1].ends_with("up to 3 events are missing"));

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, load_tool};
+use crate::cli::{self, Common, FamilyArgs, SocketTable, load_tool};
 use crate::filter::{Filters, PortList, cgroup_id, parse_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Printer, TimeCols, Value};
@@ -68,6 +68,8 @@ struct Args {
     #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
     cgroup: Option<u64>,
     #[command(flatten)]
+    sockets: SocketTable,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -102,6 +104,7 @@ fn columns(wide: bool) -> Vec<Col> {
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
+    runtime::set_max_sockets(a.sockets.max_sockets);
     if a.common.ebpf {
         return cli::print_ebpf("tcplife");
     }
@@ -151,7 +154,11 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
                 ("rx_bytes", Value::U(e.rx_bytes)),
                 ("tx_kb", Value::U(e.tx_bytes / 1024)),
                 ("rx_kb", Value::U(e.rx_bytes / 1024)),
-                ("ms", Value::F(e.span_ns as f64 / 1e6, 2)),
+                // u64::MAX: its start was not kept (the socket table was full; counted as lost)
+                ("ms", match e.span_ns {
+                    u64::MAX => Value::Null,
+                    ns => Value::F(ns as f64 / 1e6, 2),
+                }),
                 ("skaddr", Value::Hex(e.skaddr)),
             ]);
             Some((e.ts_ns, f))

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, load_tool};
+use crate::cli::{self, Common, FamilyArgs, SocketTable, load_tool};
 use crate::filter::{Filters, PortList, cgroup_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields, tcp_state};
 use crate::output::{Col, Printer, TimeCols, Value};
@@ -64,6 +64,8 @@ struct Args {
     #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
     cgroup: Option<u64>,
     #[command(flatten)]
+    sockets: SocketTable,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -92,6 +94,7 @@ fn columns(wide: bool) -> Vec<Col> {
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
+    runtime::set_max_sockets(a.sockets.max_sockets);
     if a.common.ebpf {
         return cli::print_ebpf("tcpstates");
     }

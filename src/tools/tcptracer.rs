@@ -10,7 +10,7 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, load_tool};
+use crate::cli::{self, Common, FamilyArgs, SocketTable, load_tool};
 use crate::filter::{Filters, cgroup_id, parse_id};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Printer, TimeCols, Value};
@@ -79,6 +79,8 @@ struct Args {
     #[arg(short = 'v')]
     long_output: bool,
     #[command(flatten)]
+    sockets: SocketTable,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -119,6 +121,7 @@ fn type_names(t: u32) -> (&'static str, &'static str) {
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
+    runtime::set_max_sockets(a.sockets.max_sockets);
     if a.common.ebpf {
         return cli::print_ebpf("tcptracer");
     }
