@@ -785,6 +785,7 @@ pub fn event_loop(
     mut on_tick: impl FnMut() -> Result<bool>,
     duration: Option<Duration>,
 ) -> Result<()> {
+    crate::output::widen_stdout_pipe();
     let events = obj.maps().find(|m| m.name() == "events");
     let failure: std::cell::RefCell<Option<std::io::Error>> = std::cell::RefCell::new(None);
     let mut builder = RingBufferBuilder::new();
@@ -938,16 +939,25 @@ mod tests {
         let stat = "sockets: used 250\nTCP: inuse 5 orphan 0 tw 2 alloc 120000 mem 3\nUDP: inuse 1 mem 0\n";
         assert_eq!(tcp_sockets_allocated(stat), Some(120_000));
         assert_eq!(tcp_sockets_allocated("UDP: inuse 1\n"), None);
-        assert_eq!(mem_total_kib("MemTotal:       24576000 kB\n"), Some(24_576_000));
+        assert_eq!(
+            mem_total_kib("MemTotal:       24576000 kB\n"),
+            Some(24_576_000)
+        );
         // the flag wins
         assert_eq!(sock_map_entries(Some(64), Some(1_000_000), None), 64);
         // a quiet machine: the default
         assert_eq!(sock_map_entries(None, Some(7), Some(24_576_000)), 65_536);
         assert_eq!(sock_map_entries(None, None, None), 65_536);
         // a busy one: twice its sockets, rounded up to a power of two
-        assert_eq!(sock_map_entries(None, Some(120_000), Some(24_576_000)), 262_144);
+        assert_eq!(
+            sock_map_entries(None, Some(120_000), Some(24_576_000)),
+            262_144
+        );
         // never more than one per 4 KiB of memory
-        assert_eq!(sock_map_entries(None, Some(10_000_000), Some(1_048_576)), 262_144);
+        assert_eq!(
+            sock_map_entries(None, Some(10_000_000), Some(1_048_576)),
+            262_144
+        );
     }
 
     #[test]
@@ -981,7 +991,10 @@ mod tests {
         let m = l.message("tcpstates").unwrap();
         let lines: Vec<&str> = m.lines().collect();
         assert_eq!(lines.len(), 3, "{m}");
-        assert!(lines[2].starts_with("sockray: tcpstates: 4 sockets ended whose records could not be kept"));
+        assert!(
+            lines[2]
+                .starts_with("sockray: tcpstates: 4 sockets ended whose records could not be kept")
+        );
         assert!(lines[0].starts_with("sockray: tcpstates: lost 1 events (ring buffer full"));
         assert!(lines[1].starts_with("sockray: tcpstates: the kernel skipped 3 runs"));
         assert!(lines[1].ends_with("up to 3 events are missing"));

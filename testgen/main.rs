@@ -19,6 +19,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+mod hold;
 mod listen_accept;
 
 /// Read/write/accept timeout of every socket.
@@ -105,6 +106,8 @@ enum Cmd {
     /// A server with THREADS threads blocked in accept() on one listener, and a client connecting
     /// COUNT times (tcpaccept tests).
     Accept(listen_accept::AcceptArgs),
+    /// Hold many connections open at once from several client processes, then close them.
+    Hold(hold::HoldArgs),
     /// listen() calls with known outcomes, one JSON line each: explicit port, kernel-picked port,
     /// EADDRINUSE, and non-TCP listens (UDP, a pipe) (solisten tests).
     ListenCases(listen_accept::ListenCasesArgs),
@@ -233,6 +236,7 @@ fn main() {
             dns_comm,
         } => dns_connect(&name, answer, port, &comm, &dns_comm),
         Cmd::Accept(a) => listen_accept::accept(&a),
+        Cmd::Hold(a) => hold::hold(&a),
         Cmd::ListenCases(a) => listen_accept::listen_cases(&a),
     };
     if let Err(e) = res {

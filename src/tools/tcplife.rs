@@ -155,10 +155,13 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
                 ("tx_kb", Value::U(e.tx_bytes / 1024)),
                 ("rx_kb", Value::U(e.rx_bytes / 1024)),
                 // u64::MAX: its start was not kept (the socket table was full; counted as lost)
-                ("ms", match e.span_ns {
-                    u64::MAX => Value::Null,
-                    ns => Value::F(ns as f64 / 1e6, 2),
-                }),
+                (
+                    "ms",
+                    match e.span_ns {
+                        u64::MAX => Value::Null,
+                        ns => Value::F(ns as f64 / 1e6, 2),
+                    },
+                ),
                 ("skaddr", Value::Hex(e.skaddr)),
             ]);
             Some((e.ts_ns, f))

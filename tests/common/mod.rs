@@ -260,12 +260,20 @@ impl Lines {
         self.cv.notify_all();
     }
 
-    /// Splits `buf` into complete lines, keeps the rest.
+    /// Splits `buf` into complete lines (all added at once), keeps the rest.
     fn push_complete(&self, buf: &mut Vec<u8>) {
-        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            self.push(&line);
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return;
+        };
+        let now = Instant::now();
+        let mut lines = self.lines.lock().unwrap();
+        for raw in buf[..end].split(|&b| b == b'\n') {
+            let text = String::from_utf8_lossy(raw);
+            lines.push((text.trim_end_matches('\r').to_string(), now));
         }
+        drop(lines);
+        buf.drain(..=end);
+        self.cv.notify_all();
     }
 }
 
@@ -413,14 +421,21 @@ impl Tracer {
         let t_out = match reader_src {
             Some(f) => thread::spawn(f),
             None => {
-                let pipe = child.stdout.take().unwrap();
+                let mut pipe = child.stdout.take().unwrap();
                 let o = Arc::clone(&out);
                 thread::spawn(move || {
-                    let mut r = BufReader::new(pipe);
-                    let mut line = Vec::new();
-                    while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
-                        o.push(&line);
-                        line.clear();
+                    // big reads, one lock per read: a flood of rows is read as fast as it comes
+                    let mut buf = Vec::new();
+                    let mut chunk = vec![0u8; 1 << 16];
+                    while let Ok(n) = pipe.read(&mut chunk) {
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        o.push_complete(&mut buf);
+                    }
+                    if !buf.is_empty() {
+                        o.push(&buf);
                     }
                 })
             }
