@@ -33,8 +33,8 @@ const volatile __u32 self_tgid = 0;
 const volatile __u32 sock_slot_mask = 0xffffffff;
 /* The socket-owner component keeps the records of sockets whose slot is taken in socket-local storage
  * (no ceiling, freed with the socket) instead of its hash map: set by user space when every program
- * that touches records is a typed (tp_btf) one and the kernel lets tracing programs use socket-local
- * storage (Linux 5.11+); see sock_store in bpf/sockowner.bpf.h. */
+ * that touches records is a typed (tp_btf) one (tracing programs may use socket-local storage since
+ * Linux 5.11); see sock_store in bpf/sockowner.bpf.h. */
 const volatile __u8 sock_storage_on = 0;
 
 static __always_inline bool port_in(const volatile __u8 *bits, __u16 port)

@@ -190,18 +190,10 @@ pub fn set_max_sockets(n: Option<u32>) {
     }
 }
 
-/// Does this kernel let tracing programs use socket-local storage (Linux 5.11+)? Its helper for them,
-/// bpf_sk_storage_get_tracing, is named in vmlinux BTF where it exists.
-fn kernel_has_sk_storage_tracing() -> bool {
-    match std::fs::read("/sys/kernel/btf/vmlinux") {
-        Ok(btf) => memchr::memmem::find(&btf, b"\0bpf_sk_storage_get_tracing\0").is_some(),
-        Err(_) => false,
-    }
-}
-
 /// The socket-owner component's places for records that find no slot (bpf/sockowner.bpf.h): socket-local
-/// storage, when every program the tool runs is a typed (tp_btf) one (others cannot address it) and the
-/// kernel allows it; else the hash map `sock_owners`, sized here from the machine. Either way the hash
+/// storage, when every program the tool runs is a typed (tp_btf) one (others cannot address it); else
+/// the hash map `sock_owners`, sized here from the machine (SOCKRAY_NO_SK_STORAGE=1 forces that, for
+/// tests). Either way the hash
 /// map also takes the seeding walk's records of the sockets that exist at start. Sets the object's
 /// `sock_storage_on`; call after the hooks are chosen, before the maps are created.
 pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
@@ -211,9 +203,12 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     let typed_only = chosen
         .iter()
         .all(|c| matches!(c.kind, Kind::TpBtf | Kind::Iter));
-    let storage = typed_only
-        && std::env::var_os("SOCKRAY_NO_SK_STORAGE").is_none()
-        && kernel_has_sk_storage_tracing();
+    // Tracing programs may use socket-local storage since Linux 5.11, and every tool that runs typed
+    // programs only needs sock:sock_recv_length (6.3+) for that: no probe (reading vmlinux BTF to look
+    // would cost ~5 ms of start-up). Should the kernel refuse the load all the same, the strict retry
+    // (cli::load_tool!) comes here again and leaves it off.
+    let storage =
+        typed_only && !attach::strict() && std::env::var_os("SOCKRAY_NO_SK_STORAGE").is_none();
     let machine = std::fs::read_to_string("/proc/net/sockstat")
         .ok()
         .and_then(|s| tcp_sockets_allocated(&s));
