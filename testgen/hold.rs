@@ -3,7 +3,8 @@
 //! Each client connects its share, writes 1 byte on each connection, and holds them; the server accepts
 //! every connection and reads its byte. Once all are established, {"role":"held"} is printed (and, with
 //! --wait-go, a line on stdin is awaited); then the clients close theirs and the server closes each on
-//! its EOF. Each client's line lists its local ports, so that a test can check every session's owner.
+//! its EOF. Each client's line lists its local address and ports, each server's line its peers (address,
+//! port), so that a test can check every session's owner.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -123,13 +124,24 @@ pub fn hold(a: &HoldArgs) -> Result<()> {
         let n = share(a.conns, clients, i);
         let (rep_rd, rep_wr) = pipe()?;
         let close_rd = close_rd.try_clone()?;
-        // each client binds its own range of local ports: the kernel's search for a free ephemeral port
-        // grows with the ports in use (50,000 connections took 48 s that way, seconds this way)
-        let span = (65535 - 1024) / clients;
-        let ports = (1024 + i * span) as u16..(1024 + (i + 1) * span) as u16;
+        // each client binds its own local ports: the kernel's search for a free ephemeral port grows
+        // with the ports in use (50,000 connections took 48 s that way, seconds this way). Over IPv4
+        // loopback each client has an address of its own (127.0.0.2, ...) and every port; over IPv6 (one
+        // loopback address) the clients share the ports out.
+        let (src, ports) = match a.addr {
+            IpAddr::V4(v4) if v4.is_loopback() => {
+                let o = v4.octets();
+                let src = std::net::Ipv4Addr::new(o[0], 2 + (i / 250) as u8, 0, 2 + (i % 250) as u8);
+                (IpAddr::V4(src), 1024..65535)
+            }
+            other => {
+                let span = (65535 - 1024) / clients;
+                (other, (1024 + i * span) as u16..(1024 + (i + 1) * span) as u16)
+            }
+        };
         pids.push(fork_role("client", move || {
             forget_close();
-            client_role(a, port, n, clients, ports, rep_wr, close_rd, deadline)
+            client_role(a, port, n, clients, src, ports, rep_wr, close_rd, deadline)
         })?);
         reports.push(rep_rd);
     }
@@ -199,17 +211,18 @@ fn server_role(
         conns.push(s);
     }
     // each connection's byte
-    let mut rports = Vec::with_capacity(n as usize);
+    let mut peers = Vec::with_capacity(n as usize);
     for (i, s) in conns.iter_mut().enumerate() {
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut b = [0u8; 1];
         s.read_exact(&mut b)
             .with_context(|| format!("reading connection #{i}'s byte"))?;
-        rports.push(s.peer_addr()?.port());
+        let peer = s.peer_addr()?;
+        peers.push(json!([peer.ip().to_string(), peer.port()]));
     }
     let line = json!({
         "role": "server", "pid": getpid(), "comm": a.server_comm, "uid": getuid(), "conns": n,
-        "rports": rports,
+        "peers": peers,
     });
     writeln!(report, "{line}")?;
     drop(report);
@@ -233,6 +246,7 @@ fn client_role(
     port: u16,
     n: u32,
     clients: u32,
+    src: IpAddr,
     mut ports: std::ops::Range<u16>,
     mut report: File,
     mut close: File,
@@ -251,7 +265,7 @@ fn client_role(
             let Some(p) = ports.next() else {
                 bail!("no local port left for connection #{i}");
             };
-            if p != port && crate::bind(fd.as_raw_fd(), &SocketAddr::new(a.addr, p)).is_ok() {
+            if p != port && crate::bind(fd.as_raw_fd(), &SocketAddr::new(src, p)).is_ok() {
                 break;
             }
         }
@@ -263,7 +277,8 @@ fn client_role(
     }
     let line = json!({
         "role": "client", "pid": getpid(), "comm": a.client_comm, "uid": getuid(),
-        "family": crate::family_of(&a.addr), "rport": port, "conns": n, "lports": lports,
+        "family": crate::family_of(&a.addr), "laddr": src.to_string(), "rport": port, "conns": n,
+        "lports": lports,
     });
     writeln!(report, "{line}")?;
     drop(report);

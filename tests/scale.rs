@@ -25,8 +25,8 @@ fn conns() -> u32 {
 /// clients' ends (their local ports) and the servers' ends (the clients' ports as their remote ports).
 struct Held {
     port: u64,
-    clients: HashMap<u64, (u64, String)>,
-    servers: HashMap<u64, (u64, String)>,
+    clients: HashMap<(String, u64), (u64, String)>,
+    servers: HashMap<(String, u64), (u64, String)>,
 }
 
 fn hold(ns: &Netns, addr: &str, conns: u32, close_rate: u32, tag: &str) -> Held {
@@ -58,12 +58,14 @@ fn hold(ns: &Netns, addr: &str, conns: u32, close_rate: u32, tag: &str) -> Held 
             Some("held") => h.port = u(l, "port"),
             Some("client") => {
                 for p in l["lports"].as_array().unwrap() {
-                    h.clients.insert(p.as_u64().unwrap(), owner());
+                    let end = (s(l, "laddr").to_string(), p.as_u64().unwrap());
+                    h.clients.insert(end, owner());
                 }
             }
             Some("server") => {
-                for p in l["rports"].as_array().unwrap() {
-                    h.servers.insert(p.as_u64().unwrap(), owner());
+                for p in l["peers"].as_array().unwrap() {
+                    let end = (p[0].as_str().unwrap().to_string(), p[1].as_u64().unwrap());
+                    h.servers.insert(end, owner());
                 }
             }
             _ => {}
@@ -74,19 +76,23 @@ fn hold(ns: &Netns, addr: &str, conns: u32, close_rate: u32, tag: &str) -> Held 
     h
 }
 
-/// For each of the test's sockets, its rows: (client end?, the client's port) -> rows.
+/// The client's end of a connection: (address, port).
+type End = (String, u64);
+
+/// For each of the test's sockets, its rows: (client end?, the client's address and port) -> rows.
 fn by_socket<'a>(
     rows: &'a [Value],
     h: &Held,
     keep: impl Fn(&Value) -> bool,
-) -> HashMap<(bool, u64), Vec<&'a Value>> {
-    let mut m: HashMap<(bool, u64), Vec<&Value>> = HashMap::new();
+) -> HashMap<(bool, End), Vec<&'a Value>> {
+    let mut m: HashMap<(bool, End), Vec<&Value>> = HashMap::new();
     for r in rows.iter().filter(|r| keep(r)) {
-        let (lport, rport) = (u(r, "lport"), u(r, "rport"));
-        if rport == h.port && h.clients.contains_key(&lport) {
-            m.entry((true, lport)).or_default().push(r);
-        } else if lport == h.port && h.servers.contains_key(&rport) {
-            m.entry((false, rport)).or_default().push(r);
+        let local = (s(r, "laddr").to_string(), u(r, "lport"));
+        let remote = (s(r, "raddr").to_string(), u(r, "rport"));
+        if remote.1 == h.port && h.clients.contains_key(&local) {
+            m.entry((true, local)).or_default().push(r);
+        } else if local.1 == h.port && h.servers.contains_key(&remote) {
+            m.entry((false, remote)).or_default().push(r);
         }
     }
     m
@@ -126,13 +132,13 @@ fn tcplife_reports_every_session_of_100000_sockets() {
     let trace = tracer.stop_with_skips();
     let mine = by_socket(&trace.rows, &h, |_| true);
     all_but_skipped(mine.len(), &trace);
-    for ((client, port), rows) in &mine {
+    for ((client, end), rows) in &mine {
         assert_eq!(rows.len(), 1, "one row per session end: {rows:?}");
         let r = rows[0];
         let (pid, comm) = if *client {
-            &h.clients[port]
+            &h.clients[end]
         } else {
-            &h.servers[port]
+            &h.servers[end]
         };
         assert_eq!((u(r, "pid"), s(r, "comm")), (*pid, comm.as_str()), "{r}");
         let (tx, rx) = if *client { (1, 0) } else { (0, 1) };
@@ -157,13 +163,13 @@ fn tcpstates_reports_every_socket_of_100000() {
     let trace = tracer.stop_with_skips();
     let closes = by_socket(&trace.rows, &h, |r| r["newstate"] == "CLOSE");
     all_but_skipped(closes.len(), &trace);
-    for ((client, port), rows) in &closes {
+    for ((client, end), rows) in &closes {
         assert_eq!(rows.len(), 1, "one CLOSE per socket: {rows:?}");
         let r = rows[0];
         let (pid, comm) = if *client {
-            &h.clients[port]
+            &h.clients[end]
         } else {
-            &h.servers[port]
+            &h.servers[end]
         };
         assert_eq!((u(r, "pid"), s(r, "comm")), (*pid, comm.as_str()), "{r}");
     }
@@ -206,13 +212,13 @@ fn tcplife_counts_what_a_full_table_could_not_keep() {
         "every session end shown, kept or not"
     );
     let mut kept = 0;
-    for ((client, port), rows) in &mine {
+    for ((client, end), rows) in &mine {
         assert_eq!(rows.len(), 1, "{rows:?}");
         let r = rows[0];
         let (pid, comm) = if *client {
-            &h.clients[port]
+            &h.clients[end]
         } else {
-            &h.servers[port]
+            &h.servers[end]
         };
         // an owner not kept is "?", never another process
         if u(r, "pid") != 0 {
