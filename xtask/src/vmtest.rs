@@ -475,8 +475,9 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
         ("limit", format!("{}\n", limit.as_secs())),
         ("cwd", format!("{}\n", workspace_root().display())),
     ];
-    // the scale tests (tests/scale.rs) with fewer connections: the guest has 1 GiB and an emulated CPU
-    let mut env = String::from("SOCKRAY_SCALE_CONNS=2000\n");
+    // the scale tests (tests/scale.rs) with fewer connections: the guest has 1 GiB and an emulated CPU,
+    // whose reader may not run at all while the sockets close (500 connections' rows fit in the ring)
+    let mut env = String::from("SOCKRAY_SCALE_CONNS=500\n");
     if path != "default" {
         env.push_str(&format!("SOCKRAY_ATTACH={path}\n"));
     }
