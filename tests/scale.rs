@@ -117,6 +117,16 @@ fn all_but_skipped(reported: usize, trace: &Trace) {
     );
 }
 
+/// The row names the socket's process; where the kernel skipped runs (counted), possibly no one (`?`),
+/// but never another process.
+fn owner_ok(r: &Value, pid: u64, comm: &str, trace: &Trace) {
+    if trace.skipped > 0 && u(r, "pid") == 0 {
+        assert_eq!(s(r, "comm"), "?", "{r}");
+        return;
+    }
+    assert_eq!((u(r, "pid"), s(r, "comm")), (pid, comm), "{r}");
+}
+
 /// tcplife: one row per session end, 100,000 of them, each with its own process (pre-forked servers,
 /// several clients), its exact byte counts (1 byte each way), and nothing lost.
 #[test]
@@ -140,9 +150,15 @@ fn tcplife_reports_every_session_of_100000_sockets() {
         } else {
             &h.servers[end]
         };
-        assert_eq!((u(r, "pid"), s(r, "comm")), (*pid, comm.as_str()), "{r}");
+        owner_ok(r, *pid, comm, &trace);
+        // the FIN correction needs the run that saw it sent: with skipped runs, one more byte
         let (tx, rx) = if *client { (1, 0) } else { (0, 1) };
-        assert_eq!((u(r, "tx_bytes"), u(r, "rx_bytes")), (tx, rx), "{r}");
+        let slack = u64::from(trace.skipped > 0);
+        let (got_tx, got_rx) = (u(r, "tx_bytes"), u(r, "rx_bytes"));
+        assert!(
+            (tx..=tx + slack).contains(&got_tx) && (rx..=rx + slack).contains(&got_rx),
+            "bytes (want {tx}/{rx}): {r}"
+        );
         assert!(f(r, "ms") < MAX_MS * 60.0, "{r}");
     }
 }
@@ -171,7 +187,7 @@ fn tcpstates_reports_every_socket_of_100000() {
         } else {
             &h.servers[end]
         };
-        assert_eq!((u(r, "pid"), s(r, "comm")), (*pid, comm.as_str()), "{r}");
+        owner_ok(r, *pid, comm, &trace);
     }
 }
 

@@ -22,7 +22,7 @@ usage: cargo xtask <command> [options]
 commands:
   deps                                 install missing build packages (Debian/Ubuntu, apt)
   run [--debug] [--] <tool> [args...]  build sockray and run a tool (via sudo when not root)
-  test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test
+  test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test --release
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
   bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose] [--starts N] [--startup-only]
                                        start-up, RSS and connection-rate cost vs libbpf-tools
@@ -190,7 +190,9 @@ fn cmd_test(args: &[OsString]) -> Res {
         "-D",
         "warnings",
     ]))?;
-    step(cargo().args(["test", "--workspace"]).args(extra))
+    // release: the tests run the tool as users run it (the scale tests' hundreds of thousands of rows
+    // outrun an unoptimised build's reader)
+    step(cargo().args(["test", "--workspace", "--release"]).args(extra))
 }
 
 fn cmd_install(args: &[OsString]) -> Res {
