@@ -131,12 +131,16 @@ pub fn hold(a: &HoldArgs) -> Result<()> {
         let (src, ports) = match a.addr {
             IpAddr::V4(v4) if v4.is_loopback() => {
                 let o = v4.octets();
-                let src = std::net::Ipv4Addr::new(o[0], 2 + (i / 250) as u8, 0, 2 + (i % 250) as u8);
+                let src =
+                    std::net::Ipv4Addr::new(o[0], 2 + (i / 250) as u8, 0, 2 + (i % 250) as u8);
                 (IpAddr::V4(src), 1024..65535)
             }
             other => {
                 let span = (65535 - 1024) / clients;
-                (other, (1024 + i * span) as u16..(1024 + (i + 1) * span) as u16)
+                (
+                    other,
+                    (1024 + i * span) as u16..(1024 + (i + 1) * span) as u16,
+                )
             }
         };
         pids.push(fork_role("client", move || {

@@ -192,7 +192,11 @@ fn cmd_test(args: &[OsString]) -> Res {
     ]))?;
     // release: the tests run the tool as users run it (the scale tests' hundreds of thousands of rows
     // outrun an unoptimised build's reader)
-    step(cargo().args(["test", "--workspace", "--release"]).args(extra))
+    step(
+        cargo()
+            .args(["test", "--workspace", "--release"])
+            .args(extra),
+    )
 }
 
 fn cmd_install(args: &[OsString]) -> Res {
