@@ -29,6 +29,17 @@ struct Held {
     servers: HashMap<(String, u64), (u64, String)>,
 }
 
+impl Held {
+    /// The process that held this end: the client's (client end) or the server's that accepted it.
+    fn owner(&self, client: bool, end: &End) -> &(u64, String) {
+        if client {
+            &self.clients[end]
+        } else {
+            &self.servers[end]
+        }
+    }
+}
+
 fn hold(ns: &Netns, addr: &str, conns: u32, close_rate: u32, tag: &str) -> Held {
     let args = gen_args(&[
         "hold",
@@ -145,11 +156,7 @@ fn tcplife_reports_every_session_of_100000_sockets() {
     for ((client, end), rows) in &mine {
         assert_eq!(rows.len(), 1, "one row per session end: {rows:?}");
         let r = rows[0];
-        let (pid, comm) = if *client {
-            &h.clients[end]
-        } else {
-            &h.servers[end]
-        };
+        let (pid, comm) = h.owner(*client, end);
         owner_ok(r, *pid, comm, &trace);
         // the FIN correction needs the run that saw it sent: with skipped runs, one more byte
         let (tx, rx) = if *client { (1, 0) } else { (0, 1) };
@@ -182,11 +189,7 @@ fn tcpstates_reports_every_socket_of_100000() {
     for ((client, end), rows) in &closes {
         assert_eq!(rows.len(), 1, "one CLOSE per socket: {rows:?}");
         let r = rows[0];
-        let (pid, comm) = if *client {
-            &h.clients[end]
-        } else {
-            &h.servers[end]
-        };
+        let (pid, comm) = h.owner(*client, end);
         owner_ok(r, *pid, comm, &trace);
     }
 }
@@ -231,11 +234,7 @@ fn tcplife_counts_what_a_full_table_could_not_keep() {
     for ((client, end), rows) in &mine {
         assert_eq!(rows.len(), 1, "{rows:?}");
         let r = rows[0];
-        let (pid, comm) = if *client {
-            &h.clients[end]
-        } else {
-            &h.servers[end]
-        };
+        let (pid, comm) = h.owner(*client, end);
         // an owner not kept is "?", never another process
         if u(r, "pid") != 0 {
             assert_eq!((u(r, "pid"), s(r, "comm")), (*pid, comm.as_str()), "{r}");
