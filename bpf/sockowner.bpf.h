@@ -186,6 +186,14 @@ static __always_inline bool slot_claim(struct sock_slot *sl, __u64 key)
 	return false;
 }
 
+/* Has a record not been kept for want of room, since the tool started? */
+static __always_inline bool records_full(void)
+{
+	struct sock_slots_hdr *h = slots_hdr();
+
+	return h && *(volatile __u64 *)&h->full;
+}
+
 /* A record could not be kept: from now on, a socket that ends without its record is counted lost. */
 static __always_inline void capacity_full(void)
 {
@@ -329,13 +337,18 @@ static __always_inline bool sock_rec_lost(bool found, __u64 born_ns, __u32 flags
 
 	if (found && (born_ns || (flags & SOCK_SEEDED)))
 		return false;
-	if (oldstate == TCP_LISTEN)
+	if (oldstate == TCP_LISTEN || !records_full())
 		return false;
 	h = slots_hdr();
-	if (!h || !*(volatile __u64 *)&h->full)
-		return false;
-	__sync_fetch_and_add(&h->lost, 1);
+	if (h)
+		__sync_fetch_and_add(&h->lost, 1);
 	return true;
+}
+
+/* sock_rec_lost() for a record pointer (NULL: none). */
+static __always_inline bool sock_rec_lost_at(const struct sock_rec *r, int oldstate)
+{
+	return sock_rec_lost(r != 0, r ? r->born_ns : 0, r ? r->flags : 0, oldstate);
 }
 
 /* A listener: its network namespace (the struct net's address, which identifies it as well as the inode

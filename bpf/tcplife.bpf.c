@@ -74,11 +74,10 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 		rec = sock_rec_of_d(sk, key, direct);
 		if (!rec) {
 			struct sock_rec fresh = { .born_ns = bpf_ktime_get_ns() };
-			struct sock_slots_hdr *h = slots_hdr();
 
 			/* once records have been lost for want of room, a missing one may be this session's:
 			 * its start is not known (counted and marked at CLOSE), not "now" */
-			if (h && *(volatile __u64 *)&h->full)
+			if (records_full())
 				return 0;
 			sock_rec_create_d(sk, key, &fresh, direct);
 		} else if (!rec->born_ns) {
@@ -98,15 +97,15 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	born_ns = rec ? rec->born_ns : 0;
 	flags = rec ? rec->flags : 0;
 	owner_resolve(rec, newstate, &o);
-	/* no start: a listener, or a session born before we started (not shown, as BCC's), unless its
-	 * record was lost for want of room: then shown with its start unknown (span_ns ~0) and counted */
-	if (!born_ns && !sock_rec_lost(rec != 0, born_ns, flags, oldstate))
-		goto out;
 	/* A passive child that closes from SYN_RECV never became a connection: when two CPUs handle the
 	 * handshake's last ACK at once, the loser's copy of the child is dropped this way (seen on 5.10),
 	 * with the same addresses as the real one. (A refused or unanswered connect, SYN_SENT -> CLOSE, is
 	 * shown, as BCC does.) */
 	if (oldstate == TCP_SYN_RECV)
+		goto out;
+	/* no start: a listener, or a session born before we started (not shown, as BCC's), unless its
+	 * record was lost for want of room: then shown with its start unknown (span_ns ~0) and counted */
+	if (!born_ns && !sock_rec_lost(rec != 0, born_ns, flags, oldstate))
 		goto out;
 	now = bpf_ktime_get_ns();
 	tp = sk_tcp_d(sk, direct);

@@ -68,7 +68,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (!rec)
 		rec = sock_rec_of_d(sk, key, direct);
 	if (newstate == TCP_CLOSE)
-		sock_rec_lost(rec != 0, rec ? rec->born_ns : 0, rec ? rec->flags : 0, oldstate);
+		sock_rec_lost_at(rec, oldstate);
 
 	/* the time of the socket's previous change is kept in its record (tool_ns), written in place */
 	now = bpf_ktime_get_ns();

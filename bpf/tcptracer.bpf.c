@@ -88,7 +88,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	} else if (newstate == TCP_CLOSE) {
 		struct sock_rec *rec = sock_rec_of_d(sk, key, direct);
 
-		sock_rec_lost(rec != 0, rec ? rec->born_ns : 0, rec ? rec->flags : 0, oldstate);
+		sock_rec_lost_at(rec, oldstate);
 		if (was_established(oldstate)) {
 			owner_resolve(rec, newstate, &o);
 			emit(sk, TCPTRACER_CLOSE, &o, direct);
