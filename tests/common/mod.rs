@@ -427,12 +427,16 @@ impl Tracer {
                     // big reads, one lock per read: a flood of rows is read as fast as it comes
                     let mut buf = Vec::new();
                     let mut chunk = vec![0u8; 1 << 16];
-                    while let Ok(n) = pipe.read(&mut chunk) {
-                        if n == 0 {
-                            break;
+                    loop {
+                        match pipe.read(&mut chunk) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                buf.extend_from_slice(&chunk[..n]);
+                                o.push_complete(&mut buf);
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break,
                         }
-                        buf.extend_from_slice(&chunk[..n]);
-                        o.push_complete(&mut buf);
                     }
                     if !buf.is_empty() {
                         o.push(&buf);
