@@ -215,13 +215,14 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| mem_total_kib(&s));
-    let entries = sock_map_entries(MAX_SOCKETS.get().copied(), machine, mem);
+    // the size bpf/common.bpf.h declares (SOCK_MAP_ENTRIES) is the floor
+    let floor = u64::from(map.max_entries());
+    let entries = sock_map_entries(MAX_SOCKETS.get().copied(), floor, machine, mem);
     if let Err(e) = map.set_max_entries(entries) {
         crate::cli::debug(format_args!("sock_owners: cannot size to {entries}: {e}"));
     }
     crate::cli::debug(format_args!(
-        "socket records: {} slots, then {}; hash map for {entries} sockets ({} TCP sockets now)",
-        sock_slot_mask().saturating_add(1).min(1 << 14),
+        "socket records: the slot table, then {}; hash map for {entries} sockets ({} TCP sockets now)",
         if storage {
             "socket-local storage"
         } else {
@@ -232,18 +233,23 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     storage
 }
 
-/// The hash map's room: `--max-sockets`, else twice the TCP sockets that exist now (at least
-/// `SOCK_MAP_ENTRIES`' 65,536), at most one per 4 KiB of memory (a TCP socket costs the kernel more).
-fn sock_map_entries(flag: Option<u32>, sockets_now: Option<u64>, mem_kib: Option<u64>) -> u32 {
+/// The hash map's room: `--max-sockets`, else twice the TCP sockets that exist now (at least `floor`,
+/// the size the object declares), at most one per 4 KiB of memory (a TCP socket costs the kernel more).
+fn sock_map_entries(
+    flag: Option<u32>,
+    floor: u64,
+    sockets_now: Option<u64>,
+    mem_kib: Option<u64>,
+) -> u32 {
     if let Some(n) = flag {
         return n.max(1);
     }
     let want = sockets_now
         .unwrap_or(0)
         .saturating_mul(2)
-        .max(65_536)
+        .max(floor)
         .next_power_of_two();
-    let cap = mem_kib.map_or(u64::MAX, |k| (k / 4).max(65_536));
+    let cap = mem_kib.map_or(u64::MAX, |k| (k / 4).max(floor));
     want.min(cap).min(1 << 28) as u32
 }
 
@@ -939,18 +945,24 @@ mod tests {
             Some(24_576_000)
         );
         // the flag wins
-        assert_eq!(sock_map_entries(Some(64), Some(1_000_000), None), 64);
+        assert_eq!(
+            sock_map_entries(Some(64), 65_536, Some(1_000_000), None),
+            64
+        );
         // a quiet machine: the default
-        assert_eq!(sock_map_entries(None, Some(7), Some(24_576_000)), 65_536);
-        assert_eq!(sock_map_entries(None, None, None), 65_536);
+        assert_eq!(
+            sock_map_entries(None, 65_536, Some(7), Some(24_576_000)),
+            65_536
+        );
+        assert_eq!(sock_map_entries(None, 65_536, None, None), 65_536);
         // a busy one: twice its sockets, rounded up to a power of two
         assert_eq!(
-            sock_map_entries(None, Some(120_000), Some(24_576_000)),
+            sock_map_entries(None, 65_536, Some(120_000), Some(24_576_000)),
             262_144
         );
         // never more than one per 4 KiB of memory
         assert_eq!(
-            sock_map_entries(None, Some(10_000_000), Some(1_048_576)),
+            sock_map_entries(None, 65_536, Some(10_000_000), Some(1_048_576)),
             262_144
         );
     }
