@@ -149,7 +149,8 @@ fn tcplife_reports_every_session_of_100000_sockets() {
     let ns = Netns::new();
     let tracer = Tracer::start("tcplife", &[]);
     let h = hold(&ns, "127.0.0.1", conns(), 50_000, "sc-tl");
-    std::thread::sleep(SETTLE * 3);
+    ns.wait_tcp_closed(Duration::from_secs(60));
+    std::thread::sleep(SETTLE);
     let trace = tracer.stop_with_skips();
     let mine = by_socket(&trace.rows, &h, |_| true);
     all_but_skipped(mine.len(), &trace);
@@ -170,14 +171,12 @@ fn tcplife_reports_every_session_of_100000_sockets() {
     }
 }
 
-/// tcpstates: every socket's change to CLOSE, with its owner, and nothing lost.
-///
-/// Left out of the suite for now: in some runs a few dozen client sockets (~0.05%) show ESTABLISHED ->
-/// FIN_WAIT1 and then no FIN_WAIT2 and no CLOSE row, more than the skipped runs counted, though `ss`
-/// shows every socket reached TIME_WAIT: a loss nothing counts, to be found (issue 19). Run it with
-/// `cargo test --release --test scale -- --ignored`.
+/// tcpstates: every state change of every socket (five each: the client's SYN_SENT, ESTABLISHED,
+/// FIN_WAIT1, FIN_WAIT2, CLOSE; the server's SYN_RECV, ESTABLISHED, CLOSE_WAIT, LAST_ACK, CLOSE), each
+/// CLOSE with its owner, and nothing lost. Rows the kernel did not let the program see are counted
+/// (`lost_skipped`, one per row: under this load they come in pairs, a client socket's FIN_WAIT2 and
+/// CLOSE handled in one softirq that interrupted the state program on that CPU).
 #[test]
-#[ignore = "a few uncounted missing CLOSE rows at this scale: under investigation (issue 19)"]
 fn tcpstates_reports_every_socket_of_100000() {
     if !require_bpf() {
         return;
@@ -185,18 +184,36 @@ fn tcpstates_reports_every_socket_of_100000() {
     let _serial = serial();
     let ns = Netns::new();
     let tracer = Tracer::start("tcpstates", &[]);
-    // ~7 rows per connection: 10,000 connections a second closing is 70,000 rows a second to a test
+    // ~10 rows per connection: 10,000 connections a second closing is 100,000 rows a second to a test
     // harness that reads them as they come
     let h = hold(&ns, "::1", conns(), 10_000, "sc-ts");
-    std::thread::sleep(SETTLE * 3);
+    ns.wait_tcp_closed(Duration::from_secs(60));
+    std::thread::sleep(SETTLE);
     let trace = tracer.stop_with_skips();
+    let rows = by_socket(&trace.rows, &h, |_| true);
+    let shown: usize = rows.values().map(Vec::len).sum();
+    let want = 10 * conns() as usize;
+    eprintln!(
+        "{shown} of {want} state changes shown; program runs the kernel skipped: {}",
+        trace.skipped
+    );
+    assert!(
+        want - shown.min(want) <= trace.skipped as usize,
+        "{} state changes not shown, {} counted as skipped; stderr:\n{}",
+        want - shown.min(want),
+        trace.skipped,
+        trace.stderr
+    );
     let closes = by_socket(&trace.rows, &h, |r| r["newstate"] == "CLOSE");
     all_but_skipped(closes.len(), &trace);
-    for ((client, end), rows) in &closes {
-        assert_eq!(rows.len(), 1, "one CLOSE per socket: {rows:?}");
-        let r = rows[0];
+    for ((client, end), rows) in &rows {
         let (pid, comm) = h.owner(*client, end);
-        owner_ok(r, *pid, comm, &trace);
+        assert!(rows.len() <= 5, "at most five changes per socket: {rows:?}");
+        let closes: Vec<_> = rows.iter().filter(|r| r["newstate"] == "CLOSE").collect();
+        assert!(closes.len() <= 1, "one CLOSE per socket: {rows:?}");
+        if let Some(r) = closes.first() {
+            owner_ok(r, *pid, comm, &trace);
+        }
     }
 }
 
@@ -218,6 +235,7 @@ fn tcplife_counts_what_a_full_table_could_not_keep() {
     );
     let conns = 100;
     let h = hold(&ns, "127.0.0.1", conns, 0, "sc-cap");
+    ns.wait_tcp_closed(Duration::from_secs(60));
     std::thread::sleep(SETTLE);
     let trace = tracer.stop_with_capacity();
     assert!(

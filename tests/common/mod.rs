@@ -170,6 +170,43 @@ impl Netns {
         c.args(["netns", "exec", &self.name]).args(args);
         c
     }
+
+    /// The TCP sockets of this namespace still on their way to CLOSE: every state but LISTEN,
+    /// TIME_WAIT (a socket past its last state change: the full socket closed when it entered it) and
+    /// CLOSE (`ss ... state connected exclude time-wait`).
+    pub fn tcp_closing(&self) -> usize {
+        let out = run_timeout(
+            &mut self.exec(&["ss", "-tanH", "state", "connected", "exclude", "time-wait"]),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "ss: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout.iter().filter(|&&b| b == b'\n').count()
+    }
+
+    /// Waits (up to `limit`) until every TCP socket of this namespace has made its last state change.
+    /// The processes that closed them may be long gone by then: when the loopback's backlog overflows
+    /// under thousands of closes a second, the kernel drops FINs and ACKs and retransmits them, the
+    /// first after 200 ms, then 400, 800..., so a socket can reach CLOSE seconds after its close().
+    /// A tracer stopped before that has not missed the rows: they had not happened yet.
+    pub fn wait_tcp_closed(&self, limit: Duration) {
+        let end = Instant::now() + limit;
+        loop {
+            let n = self.tcp_closing();
+            if n == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{n} TCP sockets of {} still not closed after {limit:?}",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Netns {
