@@ -19,7 +19,7 @@
  * kernels) or closes it.
  *
  * A tool includes this header, takes the socket's key (sock_key_d()), calls owner_on_state_d() first in
- * its inet_sock_set_state handler, reads the record (sock_rec_of_d(), owner_resolve()), asks at TCP_CLOSE
+ * its inet_sock_set_state handler, reads the record (sock_rec_of_d(), owner_resolve_d()), asks at TCP_CLOSE
  * whether a missing record was lost for want of room (sock_rec_lost()) and deletes it with
  * owner_forget_d(). */
 #ifndef SOCKRAY_SOCKOWNER_BPF_H
@@ -555,11 +555,33 @@ static __always_inline struct sock_rec *owner_on_state_d(const struct sock *sk, 
 	return NULL;
 }
 
-/* The owner to print for an event on a socket whose record is r (NULL: none): the recorded owner, else
- * (only in a transition known to run in process context) the current task; else pid 0 ("unknown"),
- * never the task that merely happens to be on the CPU. */
-static __always_inline void owner_resolve(const struct sock_rec *r, int newstate, struct sock_owner *out)
+/* Is sk held (lock_sock()) by the task on this CPU? Then this event runs in that task's own context:
+ * a syscall on the socket (connect, listen, close, shutdown, read, write...), or at its end the packets
+ * and timers the kernel deferred while the socket was held (release_sock(): the backlog, the deferred
+ * timers), which run in the holder's context too. Softirq and timer handlers never change the state of
+ * a held socket (they queue the packet to the backlog, or defer), so there `owned` is 0, and so it is
+ * in the few places where process context changes the state of a socket it does not hold (the
+ * orphan's end in tcp_close() after release_sock(), the children of a closed listener): those keep
+ * the record's owner. One load of socket_lock_t.owned, the same on every kernel and architecture. */
+static __always_inline bool sock_held_by_current(const struct sock *sk, bool direct)
 {
+	return SK_FIELD(direct, sk, sk_lock.owned);
+}
+
+/* The owner to print for an event on sk, whose record is r (NULL: none): the task holding the socket
+ * (see above: a worker that accepted from its parent's listener and resets the connection in its own
+ * close(), without reading it, is that worker, whatever the record says), else the recorded owner,
+ * else (only in a transition known to run in process context) the current task; else pid 0
+ * ("unknown"), never the task that merely happens to be on the CPU. */
+static __always_inline void owner_resolve_d(const struct sock *sk, const struct sock_rec *r, int newstate,
+					    struct sock_owner *out, bool direct)
+{
+	/* not the tool itself: its seeding walk holds a reference to every socket's file for a moment,
+	 * and a close() that drops its last reference then ends the socket in the walker's context */
+	if (sock_held_by_current(sk, direct) && bpf_get_current_pid_tgid() >> 32 != self_tgid) {
+		owner_from_current(out);
+		return;
+	}
 	if (r && r->owner.pid) {
 		*out = r->owner;
 		return;
@@ -573,7 +595,7 @@ static __always_inline void owner_resolve(const struct sock_rec *r, int newstate
 }
 
 /* At CLOSE, for a tool that defers a passive child's listener lookup (lazy_listener): when o (from
- * owner_resolve()) names no one and the record's flags say nothing named the owner since the socket was
+ * owner_resolve_d()) names no one and the record's flags say nothing named the owner since the socket was
  * created, its listener's owner. lport: the socket's local port from inet_sport (skc_num is already zero
  * at CLOSE). */
 static __always_inline void owner_of_listener(__u32 rec_flags, const struct sock *sk, __u16 lport,

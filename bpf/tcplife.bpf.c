@@ -96,7 +96,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	 * follows). */
 	born_ns = rec ? rec->born_ns : 0;
 	flags = rec ? rec->flags : 0;
-	owner_resolve(rec, newstate, &o);
+	owner_resolve_d(sk, rec, newstate, &o, direct);
 	/* A passive child that closes from SYN_RECV never became a connection: when two CPUs handle the
 	 * handshake's last ACK at once, the loser's copy of the child is dropped this way (seen on 5.10),
 	 * with the same addresses as the real one. (A refused or unanswered connect, SYN_SENT -> CLOSE, is

@@ -28,13 +28,13 @@ struct {
 } held_syn_recv SEC(".maps");
 
 static __always_inline void emit(const struct sock *sk, const struct sock_rec *rec, const struct sk_tuple *t,
-				 __u64 ts, __u64 delta, __u32 ctx_pid, int oldstate, int newstate)
+				 __u64 ts, __u64 delta, __u32 ctx_pid, int oldstate, int newstate, bool direct)
 {
 	struct tcpstates_event *e;
 	struct sock_owner o;
 
 	/* the process filters first: a record reserved and discarded costs nearly what a sent one does */
-	owner_resolve(rec, newstate, &o);
+	owner_resolve_d(sk, rec, newstate, &o, direct);
 	if (!owner_ok(&o))
 		return;
 	e = event_reserve(sizeof(*e));
@@ -101,8 +101,8 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		goto out;
 	if (held.ts_ns)
-		emit(sk, rec, &t, held.ts_ns, held.delta_ns, held.ctx_pid, TCP_LISTEN, TCP_SYN_RECV);
-	emit(sk, rec, &t, now, delta, ctx_pid, oldstate, newstate);
+		emit(sk, rec, &t, held.ts_ns, held.delta_ns, held.ctx_pid, TCP_LISTEN, TCP_SYN_RECV, direct);
+	emit(sk, rec, &t, now, delta, ctx_pid, oldstate, newstate, direct);
 out:
 	if (newstate == TCP_CLOSE)
 		owner_forget_d(sk, key, direct);

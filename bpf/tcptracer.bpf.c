@@ -83,14 +83,14 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	owner_on_state_d(sk, key, oldstate, newstate, direct, false);
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
-		owner_resolve(sock_rec_of_d(sk, key, direct), newstate, &o);
+		owner_resolve_d(sk, sock_rec_of_d(sk, key, direct), newstate, &o, direct);
 		emit(sk, TCPTRACER_CONNECT, &o, direct);
 	} else if (newstate == TCP_CLOSE) {
 		struct sock_rec *rec = sock_rec_of_d(sk, key, direct);
 
 		sock_rec_lost_at(rec, oldstate);
 		if (was_established(oldstate)) {
-			owner_resolve(rec, newstate, &o);
+			owner_resolve_d(sk, rec, newstate, &o, direct);
 			emit(sk, TCPTRACER_CLOSE, &o, direct);
 		}
 		owner_forget_d(sk, key, direct);

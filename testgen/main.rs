@@ -93,6 +93,12 @@ enum Cmd {
         /// takes the reset as the end of the connection. Only with `--closer client`.
         #[arg(long)]
         reset: bool,
+        /// The server does not read the client's bytes: once they are in, it writes its reply and
+        /// closes, so the kernel resets the connection from the server's close() (unread data) instead
+        /// of sending a FIN; the client reads the reply and takes the reset as the end. Needs
+        /// `--closer server` and `--client-send` > 0.
+        #[arg(long)]
+        server_unread: bool,
     },
     /// Connect to a port where nothing listens and expect ECONNREFUSED.
     Refused {
@@ -191,6 +197,7 @@ fn main() {
             socket_early,
             worker_comm,
             reset,
+            server_unread,
         } => session(&SessionCfg {
             addr,
             port,
@@ -206,6 +213,7 @@ fn main() {
             socket_early,
             worker_comm,
             reset,
+            server_unread,
         }),
         Cmd::Refused { addr, port, comm } => refused(addr, port, &comm),
         Cmd::Listen {
@@ -482,6 +490,25 @@ fn write_n(s: &mut TcpStream, n: u64) -> Result<u64> {
     Ok(sent)
 }
 
+/// Waits until n bytes are in s's receive queue, without reading them (SIOCINQ).
+fn wait_queued(s: &TcpStream, n: u64, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD (SIOCINQ) writes one int.
+        if unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut queued) } != 0 {
+            return Err(io::Error::last_os_error()).context("FIONREAD");
+        }
+        if queued as u64 >= n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{queued} of {n} bytes arrived in {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Wait for the peer's FIN (the next read must return 0), or with `reset` for its reset.
 fn wait_eof(s: &mut TcpStream, reset: bool) -> Result<()> {
     let mut buf = [0u8; 512];
@@ -609,6 +636,7 @@ struct SessionCfg {
     socket_early: bool,
     worker_comm: Option<String>,
     reset: bool,
+    server_unread: bool,
 }
 
 /// How long a session's processes may take: every connection up to IO_TIMEOUT per blocking step, plus
@@ -625,6 +653,9 @@ fn session_budget(cfg: &SessionCfg) -> Duration {
 fn session(cfg: &SessionCfg) -> Result<()> {
     if cfg.reset && cfg.closer != Closer::Client {
         bail!("--reset needs --closer client");
+    }
+    if cfg.server_unread && (cfg.closer != Closer::Server || cfg.client_send == 0) {
+        bail!("--server-unread needs --closer server and --client-send > 0");
     }
     // The server tells the parent its port once it listens (2 bytes, big endian) through this pipe.
     let mut fds = [0 as RawFd; 2];
@@ -717,7 +748,13 @@ fn serve(cfg: &SessionCfg, listener: &TcpListener, comm: &str) -> Result<()> {
         s.set_read_timeout(Some(read_timeout))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;
         let local = s.local_addr()?;
-        let received = read_exact_n(&mut s, cfg.client_send)?;
+        let received = if cfg.server_unread {
+            // the whole request is in (unread) before the reply and the close: the close resets
+            wait_queued(&s, cfg.client_send, read_timeout)?;
+            cfg.client_send
+        } else {
+            read_exact_n(&mut s, cfg.client_send)?
+        };
         let sent = write_n(&mut s, cfg.server_send)?;
         let closed_first = cfg.closer == Closer::Server;
         if !closed_first {
@@ -782,8 +819,9 @@ fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
         let closed_first = cfg.closer == Closer::Client;
         if !closed_first {
             // the server closes first: its FIN is in before the hold starts, so CLOSE_WAIT spans the
-            // whole hold (the FIN may come well after our read of its data, e.g. under emulation)
-            wait_eof(&mut s, false)?;
+            // whole hold (the FIN may come well after our read of its data, e.g. under emulation);
+            // a server that does not read resets instead
+            wait_eof(&mut s, cfg.server_unread)?;
         }
         std::thread::sleep(Duration::from_millis(cfg.hold_ms));
         if cfg.reset {

@@ -77,11 +77,15 @@ fn v6_server_closes_first() {
     check_tcplife_session(&trace.rows, &out, win);
 }
 
-/// A pre-forked server: the process that listened forks a worker, which accepts and reads; then the
-/// client resets the connection, which ends the server's socket in softirq (on loopback, in the
-/// client's own context). The server's row must name the worker, which took the socket over when it
-/// read from it, not the listener's owner the socket inherited, nor the client.
-fn prefork_reset(addr: &'static str, comms: [&'static str; 3]) {
+/// A pre-forked server: the process that listened forks a worker, which accepts the connection.
+/// `worker_resets` false: the worker reads; then the client resets the connection, which ends the
+/// server's socket in softirq (on loopback, in the client's own context). The server's row must name
+/// the worker, which took the socket over when it read from it, not the listener's owner the socket
+/// inherited, nor the client.
+/// `worker_resets` true: the worker never reads; it replies and closes, and the kernel resets the
+/// connection in the worker's own close() (unread data): ESTABLISHED -> CLOSE in process context, in
+/// a socket nothing named the worker's before. The server's row must name the worker all the same.
+fn prefork(addr: &'static str, comms: [&'static str; 3], worker_resets: bool) {
     if !require_bpf() {
         return;
     }
@@ -89,11 +93,16 @@ fn prefork_reset(addr: &'static str, comms: [&'static str; 3]) {
     let ns = Netns::new();
     let mut spec = session(addr, comms[0], comms[1]);
     spec.worker_comm = Some(comms[2]);
-    spec.reset = true;
     spec.client_send = 5000;
     spec.server_send = 7000;
     spec.hold_ms = 200;
-    spec.closer = Closer::Client;
+    if worker_resets {
+        spec.server_unread = true;
+        spec.closer = Closer::Server;
+    } else {
+        spec.reset = true;
+        spec.closer = Closer::Client;
+    }
     let (trace, out, win) = traced_session("tcplife", &[], &ns, &spec);
     let (c, s) = (&out.clients[0], &out.servers[0]);
     assert_eq!(
@@ -101,8 +110,14 @@ fn prefork_reset(addr: &'static str, comms: [&'static str; 3]) {
         "the generator's server line is the worker's: {s:?}"
     );
     assert_ne!(s.pid, out.server_pid, "the worker is a process of its own");
-    check_tcplife_row(&trace.rows, c, spec.hold_ms as f64, win);
-    check_tcplife_row(&trace.rows, s, spec.hold_ms as f64, win);
+    // the worker that resets holds the connection for no time at all
+    let min_ms = if worker_resets {
+        0.0
+    } else {
+        spec.hold_ms as f64
+    };
+    check_tcplife_row(&trace.rows, c, min_ms, win);
+    check_tcplife_row(&trace.rows, s, min_ms, win);
     let of_listener: Vec<&Value> = rows_with_port(&trace.rows, out.port())
         .into_iter()
         .filter(|r| r["pid"].as_u64() == Some(out.server_pid))
@@ -115,12 +130,30 @@ fn prefork_reset(addr: &'static str, comms: [&'static str; 3]) {
 
 #[test]
 fn v4_prefork_worker_reset_by_client() {
-    prefork_reset("127.0.0.1", ["tl-pf4-lsn", "tl-pf4-cli", "tl-pf4-wrk"]);
+    prefork(
+        "127.0.0.1",
+        ["tl-pf4-lsn", "tl-pf4-cli", "tl-pf4-wrk"],
+        false,
+    );
 }
 
 #[test]
 fn v6_prefork_worker_reset_by_client() {
-    prefork_reset("::1", ["tl-pf6-lsn", "tl-pf6-cli", "tl-pf6-wrk"]);
+    prefork("::1", ["tl-pf6-lsn", "tl-pf6-cli", "tl-pf6-wrk"], false);
+}
+
+#[test]
+fn v4_prefork_worker_resets_in_its_close() {
+    prefork(
+        "127.0.0.1",
+        ["tl-pr4-lsn", "tl-pr4-cli", "tl-pr4-wrk"],
+        true,
+    );
+}
+
+#[test]
+fn v6_prefork_worker_resets_in_its_close() {
+    prefork("::1", ["tl-pr6-lsn", "tl-pr6-cli", "tl-pr6-wrk"], true);
 }
 
 /// A connection reset before its server ever read from it or closed it: nothing in the server's own

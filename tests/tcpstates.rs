@@ -57,6 +57,72 @@ fn v6_server_closes_first() {
     one("::1", Closer::Server, "ts-v6s-srv", "ts-v6s-cli");
 }
 
+/// A pre-forked server's worker accepts, replies without reading the request and closes: the kernel
+/// resets the connection in the worker's own close() (unread data), ESTABLISHED -> CLOSE in process
+/// context, on a socket nothing had named the worker's (it was its listener's until then). That change
+/// belongs to the worker; the client's end, reset in softirq, to the client.
+fn worker_resets(addr: &'static str, comms: [&'static str; 3]) {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut spec = session(addr, comms[0], comms[1]);
+    spec.worker_comm = Some(comms[2]);
+    spec.server_unread = true;
+    spec.closer = Closer::Server;
+    let (trace, out, _) = traced_session("tcpstates", &[], &ns, &spec);
+    let all = lives(&trace.rows);
+    let (c, s_) = (&out.clients[0], &out.servers[0]);
+    assert_ne!(s_.pid, out.server_pid, "the worker is a process of its own");
+    for (end, want) in [
+        (
+            s_,
+            seq(&[
+                ("LISTEN", "SYN_RECV"),
+                ("SYN_RECV", "ESTABLISHED"),
+                ("ESTABLISHED", "CLOSE"),
+            ]),
+        ),
+        (
+            c,
+            seq(&[
+                ("CLOSE", "SYN_SENT"),
+                ("SYN_SENT", "ESTABLISHED"),
+                ("ESTABLISHED", "CLOSE"),
+            ]),
+        ),
+    ] {
+        let life = life_of(
+            &all, end.family, &end.laddr, end.lport, &end.raddr, end.rport,
+        );
+        assert_eq!(
+            life.transitions(),
+            want,
+            "{} end: {:#?}",
+            end.role,
+            life.rows
+        );
+        let last = life.rows.last().unwrap();
+        assert_eq!(
+            (u(last, "pid"), s(last, "comm")),
+            (end.pid, end.comm.as_str()),
+            "{} end's reset belongs to its own process: {last}",
+            end.role
+        );
+    }
+}
+
+#[test]
+fn v4_prefork_worker_resets_in_its_close() {
+    worker_resets("127.0.0.1", ["ts-pr4-lsn", "ts-pr4-cli", "ts-pr4-wrk"]);
+}
+
+#[test]
+fn v6_prefork_worker_resets_in_its_close() {
+    worker_resets("::1", ["ts-pr6-lsn", "ts-pr6-cli", "ts-pr6-wrk"]);
+}
+
 #[test]
 fn three_sessions_each_socket_attributed() {
     three_sessions(

@@ -988,6 +988,9 @@ pub struct Session {
     pub worker_comm: Option<&'static str>,
     /// the client ends each connection with a reset (SO_LINGER 0); only with Closer::Client
     pub reset: bool,
+    /// the server never reads: it replies and closes, and its close() resets the connection (unread
+    /// data); only with Closer::Server
+    pub server_unread: bool,
 }
 
 impl Session {
@@ -1012,6 +1015,7 @@ impl Session {
             socket_early: false,
             worker_comm: None,
             reset: false,
+            server_unread: false,
         }
     }
 
@@ -1057,6 +1061,9 @@ impl Session {
         }
         if self.reset {
             a.push("--reset".into());
+        }
+        if self.server_unread {
+            a.push("--server-unread".into());
         }
         a
     }
