@@ -90,20 +90,40 @@ struct {
 	__uint(max_entries, 1024 * 1024);
 } events SEC(".maps");
 
-/* Events the ring buffer could not take, per CPU; user space sums them at exit (src/runtime.rs). */
+/* What could not be kept, per CPU; user space sums each slot at exit (src/runtime.rs):
+ * LOST_RINGBUF, events the ring buffer could not take; LOST_CAPACITY, records a full map could not take
+ * (a tool's own per-socket or per-thread maps; the socket-owner table counts its own, sockowner.bpf.h). */
+#define LOST_RINGBUF 0
+#define LOST_CAPACITY 1
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost_events SEC(".maps");
 
-static __always_inline void count_lost(void)
+static __always_inline void count_lost_as(__u32 cause)
 {
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost_events, &zero);
+	__u64 *n = bpf_map_lookup_elem(&lost_events, &cause);
 	if (n)
 		*n += 1;
+}
+
+static __always_inline void count_lost(void)
+{
+	count_lost_as(LOST_RINGBUF);
+}
+
+/* A map update that must not fail silently: a record the map had no room for (-E2BIG, -ENOMEM) is
+ * counted. For BPF_ANY updates (with BPF_NOEXIST, an existing key would count too). */
+static __always_inline long map_update_counted(void *map, const void *key, const void *value, __u64 flags)
+{
+	long err = bpf_map_update_elem(map, key, value, flags);
+
+	if (err)
+		count_lost_as(LOST_CAPACITY);
+	return err;
 }
 
 static __always_inline void *event_reserve(__u64 size)

@@ -497,7 +497,8 @@ static __always_inline void listener_record(const struct sock *sk, __u64 key, co
 	struct listen_key k = listen_key_of(sk, direct);
 	struct listen_owner lo = { .sk = key, .owner = *o };
 
-	if (bpf_map_update_elem(&listen_owners, &k, &lo, BPF_ANY))
+	/* a listener not kept: its connections' owners are unknown ("?") until their processes name them */
+	if (map_update_counted(&listen_owners, &k, &lo, BPF_ANY))
 		capacity_full();
 }
 

@@ -43,7 +43,7 @@ int solisten_enter_listen(struct trace_event_raw_sys_enter *ctx)
 
 	if (!tgid_ok(id >> 32))
 		return 0;
-	bpf_map_update_elem(&listen_calls, &id, &a, BPF_ANY);
+	map_update_counted(&listen_calls, &id, &a, BPF_ANY);
 	return 0;
 }
 

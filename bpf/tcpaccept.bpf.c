@@ -101,7 +101,7 @@ static __always_inline int on_enter(struct trace_event_raw_sys_enter *ctx)
 
 	if (!tgid_ok(id >> 32))
 		return 0;
-	bpf_map_update_elem(&accept_fds, &id, &fd, BPF_ANY);
+	map_update_counted(&accept_fds, &id, &fd, BPF_ANY);
 	return 0;
 }
 

@@ -37,8 +37,11 @@ struct pending {
 	struct sk_tuple t;
 };
 
+/* Threads inside connect() at once. A plain hash, not an LRU: an LRU would make room by evicting the
+ * connect() in progress longest, whose row would then vanish at its exit; when this one is full, a
+ * connect() that found no room is shown at its SYN_SENT (the one thing missing: connect()'s return). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct pending);
@@ -80,7 +83,7 @@ static __always_inline void emit(__u64 ts, const struct sock_owner *o, const str
 		if (n)
 			__sync_fetch_and_add(n, 1);
 		else
-			count_lost();
+			count_lost_as(LOST_CAPACITY);
 		return;
 	}
 	e = event_reserve(sizeof(*e));
@@ -258,8 +261,9 @@ struct dns_recv {
 	__u64 cap;
 };
 
+/* (a plain hash: an answer that finds no room is counted, where an LRU would drop another silently) */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct dns_recv);
@@ -280,7 +284,7 @@ static __always_inline int dns_enter(long fd, __u64 buf, __u64 cap)
 
 	if (!dns_on || !buf || !fd_is_dns_socket(fd))
 		return 0;
-	bpf_map_update_elem(&dns_recvs, &id, &r, BPF_ANY);
+	map_update_counted(&dns_recvs, &id, &r, BPF_ANY);
 	return 0;
 }
 

@@ -20,9 +20,13 @@ struct start {
 	struct sock_owner owner;
 };
 
+/* Handshakes in progress (sockets in SYN_SENT). A plain hash, not an LRU: an LRU makes room by evicting
+ * another handshake silently (and on a machine with many CPUs, before it is full: each CPU keeps free
+ * entries of its own); here a handshake that finds no room is counted (lost_capacity). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, SOCK_MAP_ENTRIES);
 	__type(key, __u64); /* struct sock * */
 	__type(value, struct start);
 } starts SEC(".maps");
@@ -52,7 +56,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 		bpf_get_current_comm(&st.owner.comm, sizeof(st.owner.comm));
 		if (!tgid_ok(st.owner.pid) || !uid_ok(st.owner.uid) || !cgroup_ok(st.owner.cgroup))
 			return 0;
-		bpf_map_update_elem(&starts, &key, &st, BPF_ANY);
+		map_update_counted(&starts, &key, &st, BPF_ANY);
 		return 0;
 	}
 

@@ -20,8 +20,10 @@ struct held_row {
 	__u32 pad;
 };
 
+/* (a plain hash: a row that finds no room is counted, where an LRU would drop another silently) */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct held_row);
@@ -87,7 +89,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && !t.rport) {
 		struct held_row h = { .ts_ns = now, .delta_ns = delta, .ctx_pid = ctx_pid };
 
-		bpf_map_update_elem(&held_syn_recv, &key, &h, BPF_ANY);
+		map_update_counted(&held_syn_recv, &key, &h, BPF_ANY);
 		return 0;
 	}
 	if (oldstate == TCP_SYN_RECV) {

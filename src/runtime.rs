@@ -134,6 +134,9 @@ pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<
     crate::cli::debug(format_args!("{:.1} ms: opened", since_start_ms()));
     let chosen = attach::choose(obj, tool, common.verbose);
     crate::cli::debug(format_args!("{:.1} ms: hooks chosen", since_start_ms()));
+    if let Some(sizes) = std::env::var_os("SOCKRAY_MAP_ENTRIES") {
+        resize_maps(obj, &sizes.to_string_lossy())?;
+    }
     if common.verbose && std::env::var_os("SOCKRAY_VERIFIER_STATS").is_some() {
         // the verifier's statistics per program, in libbpf's debug log (with SOCKRAY_LIBBPF_DEBUG)
         for mut prog in obj.progs_mut() {
@@ -141,6 +144,23 @@ pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<
         }
     }
     chosen
+}
+
+/// `SOCKRAY_MAP_ENTRIES=name=N[,name=N...]`: these maps of the tool's object hold N entries (for the
+/// tests, which fill a map on purpose to check that what found no room is counted).
+fn resize_maps(obj: &mut OpenObject, sizes: &str) -> Result<()> {
+    for item in sizes.split(',').filter(|s| !s.is_empty()) {
+        let (name, n) = item
+            .split_once('=')
+            .and_then(|(name, n)| Some((name, n.parse::<u32>().ok()?)))
+            .ok_or_else(|| anyhow!("SOCKRAY_MAP_ENTRIES: want name=N, got {item:?}"))?;
+        let mut map = obj
+            .maps_mut()
+            .find(|m| m.name() == name)
+            .ok_or_else(|| anyhow!("SOCKRAY_MAP_ENTRIES: no map {name:?}"))?;
+        map.set_max_entries(n)?;
+    }
+    Ok(())
 }
 
 /// After [`prepare`]: leaves out (neither loads nor attaches) the programs `skip` names.
@@ -651,9 +671,11 @@ pub struct Lost {
     /// (interrupted, or preempted: Linux 7.x preempts programs on syscall tracepoints): each of the
     /// programs' `recursion_misses` is a run never made, so at most that many events are missing.
     pub skipped: u64,
-    /// Sockets that ended without the record the socket-owner component should have had for them,
-    /// because a table was full (bpf/sockowner.bpf.h `sock_rec_lost`): their rows are shown with what
-    /// is not known marked (owner `?`, tcplife's lifespan empty), never as if right.
+    /// Records a full map could not take: sockets that ended without the record the socket-owner
+    /// component should have had for them (bpf/sockowner.bpf.h `sock_rec_lost`), whose rows are shown
+    /// with what is not known marked (owner `?`, tcplife's lifespan empty), never as if right; and
+    /// the records of a tool's own maps (a handshake, a listener, a syscall in progress: `LOST_CAPACITY`
+    /// in bpf/common.bpf.h), whose events are missing or, for a listener, whose connections show `?`.
     pub capacity: u64,
 }
 
@@ -680,8 +702,8 @@ impl Lost {
         }
         if self.capacity > 0 {
             lines.push(format!(
-                "sockray: {tool}: {} sockets ended whose records could not be kept (the socket table was \
-                 full; raise it with --max-sockets N): their rows show what was not known as unknown",
+                "sockray: {tool}: {} records could not be kept (a table was full; for sockets, raise it \
+                 with --max-sockets N): their events are missing, or show what was not known as unknown",
                 self.capacity
             ));
         }
@@ -692,8 +714,8 @@ impl Lost {
 /// What `obj` lost so far: its `lost_events` counters and its loaded programs' `recursion_misses`.
 pub fn lost_events(obj: &Object) -> Lost {
     Lost {
-        ringbuf: ringbuf_lost(obj),
-        capacity: capacity_lost(obj),
+        ringbuf: lost_counter(obj, LOST_RINGBUF),
+        capacity: capacity_lost(obj) + lost_counter(obj, LOST_CAPACITY),
         skipped: obj
             .progs()
             .filter(|p| p.autoload())
@@ -722,11 +744,16 @@ fn capacity_lost(obj: &Object) -> u64 {
     }
 }
 
-fn ringbuf_lost(obj: &Object) -> u64 {
+/// Slots of the `lost_events` per-CPU counters (bpf/common.bpf.h).
+const LOST_RINGBUF: u32 = 0;
+const LOST_CAPACITY: u32 = 1;
+
+/// One of the `lost_events` counters, summed over the CPUs.
+fn lost_counter(obj: &Object, slot: u32) -> u64 {
     let Some(map) = obj.maps().find(|m| m.name() == "lost_events") else {
         return 0;
     };
-    match map.lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY) {
+    match map.lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY) {
         Ok(Some(per_cpu)) => per_cpu
             .iter()
             .map(|v| {
@@ -998,10 +1025,7 @@ mod tests {
         let m = l.message("tcpstates").unwrap();
         let lines: Vec<&str> = m.lines().collect();
         assert_eq!(lines.len(), 3, "{m}");
-        assert!(
-            lines[2]
-                .starts_with("sockray: tcpstates: 4 sockets ended whose records could not be kept")
-        );
+        assert!(lines[2].starts_with("sockray: tcpstates: 4 records could not be kept"));
         assert!(lines[0].starts_with("sockray: tcpstates: lost 1 events (ring buffer full"));
         assert!(lines[1].starts_with("sockray: tcpstates: the kernel skipped 3 runs"));
         assert!(lines[1].ends_with("up to 3 events are missing"));

@@ -132,6 +132,10 @@ enum Cmd {
         nonblock: bool,
         #[arg(long, default_value_t = 1)]
         count: u32,
+        /// Do not await the outcome: connect() without blocking, print the line (`result` null), hold
+        /// the socket PENDING_MS (a handshake in progress, towards a peer that does not answer), close.
+        #[arg(long)]
+        pending_ms: Option<u64>,
     },
     /// Resolve NAME through the system resolver (getaddrinfo: /etc/resolv.conf) against a DNS server
     /// this command runs itself on 127.0.0.1:53 (a child named DNS_COMM that answers every A query
@@ -233,8 +237,16 @@ fn main() {
             addr,
             port,
             comm,
+            pending_ms: Some(ms),
+            ..
+        } => pending_connect(addr, port, &comm, ms),
+        Cmd::Connect {
+            addr,
+            port,
+            comm,
             nonblock,
             count,
+            pending_ms: None,
         } => connect_role(addr, port, &comm, nonblock, count),
         Cmd::DnsConnect {
             name,
@@ -948,6 +960,30 @@ fn connect_once(remote: &SocketAddr, nonblock: bool) -> Result<(i64, i64, Socket
         ret
     };
     Ok((ret, result, local))
+}
+
+/// A handshake left in progress for `ms`, then abandoned (see Cmd::Connect's `pending_ms`).
+fn pending_connect(addr: IpAddr, port: u16, comm: &str, ms: u64) -> Result<()> {
+    set_comm(comm)?;
+    let remote = SocketAddr::new(addr, port);
+    let fd = new_socket(&addr)?;
+    // SAFETY: fcntl on our own socket.
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let ret = match connect(fd.as_raw_fd(), &remote) {
+        Ok(()) => 0,
+        Err(e) => neg_errno(&e),
+    };
+    let local = local_addr(fd.as_raw_fd())?;
+    emit(&json!({
+        "role": "connect", "pid": getpid(), "comm": comm, "uid": getuid(), "index": 0,
+        "family": family_of(&addr), "laddr": local.ip().to_string(), "lport": local.port(),
+        "raddr": addr.to_string(), "rport": port, "ret": ret, "result": null,
+    }));
+    std::thread::sleep(Duration::from_millis(ms));
+    Ok(())
 }
 
 fn connect_role(addr: IpAddr, port: u16, comm: &str, nonblock: bool, count: u32) -> Result<()> {

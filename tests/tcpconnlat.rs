@@ -387,3 +387,94 @@ live_tests!("tcpconnlat", "tl", |out: &SessionOut| {
             .json("lport", c.lport),
     ]
 });
+
+/// A handshake that finds no room in the table of handshakes in progress is counted, never dropped
+/// silently: the table made to hold one (`SOCKRAY_MAP_ENTRIES=starts=1`), and that one place taken by a
+/// connect whose SYN goes out of a veth with a fixed neighbour and is never answered; meanwhile five
+/// loopback connections: none can be shown, and lost_capacity counts them (at least them: the tracer
+/// sees the host's connects too). Once the pending connect is abandoned (SYN_SENT -> CLOSE frees its
+/// place), a connection is shown again.
+#[test]
+fn a_full_handshake_table_is_counted() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    for cmd in [
+        &[
+            "link", "add", "sr-va", "type", "veth", "peer", "name", "sr-vb",
+        ][..],
+        &["addr", "add", "10.201.0.1/24", "dev", "sr-va"],
+        &["link", "set", "sr-va", "up"],
+        &["link", "set", "sr-vb", "up"],
+        &[
+            "neigh",
+            "add",
+            "10.201.0.2",
+            "lladdr",
+            "02:00:00:00:00:02",
+            "dev",
+            "sr-va",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        let out = run_timeout(
+            std::process::Command::new("ip")
+                .args(["-n", &ns.name])
+                .args(cmd),
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "ip {cmd:?}: {out:?}");
+    }
+    let tracer = Tracer::start_env("tcpconnlat", &[], &[("SOCKRAY_MAP_ENTRIES", "starts=1")]);
+    let mut pending = Gen::spawn(
+        &ns,
+        &gen_args(&[
+            "connect",
+            "--addr",
+            "10.201.0.2",
+            "--port",
+            "9",
+            "--comm",
+            "tcl-pend",
+            "--pending-ms",
+            "1500",
+        ]),
+    );
+    let p = pending.wait_role("connect", Duration::from_secs(10));
+    assert_eq!(
+        p["ret"].as_i64(),
+        Some(-(libc::EINPROGRESS as i64)),
+        "the SYN is out, unanswered: {p}"
+    );
+    let mut spec = session("127.0.0.1", "tcl-full-srv", "tcl-full-cli");
+    spec.count = 5;
+    let blocked = spec.run(&ns);
+    pending.finish(Duration::from_secs(10));
+    let mut spec = session("127.0.0.1", "tcl-free-srv", "tcl-free-cli");
+    spec.count = 1;
+    let t0 = now_ns();
+    let freed = spec.run(&ns);
+    let t1 = now_ns();
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop_with_capacity();
+    assert!(
+        rows_of_pids(&trace.rows, &[blocked.client_pid]).is_empty(),
+        "no handshake of the full table's time shown: {:#?}",
+        trace.rows
+    );
+    assert!(
+        trace.capacity >= 5,
+        "the five handshakes that found no room are counted: lost_capacity {}; stderr:\n{}",
+        trace.capacity,
+        trace.stderr
+    );
+    assert!(
+        trace.stderr.contains("records could not be kept"),
+        "said on stderr:\n{}",
+        trace.stderr
+    );
+    check_row(&trace.rows, &freed.clients[0], LOOPBACK, (t0, t1));
+}
