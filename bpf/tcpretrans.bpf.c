@@ -18,7 +18,7 @@ struct tcpretrans_count_key _tcpretrans_count_key = {};
 
 /* set by user space before load */
 const volatile __u8 count_mode = 0;     /* -c: count in retrans_counts, no ring-buffer records */
-/* tcp_retransmit_skb has a third argument, err (Linux 6.14+: the tracepoint then fires for attempts
+/* tcp_retransmit_skb has a third argument, err (newer kernels, 6.18 among them: the tracepoint then fires for attempts
  * that sent nothing too, e.g. -EBUSY while the original is still in a host queue; before, it fired for
  * sent retransmits only). Read from the tracepoint's format in tracefs by user space. */
 const volatile __u8 skb_has_err = 0;

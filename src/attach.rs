@@ -263,7 +263,7 @@ fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
 
 /// Does the classic tracepoint `category/name` have a field of this name? Read from its format file in
 /// tracefs (one small read, no BTF parse): how a tool learns that a tracepoint gained an argument
-/// (e.g. tcp_retransmit_skb's `err`, Linux 6.14+). None when tracefs or the tracepoint is missing.
+/// (e.g. tcp_retransmit_skb's `err`, which 6.18 has and older kernels lack). None when tracefs or the tracepoint is missing.
 pub fn tracepoint_has_field(tracepoint: &str, field: &str) -> Option<bool> {
     let path = Path::new(tracefs_root()?)
         .join("events")

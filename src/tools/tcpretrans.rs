@@ -168,7 +168,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     };
     let mode = a.common.mode(false);
     runtime::preflight("tcpretrans")?;
-    // Linux 6.14+: the tracepoint also fires for attempts that sent nothing (its `err` argument)
+    // newer kernels (6.18): the tracepoint also fires for attempts that sent nothing (its `err` argument)
     let skb_has_err =
         attach::tracepoint_has_field("tcp/tcp_retransmit_skb", "err").unwrap_or(false);
 
