@@ -368,6 +368,26 @@ fn filter_family_keeps_its_own() {
     );
 }
 
+/// --cgroup: the client, moved into a cgroup before the tracer starts (its socket's owner, cgroup
+/// included, comes from the start-up walk), shows its rows; the listener, outside, none.
+#[test]
+fn filter_cgroup_keeps_its_processes() {
+    if !require_bpf() {
+        return;
+    }
+    let Some(cg) = Cgroup::new("tr-cg") else {
+        panic!(
+            "cannot create a cgroup v2 directory (cgroup2 mount: {:?})",
+            cgroup2_root()
+        );
+    };
+    let args = |c: &Value, _| {
+        cg.add(u(c, "pid"));
+        flags(&["--cgroup", &cg.path])
+    };
+    filtered(args, false, ("tr-cg-lsn", "tr-cg-cli"), true, false);
+}
+
 /// -c: the kernel counts per flow; the table's numbers are the namespaces' own counts.
 #[test]
 fn count_per_flow_json() {
