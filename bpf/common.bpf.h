@@ -115,6 +115,21 @@ static __always_inline void count_lost(void)
 	count_lost_as(LOST_RINGBUF);
 }
 
+/* One more for key in a hash map of __u64 counters (-c tables); a key that finds no room is counted. */
+static __always_inline void count_key(void *map, const void *key)
+{
+	__u64 one = 1, *n = bpf_map_lookup_elem(map, key);
+
+	if (!n && !bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
+		return;
+	if (!n) /* another CPU inserted the key first, or the table is full */
+		n = bpf_map_lookup_elem(map, key);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		count_lost_as(LOST_CAPACITY);
+}
+
 /* A map update that must not fail silently: a record the map had no room for (-E2BIG, -ENOMEM) is
  * counted. For BPF_ANY updates (with BPF_NOEXIST, an existing key would count too). */
 static __always_inline long map_update_counted(void *map, const void *key, const void *value, __u64 flags)

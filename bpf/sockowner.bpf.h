@@ -569,6 +569,16 @@ static __always_inline bool sock_held_by_current(const struct sock *sk, bool dir
 	return SK_FIELD(direct, sk, sk_lock.owned);
 }
 
+/* The recorded owner of a socket whose record is r (NULL: none) into out; false (out untouched) when
+ * none is recorded. */
+static __always_inline bool owner_of_rec(const struct sock_rec *r, struct sock_owner *out)
+{
+	if (!r || !r->owner.pid)
+		return false;
+	*out = r->owner;
+	return true;
+}
+
 /* The owner to print for an event on sk, whose record is r (NULL: none): the task holding the socket
  * (see above: a worker that accepted from its parent's listener and resets the connection in its own
  * close(), without reading it, is that worker, whatever the record says), else the recorded owner,
@@ -583,10 +593,8 @@ static __always_inline void owner_resolve_d(const struct sock *sk, const struct 
 		owner_from_current(out);
 		return;
 	}
-	if (r && r->owner.pid) {
-		*out = r->owner;
+	if (owner_of_rec(r, out))
 		return;
-	}
 	if (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN || newstate == TCP_FIN_WAIT1 ||
 	    newstate == TCP_LAST_ACK) {
 		owner_from_current(out);

@@ -69,21 +69,12 @@ static __always_inline void emit(__u64 ts, const struct sock_owner *o, const str
 
 	if (count_mode) {
 		struct tcpconnect_count_key k = {};
-		__u64 one = 1, *n;
 
 		k.family = t->family;
 		k.dport = t->rport;
 		__builtin_memcpy(k.saddr, t->laddr, 16);
 		__builtin_memcpy(k.daddr, t->raddr, 16);
-		n = bpf_map_lookup_elem(&conn_counts, &k);
-		if (!n && !bpf_map_update_elem(&conn_counts, &k, &one, BPF_NOEXIST))
-			return;
-		if (!n) /* another CPU inserted the key first, or the table is full */
-			n = bpf_map_lookup_elem(&conn_counts, &k);
-		if (n)
-			__sync_fetch_and_add(n, 1);
-		else
-			count_lost_as(LOST_CAPACITY);
+		count_key(&conn_counts, &k);
 		return;
 	}
 	e = event_reserve(sizeof(*e));

@@ -101,6 +101,13 @@ pub fn hook_hint(target: &str) -> &'static str {
         }
         "tcp_cong_state_set" => "tracepoint tcp:tcp_cong_state_set, Linux 5.19+",
         "kfree_skb" => "tracepoint skb:kfree_skb (drop reasons: Linux 5.17+)",
+        "tcp_retransmit_skb" | "tcp_retransmit_synack" => {
+            "tracepoints tcp:tcp_retransmit_skb/tcp_retransmit_synack, Linux 4.16+"
+        }
+        "tcp_send_loss_probe" => {
+            "tail loss probes have no tracepoint: fentry (BPF trampolines, Linux 5.5+, allowed by the \
+             kernel) or a kprobe (CONFIG_KPROBES) on the kernel function tcp_send_loss_probe"
+        }
         n if n.starts_with("sys_e") => "syscall tracepoints (CONFIG_FTRACE_SYSCALLS)",
         _ => "a kernel hook this tool needs",
     }
@@ -254,6 +261,30 @@ fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
     }
 }
 
+/// Does the classic tracepoint `category/name` have a field of this name? Read from its format file in
+/// tracefs (one small read, no BTF parse): how a tool learns that a tracepoint gained an argument
+/// (e.g. tcp_retransmit_skb's `err`, which 6.18 has and older kernels lack). None when tracefs or the tracepoint is missing.
+pub fn tracepoint_has_field(tracepoint: &str, field: &str) -> Option<bool> {
+    let path = Path::new(tracefs_root()?)
+        .join("events")
+        .join(tracepoint)
+        .join("format");
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(format_has_field(&text, field))
+}
+
+/// Is `field` among the fields a tracepoint format file declares (`field:TYPE NAME;` or `NAME[N];`)?
+fn format_has_field(format: &str, field: &str) -> bool {
+    format.lines().any(|l| {
+        let Some(decl) = l.trim().strip_prefix("field:") else {
+            return false;
+        };
+        let decl = decl.split(';').next().unwrap_or("");
+        let name = decl.rsplit([' ', '*']).next().unwrap_or("");
+        name.split('[').next() == Some(field)
+    })
+}
+
 type ProbeCache = HashMap<(Kind, String), Result<(), String>>;
 static PROBES: Mutex<Option<ProbeCache>> = Mutex::new(None);
 
@@ -345,7 +376,7 @@ fn pick_kind<'a>(
     (Vec::new(), why)
 }
 
-/// Picks one program per hook, switches autoload off for the rest. Returns what was chosen (iterators
+/// Picks one program per hook, switches autoload off for the rest (programs already off are left out). Returns what was chosen (iterators
 /// included, with kind Iter), in program order.
 pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Choice>> {
     let forced = forced_path();
@@ -358,6 +389,10 @@ pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Cho
     let mut groups: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for prog in obj.progs() {
+        // left out by the tool before (runtime::skip_programs): neither chosen nor probed
+        if !prog.autoload() {
+            continue;
+        }
         let name = prog.name().to_string_lossy().into_owned();
         let (kind, target) = parse_section(&prog.section().to_string_lossy());
         let group = name
@@ -424,8 +459,9 @@ pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Cho
     }
     for mut prog in obj.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
-        let on = enabled.get(&name).copied().unwrap_or(true);
-        prog.set_autoload(on);
+        if let Some(&on) = enabled.get(&name) {
+            prog.set_autoload(on);
+        }
     }
     Ok(chosen)
 }
@@ -522,7 +558,22 @@ mod tests {
     }
 
     #[test]
+    fn tracepoint_format_fields() {
+        let f = "name: tcp_retransmit_skb\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\n\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;\n\tfield:int err;\toffset:76;\tsize:4;\tsigned:1;\n\nprint fmt: \"err=%d\", REC->err\n";
+        assert!(format_has_field(f, "err"));
+        assert!(format_has_field(f, "skbaddr"));
+        assert!(format_has_field(f, "saddr_v6"));
+        assert!(!format_has_field(f, "saddr"));
+        assert!(!format_has_field(f, "rr"));
+        assert!(!format_has_field(
+            &f.replace("int err;", "int state;"),
+            "err"
+        ));
+    }
+
+    #[test]
     fn hints_name_the_feature() {
+        assert!(hook_hint("tcp_send_loss_probe").contains("no tracepoint"));
         assert!(hook_hint("inet_sock_set_state").contains("4.16"));
         assert!(hook_hint("syscalls/sys_exit_accept4").contains("FTRACE_SYSCALLS"));
     }

@@ -173,8 +173,8 @@ macro_rules! open_prepared {
             .ok_or_else(|| anyhow::anyhow!("no rodata"))?;
         $crate::filter::apply_filters!(&mut *ro, $filters);
         ($setup)(ro);
-        let mut chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
-        $crate::runtime::skip_programs(open.open_object_mut(), &mut chosen, $skip);
+        $crate::runtime::skip_programs(open.open_object_mut(), $skip);
+        let chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
         let storage = $crate::runtime::place_sock_records(open.open_object_mut(), &chosen);
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.sock_storage_on = storage as u8;

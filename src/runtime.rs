@@ -163,14 +163,14 @@ fn resize_maps(obj: &mut OpenObject, sizes: &str) -> Result<()> {
     Ok(())
 }
 
-/// After [`prepare`]: leaves out (neither loads nor attaches) the programs `skip` names.
-pub fn skip_programs(obj: &mut OpenObject, chosen: &mut Vec<Choice>, skip: impl Fn(&str) -> bool) {
+/// Before [`prepare`]: leaves out (neither chooses, loads nor attaches) the programs `skip` names, so
+/// that a hook only an optional flag needs is not even probed.
+pub fn skip_programs(obj: &mut OpenObject, skip: impl Fn(&str) -> bool) {
     for mut prog in obj.progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
         if skip(&name) {
             crate::cli::debug(format_args!("{name}: not needed for this run, not loaded"));
             prog.set_autoload(false);
-            chosen.retain(|c| c.prog != name);
         }
     }
 }
@@ -927,6 +927,33 @@ fn is_io_error(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.raw_os_error() == Some(libc::EIO))
     })
+}
+
+/// The body of a counting run (`-c`): says it is tracing (stderr, BCC's words), then waits until
+/// SIGINT/SIGTERM/SIGHUP; the counts are in the tool's maps.
+pub fn wait_for_stop(obj: &Object, tracing: &str, verbose: bool) -> Result<()> {
+    crate::cli::say(format_args!("{tracing}"));
+    if verbose {
+        eprintln!("sockray: ready ({:.1} ms after start)", since_start_ms());
+    }
+    event_loop(obj, |_| Ok(()), None, || Ok(true), None)
+}
+
+/// Every entry of a counting hash map whose values are `u64` counts, keys as the skeleton type `K`.
+pub fn map_counts<K: Copy>(map: &impl MapCore) -> Result<Vec<(K, u64)>> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        let Some(k) = read_event::<K>(&key) else {
+            continue;
+        };
+        // an entry deleted meanwhile is simply gone
+        if let Some(v) = map.lookup(&key, MapFlags::ANY)?
+            && let Some(n) = read_event::<u64>(&v)
+        {
+            out.push((k, n));
+        }
+    }
+    Ok(out)
 }
 
 /// The common body of a tool that prints one line per event: says it is ready (--verbose), prints the

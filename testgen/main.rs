@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 mod hold;
 mod listen_accept;
+mod stall;
 
 /// Read/write/accept timeout of every socket.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +115,9 @@ enum Cmd {
     Accept(listen_accept::AcceptArgs),
     /// Hold many connections open at once from several client processes, then close them.
     Hold(hold::HoldArgs),
+    /// One connection whose traffic the test makes the network lose (tcpretrans tests): connect, wait
+    /// for go, write, wait for go, reset.
+    Stall(stall::StallArgs),
     /// listen() calls with known outcomes, one JSON line each: explicit port, kernel-picked port,
     /// EADDRINUSE, and non-TCP listens (UDP, a pipe) (solisten tests).
     ListenCases(listen_accept::ListenCasesArgs),
@@ -257,6 +261,7 @@ fn main() {
         } => dns_connect(&name, answer, port, &comm, &dns_comm),
         Cmd::Accept(a) => listen_accept::accept(&a),
         Cmd::Hold(a) => hold::hold(&a),
+        Cmd::Stall(a) => stall::stall(&a),
         Cmd::ListenCases(a) => listen_accept::listen_cases(&a),
     };
     if let Err(e) = res {
@@ -945,17 +950,7 @@ fn connect_once(remote: &SocketAddr, nonblock: bool) -> Result<(i64, i64, Socket
     };
     let local = local_addr(fd.as_raw_fd())?;
     let result = if ret == -(libc::EINPROGRESS as i64) {
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd.
-        let r = unsafe { libc::poll(&mut p, 1, IO_TIMEOUT.as_millis() as i32) };
-        if r <= 0 {
-            bail!("non-blocking connect to {remote}: no outcome within {IO_TIMEOUT:?}");
-        }
-        so_error(fd.as_raw_fd())
+        connect_outcome(fd.as_raw_fd(), remote)?
     } else {
         ret
     };
@@ -984,6 +979,21 @@ fn pending_connect(addr: IpAddr, port: u16, comm: &str, ms: u64) -> Result<()> {
     }));
     std::thread::sleep(Duration::from_millis(ms));
     Ok(())
+}
+
+/// The outcome (0 or -errno) of a non-blocking connect in progress, awaited (bounded) with poll().
+fn connect_outcome(fd: RawFd, remote: &SocketAddr) -> Result<i64> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd.
+    let r = unsafe { libc::poll(&mut p, 1, IO_TIMEOUT.as_millis() as i32) };
+    if r <= 0 {
+        bail!("non-blocking connect to {remote}: no outcome within {IO_TIMEOUT:?}");
+    }
+    Ok(so_error(fd))
 }
 
 fn connect_role(addr: IpAddr, port: u16, comm: &str, nonblock: bool, count: u32) -> Result<()> {

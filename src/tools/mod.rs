@@ -7,6 +7,7 @@ pub mod tcpaccept;
 pub mod tcpconnect;
 pub mod tcpconnlat;
 pub mod tcplife;
+pub mod tcpretrans;
 pub mod tcpstates;
 pub mod tcptracer;
 
@@ -41,6 +42,11 @@ pub const TOOLS: &[Tool] = &[
         name: "tcplife",
         about: "TCP sessions with their lifespan and bytes, one line per closed session",
         run: tcplife::run,
+    },
+    Tool {
+        name: "tcpretrans",
+        about: "TCP retransmits (and SYN-ACK resends, -l loss probes), with the socket's owner",
+        run: tcpretrans::run,
     },
     Tool {
         name: "tcpstates",

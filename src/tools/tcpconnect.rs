@@ -13,7 +13,6 @@ use std::net::IpAddr;
 use anyhow::{Result, bail};
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
-use libbpf_rs::{MapCore, MapFlags};
 
 use crate::attach::{self, Kind};
 use crate::cli::{self, Common, FamilyArgs, load_tool};
@@ -364,30 +363,18 @@ fn count_table(rows: &[CountRow]) -> String {
 
 fn count_run(skel: &skel::TcpconnectSkel, mode: Mode, verbose: bool) -> Result<()> {
     let obj = skel.object();
-    eprintln!("Tracing connect ... Hit Ctrl-C to end");
-    if verbose {
-        eprintln!("sockray: ready");
-    }
-    runtime::event_loop(obj, |_| Ok(()), None, || Ok(true), None)?;
-
-    let map = &skel.maps.conn_counts;
-    let mut rows = Vec::new();
-    for key in map.keys() {
-        let Some(k) = runtime::read_event::<types::tcpconnect_count_key>(&key) else {
-            continue;
-        };
-        let n = match map.lookup(&key, MapFlags::ANY)? {
-            Some(v) if v.len() >= 8 => u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])),
-            _ => continue,
-        };
-        rows.push(CountRow {
-            family: k.family,
-            saddr: ip_addr(k.family, &k.saddr),
-            daddr: ip_addr(k.family, &k.daddr),
-            dport: k.dport,
-            connects: n,
-        });
-    }
+    runtime::wait_for_stop(obj, "Tracing connect ... Hit Ctrl-C to end", verbose)?;
+    let mut rows: Vec<CountRow> =
+        runtime::map_counts::<types::tcpconnect_count_key>(&skel.maps.conn_counts)?
+            .into_iter()
+            .map(|(k, n)| CountRow {
+                family: k.family,
+                saddr: ip_addr(k.family, &k.saddr),
+                daddr: ip_addr(k.family, &k.daddr),
+                dport: k.dport,
+                connects: n,
+            })
+            .collect();
     sort_counts(&mut rows);
 
     let mut printer = Printer::new(mode, Vec::new(), TimeCols::default());

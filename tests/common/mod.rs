@@ -220,6 +220,166 @@ impl Drop for Netns {
     }
 }
 
+/// Two network namespaces joined by a veth pair, for traffic the network can be made to lose: `a` has
+/// 10.77.0.1 and fd77::1, `b` 10.77.0.2 and fd77::2, on a /24 and a /64. Neighbour entries are
+/// permanent, so no packet ever waits for address resolution (a retransmit of a segment still queued
+/// in the host is no retransmit: the kernel skips it) and taking `b`'s end down loses `a`'s packets
+/// at once. Both namespaces are deleted on drop (the veth pair with them).
+pub struct VethPair {
+    pub a: Netns,
+    pub b: Netns,
+    dev_b: String,
+}
+
+pub const VETH_A4: &str = "10.77.0.1";
+pub const VETH_B4: &str = "10.77.0.2";
+pub const VETH_A6: &str = "fd77::1";
+pub const VETH_B6: &str = "fd77::2";
+
+fn ip_ok(args: &[&str]) {
+    let out = run_timeout(Command::new("ip").args(args), Duration::from_secs(10));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn link_mac(ns: &Netns, dev: &str) -> String {
+    let out = run_timeout(
+        Command::new("ip").args(["-n", &ns.name, "-j", "link", "show", dev]),
+        Duration::from_secs(10),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("ip -j link show");
+    v[0]["address"].as_str().expect("link address").to_string()
+}
+
+impl VethPair {
+    pub fn new() -> VethPair {
+        let (a, b) = (Netns::new(), Netns::new());
+        // interface names are global while the pair is made: unique per process and pair
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let (dev_a, dev_b) = (format!("sra{tag}"), format!("srb{tag}"));
+        ip_ok(&[
+            "link", "add", &dev_a, "netns", &a.name, "type", "veth", "peer", "name", &dev_b,
+            "netns", &b.name,
+        ]);
+        for (ns, dev, v4, v6) in [
+            (&a, &dev_a, VETH_A4, VETH_A6),
+            (&b, &dev_b, VETH_B4, VETH_B6),
+        ] {
+            ip_ok(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{v4}/24"),
+                "dev",
+                dev,
+            ]);
+            ip_ok(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ip_ok(&["-n", &ns.name, "link", "set", dev, "up"]);
+        }
+        let (mac_a, mac_b) = (link_mac(&a, &dev_a), link_mac(&b, &dev_b));
+        for (ns, dev, peer4, peer6, mac) in [
+            (&a, &dev_a, VETH_B4, VETH_B6, &mac_b),
+            (&b, &dev_b, VETH_A4, VETH_A6, &mac_a),
+        ] {
+            for peer in [peer4, peer6] {
+                ip_ok(&[
+                    "-n",
+                    &ns.name,
+                    "neigh",
+                    "replace",
+                    peer,
+                    "lladdr",
+                    mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ]);
+            }
+        }
+        VethPair { a, b, dev_b }
+    }
+
+    /// `b`'s end goes down: every packet `a` sends is lost (its end has no carrier).
+    pub fn b_down(&self) {
+        ip_ok(&["-n", &self.b.name, "link", "set", &self.dev_b, "down"]);
+    }
+
+    /// `b` sends whatever it sends to `a` to a MAC address nobody has: `a` drops those frames, while
+    /// `a`'s own packets still reach `b` (e.g. SYNs arrive, SYN-ACKs are lost).
+    pub fn lose_b_to_a(&self) {
+        for peer in [VETH_A4, VETH_A6] {
+            ip_ok(&[
+                "-n",
+                &self.b.name,
+                "neigh",
+                "replace",
+                peer,
+                "lladdr",
+                "02:00:00:00:77:01",
+                "dev",
+                &self.dev_b,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+}
+
+/// A TCP counter of a namespace (`RetransSegs` from /proc/net/snmp's `Tcp:` lines, or a `TcpExt:`
+/// one from /proc/net/netstat such as `TCPRetransFail`): what the kernel itself counted there.
+pub fn tcp_counter(ns: &Netns, name: &str) -> u64 {
+    for (file, prefix) in [("/proc/net/snmp", "Tcp:"), ("/proc/net/netstat", "TcpExt:")] {
+        let out = run_timeout(&mut ns.exec(&["cat", file]), Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
+        for pair in lines.chunks(2) {
+            if let [names, values] = pair
+                && let Some(i) = names.split_whitespace().position(|n| n == name)
+            {
+                return values
+                    .split_whitespace()
+                    .nth(i)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{file}: no value for {name}"));
+            }
+        }
+    }
+    panic!("no TCP counter {name} in {}", ns.name)
+}
+
+/// Waits (bounded) until a namespace's counter has moved past `from`; returns its value.
+pub fn wait_counter(ns: &Netns, name: &str, from: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = tcp_counter(ns, name);
+        if v > from {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} in {} did not move from {from} within {limit:?}",
+            ns.name
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // ports, clocks
 
@@ -918,6 +1078,13 @@ impl Gen {
                 ),
             }
         }
+    }
+
+    /// Send a go line and keep stdin open (a generator that waits for several).
+    pub fn step(&mut self) {
+        let s = self.stdin.as_mut().expect("step() after go()");
+        s.write_all(b"go\n").expect("write go");
+        s.flush().expect("flush go");
     }
 
     /// Let a `--wait-go` client start.
@@ -1815,10 +1982,26 @@ pub fn watch_sessions(
     wants: impl Fn(&SessionOut) -> Vec<Want>,
 ) {
     let ns = Netns::new();
+    watch(tool, args, json, sink, 2, || {
+        wants(&Session::new(addr, pick_port(), comms.0, comms.1).run(&ns))
+    });
+}
+
+/// A person watching `tool` (stdout on `sink`, `--json` or not) while `rounds` rounds of traffic are
+/// made one at a time: `round` makes one (and returns once its events have happened) and names the
+/// rows it must bring, each of which must appear within [`LIVE_WITHIN`] while the tool keeps running,
+/// before the next round. Then it is stopped (SIGINT) and must exit cleanly with nothing lost.
+pub fn watch(
+    tool: &str,
+    args: &[&str],
+    json: bool,
+    sink: Sink,
+    rounds: u32,
+    mut round: impl FnMut() -> Vec<Want>,
+) {
     let t = Tracer::launch(tool, args, &[], json, sink);
-    for _ in 0..2 {
-        let out = Session::new(addr, pick_port(), comms.0, comms.1).run(&ns);
-        for w in wants(&out) {
+    for _ in 0..rounds {
+        for w in round() {
             t.expect_want(json, &w);
         }
         thread::sleep(Duration::from_millis(200));

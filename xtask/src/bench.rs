@@ -71,7 +71,7 @@ impl Default for Options {
 }
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
-pub const TOOLS: [&str; 3] = ["tcplife", "tcpstates", "tcpconnect"];
+pub const TOOLS: [&str; 4] = ["tcplife", "tcpstates", "tcpconnect", "tcpretrans"];
 
 unsafe extern "C" {
     safe fn kill(pid: i32, sig: i32) -> i32;

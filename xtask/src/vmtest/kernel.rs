@@ -14,10 +14,18 @@ use super::{Opts, run_limited};
 use crate::{Res, fail, io_fail, is_root};
 
 /// Guest modules (with their dependencies): virtio PCI transport, 9p (job directory, fallback root),
-/// virtiofs (root), overlay (writable root). Built in on some kernels; then they are not needed.
-const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "virtiofs", "overlay"];
+/// virtiofs (root), overlay (writable root), veth (tests whose traffic crosses two namespaces). Built in
+/// on some kernels; then they are not needed.
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "virtiofs",
+    "overlay",
+    "veth",
+];
 /// Bump when the kit layout or `MODULES` change: cached kits of another version are fetched again.
-const KIT_VERSION: &str = "1";
+const KIT_VERSION: &str = "2";
 
 const INIT_SH: &str = include_str!("../../vm/init.sh");
 const GUEST_SH: &str = include_str!("../../vm/guest.sh");
