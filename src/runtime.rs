@@ -140,7 +140,60 @@ pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<
             prog.set_log_level(4);
         }
     }
+    if common.verbose
+        && let Some(dir) = std::env::var_os("SOCKRAY_VERIFIER_LOG")
+    {
+        verifier_logs_to(obj, Path::new(&dir));
+    }
     chosen
+}
+
+/// Program name, log buffer, and the file it goes to (SOCKRAY_VERIFIER_LOG).
+type VerifierLog = (String, Box<[u8]>, std::path::PathBuf);
+static VERIFIER_LOGS: std::sync::Mutex<Vec<VerifierLog>> = std::sync::Mutex::new(Vec::new());
+
+/// `SOCKRAY_VERIFIER_LOG=DIR` (with --verbose): the verifier's full log of each program of the tool's
+/// object (its level 2: every instruction it walks, with the states it compares) goes to
+/// DIR/<program>.log once loaded, to see where its work (start-up time) goes; the statistics at its end.
+fn verifier_logs_to(obj: &mut OpenObject, dir: &Path) {
+    use libbpf_rs::AsRawLibbpf;
+    let Ok(mut logs) = VERIFIER_LOGS.lock() else {
+        return;
+    };
+    for mut prog in obj.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let mut buf = vec![0u8; 16 << 20].into_boxed_slice();
+        // SAFETY: the buffer is kept (in VERIFIER_LOGS) for the rest of the process, past the load.
+        let rc = unsafe {
+            libbpf_rs::libbpf_sys::bpf_program__set_log_buf(
+                prog.as_libbpf_object().as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len() as _,
+            )
+        };
+        if rc == 0 {
+            prog.set_log_level(2 | 4);
+            logs.push((name.clone(), buf, dir.join(format!("{name}.log"))));
+        }
+    }
+}
+
+/// Writes the logs that [`verifier_logs_to`] asked for (after the load).
+fn write_verifier_logs() {
+    let Ok(logs) = VERIFIER_LOGS.lock() else {
+        return;
+    };
+    for (name, buf, path) in logs.iter() {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if end > 0 {
+            match std::fs::write(path, &buf[..end]) {
+                Ok(()) => {
+                    crate::cli::debug(format_args!("{name}: verifier log in {}", path.display()))
+                }
+                Err(e) => crate::cli::debug(format_args!("{}: {e}", path.display())),
+            }
+        }
+    }
 }
 
 /// After [`prepare`]: leaves out (neither loads nor attaches) the programs `skip` names.
@@ -326,6 +379,7 @@ pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
 /// Attaches every chosen program (not iterators); the links detach when dropped.
 pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
     crate::cli::debug(format_args!("{:.1} ms: loaded", since_start_ms()));
+    write_verifier_logs();
     if std::env::var_os("SOCKRAY_BENCH_TOGGLE").is_some() {
         bench_toggle(obj, chosen)?;
         return Ok(Vec::new());
@@ -474,6 +528,10 @@ impl SharedOwnerMaps {
         }
         let shared = SharedOwnerMaps { maps };
         shared.reuse_in(obj)?;
+        crate::cli::debug(format_args!(
+            "{:.1} ms: socket-owner maps created",
+            since_start_ms()
+        ));
         Ok(Some(shared))
     }
 
