@@ -100,7 +100,7 @@ struct {
 
 static __always_inline void count_lost(void)
 {
-	__u32 zero = 0;
+	__u64 zero = 0; /* the key: its low 4 bytes (see slots_hdr() in sockowner.bpf.h) */
 	__u64 *n = bpf_map_lookup_elem(&lost_events, &zero);
 	if (n)
 		*n += 1;
