@@ -268,8 +268,14 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| mem_total_kib(&s));
-    // the size bpf/common.bpf.h declares (SOCK_MAP_ENTRIES) is the floor
-    let floor = u64::from(map.max_entries());
+    // the size bpf/common.bpf.h declares (SOCK_MAP_ENTRIES) is the floor; with socket-local storage
+    // the hash map takes only the seeding walk's records (sockets that exist now, whose slot is taken),
+    // and a smaller floor does: its bucket array is allocated and zeroed at start (65,536: ~1 ms)
+    let floor = if storage {
+        SEEDED_ONLY_FLOOR
+    } else {
+        u64::from(map.max_entries())
+    };
     let entries = sock_map_entries(MAX_SOCKETS.get().copied(), floor, machine, mem);
     if let Err(e) = map.set_max_entries(entries) {
         crate::cli::debug(format_args!("sock_owners: cannot size to {entries}: {e}"));
@@ -285,6 +291,10 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     ));
     storage
 }
+
+/// The hash map's least room when socket-local storage takes the records that find no slot: it then
+/// holds only records of sockets that existed at start (seeded; twice their number is its room).
+const SEEDED_ONLY_FLOOR: u64 = 4096;
 
 /// The hash map's room: `--max-sockets`, else twice the TCP sockets that exist now (at least `floor`,
 /// the size the object declares), at most one per 4 KiB of memory (a TCP socket costs the kernel more).
@@ -1011,6 +1021,15 @@ mod tests {
         assert_eq!(
             sock_map_entries(None, 65_536, Some(7), Some(24_576_000)),
             65_536
+        );
+        // with socket-local storage, room for the seeded sockets only
+        assert_eq!(
+            sock_map_entries(None, super::SEEDED_ONLY_FLOOR, Some(7), Some(24_576_000)),
+            4096
+        );
+        assert_eq!(
+            sock_map_entries(None, super::SEEDED_ONLY_FLOOR, Some(5000), Some(24_576_000)),
+            16_384
         );
         assert_eq!(sock_map_entries(None, 65_536, None, None), 65_536);
         // a busy one: twice its sockets, rounded up to a power of two
