@@ -105,7 +105,8 @@ struct {
 
 static __always_inline void count_lost_as(__u32 cause)
 {
-	__u64 *n = bpf_map_lookup_elem(&lost_events, &cause);
+	__u64 key = cause; /* 8 bytes: its low 4 are the index (see slots_hdr() in sockowner.bpf.h) */
+	__u64 *n = bpf_map_lookup_elem(&lost_events, &key);
 	if (n)
 		*n += 1;
 }

@@ -52,8 +52,7 @@ static __always_inline void send(const struct sock_rec *rec, const struct sk_tup
 	struct sock_owner o;
 
 	/* the recorded owner, or unknown: a retransmit never runs in its owner's context for sure */
-	if (!owner_of_rec(rec, &o))
-		__builtin_memset(&o, 0, sizeof(o));
+	owner_copy(&o, rec ? &rec->owner : 0);
 	if (!owner_ok(&o))
 		return;
 	if (count_mode) {

@@ -29,14 +29,15 @@ struct {
 	__type(value, struct held_row);
 } held_syn_recv SEC(".maps");
 
-static __always_inline void emit(const struct sock *sk, const struct sock_rec *rec, const struct sk_tuple *t,
+/* rec_owner: the owner in the socket's record (pid 0: none, or no record) */
+static __always_inline void emit(const struct sock *sk, const struct sock_owner *rec_owner, const struct sk_tuple *t,
 				 __u64 ts, __u64 delta, __u32 ctx_pid, int oldstate, int newstate, bool direct)
 {
 	struct tcpstates_event *e;
 	struct sock_owner o;
 
 	/* the process filters first: a record reserved and discarded costs nearly what a sent one does */
-	owner_resolve_d(sk, rec, newstate, &o, direct);
+	owner_resolve_from_d(sk, rec_owner, newstate, &o, direct);
 	if (!owner_ok(&o))
 		return;
 	e = event_reserve(sizeof(*e));
@@ -59,6 +60,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 {
 	struct sk_tuple t = {};
 	struct held_row held = {};
+	struct sock_owner owner;
 	__u64 key, now, delta = 0;
 	struct sock_rec *rec;
 	__u32 ctx_pid;
@@ -69,19 +71,28 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	rec = owner_on_state_d(sk, key, oldstate, newstate, direct, false);
 	if (!rec)
 		rec = sock_rec_of_d(sk, key, direct);
-	if (newstate == TCP_CLOSE)
-		sock_rec_lost_at(rec, oldstate);
 
-	/* the time of the socket's previous change is kept in its record (tool_ns), written in place */
+	/* Everything the rows need of the record is read here (and its time written): past this block the
+	 * program is the same whichever map holds the record (slot table, socket storage or hash map), so
+	 * the verifier walks the rest once instead of once per map (6.18: 4,520 -> 3,061 instructions
+	 * walked, ~3 ms of start-up). The time of the socket's previous change is in its record (tool_ns). */
 	now = bpf_ktime_get_ns();
 	if (rec) {
+		if (newstate == TCP_CLOSE)
+			sock_rec_lost_at(rec, oldstate);
 		if (rec->tool_ns)
 			delta = now - rec->tool_ns;
 		rec->tool_ns = now;
-	} else if (newstate != TCP_CLOSE) {
-		/* a socket the component has no record of (owner unknown) */
-		struct sock_rec fresh = { .tool_ns = now };
-		sock_rec_create_d(sk, key, &fresh, direct);
+		owner_copy(&owner, &rec->owner);
+	} else {
+		owner_copy(&owner, NULL);
+		if (newstate == TCP_CLOSE) {
+			sock_rec_lost_at(NULL, oldstate);
+		} else {
+			/* a socket the component has no record of (owner unknown) */
+			struct sock_rec fresh = { .tool_ns = now };
+			sock_rec_create_d(sk, key, &fresh, direct);
+		}
 	}
 
 	read_sk_tuple_d(sk, &t, direct);
@@ -103,8 +114,8 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		goto out;
 	if (held.ts_ns)
-		emit(sk, rec, &t, held.ts_ns, held.delta_ns, held.ctx_pid, TCP_LISTEN, TCP_SYN_RECV, direct);
-	emit(sk, rec, &t, now, delta, ctx_pid, oldstate, newstate, direct);
+		emit(sk, &owner, &t, held.ts_ns, held.delta_ns, held.ctx_pid, TCP_LISTEN, TCP_SYN_RECV, direct);
+	emit(sk, &owner, &t, now, delta, ctx_pid, oldstate, newstate, direct);
 out:
 	if (newstate == TCP_CLOSE)
 		owner_forget_d(sk, key, direct);

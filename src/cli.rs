@@ -132,7 +132,7 @@ macro_rules! load_tool {
             $crate::cli::open_prepared!($builder, $storage, $tool, $common, $filters, $setup, $skip);
         // the socket-owner seeding object loads on a second thread meanwhile, sharing the owner maps
         // (the thread opens its object while the maps are created)
-        let seeder = $crate::runtime::Seeder::spawn(open.open_object(), $filters.cgroup_id.is_some());
+        let mut seeder = $crate::runtime::Seeder::spawn(open.open_object(), $filters.cgroup_id.is_some());
         let shared = $crate::runtime::SharedOwnerMaps::create(open.open_object_mut())?;
         if let (Some(seeder), Some(s)) = (&seeder, &shared) {
             seeder.share(s)?;
@@ -145,8 +145,14 @@ macro_rules! load_tool {
                 let storage = Box::leak(Box::new(std::mem::MaybeUninit::uninit()));
                 let (mut open, strict_chosen) =
                     $crate::cli::open_prepared!($builder, storage, $tool, $common, $filters, $setup, $skip);
-                if let Some(s) = &shared {
-                    s.reuse_in(open.open_object_mut())?;
+                // the owner maps and the seeding object again, as this load sizes them (without
+                // socket-local storage the hash map takes every record that finds no slot); the first
+                // seeding thread ends when its Seeder is dropped
+                drop(shared);
+                seeder = $crate::runtime::Seeder::spawn(open.open_object(), $filters.cgroup_id.is_some());
+                let shared = $crate::runtime::SharedOwnerMaps::create(open.open_object_mut())?;
+                if let (Some(seeder), Some(s)) = (&seeder, &shared) {
+                    seeder.share(s)?;
                 }
                 chosen = strict_chosen;
                 open.load().map_err(|e| $crate::runtime::load_error(e, $tool))?

@@ -143,6 +143,11 @@ pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<
             prog.set_log_level(4);
         }
     }
+    if common.verbose
+        && let Some(dir) = std::env::var_os("SOCKRAY_VERIFIER_LOG")
+    {
+        verifier_logs_to(obj, Path::new(&dir));
+    }
     chosen
 }
 
@@ -161,6 +166,54 @@ fn resize_maps(obj: &mut OpenObject, sizes: &str) -> Result<()> {
         map.set_max_entries(n)?;
     }
     Ok(())
+}
+
+/// Program name, log buffer, and the file it goes to (SOCKRAY_VERIFIER_LOG).
+type VerifierLog = (String, Box<[u8]>, std::path::PathBuf);
+static VERIFIER_LOGS: std::sync::Mutex<Vec<VerifierLog>> = std::sync::Mutex::new(Vec::new());
+
+/// `SOCKRAY_VERIFIER_LOG=DIR` (with --verbose): the verifier's full log of each program of the tool's
+/// object (its level 2: every instruction it walks, with the states it compares) goes to
+/// DIR/<program>.log once loaded, to see where its work (start-up time) goes; the statistics at its end.
+fn verifier_logs_to(obj: &mut OpenObject, dir: &Path) {
+    use libbpf_rs::AsRawLibbpf;
+    let Ok(mut logs) = VERIFIER_LOGS.lock() else {
+        return;
+    };
+    for mut prog in obj.progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        let mut buf = vec![0u8; 16 << 20].into_boxed_slice();
+        // SAFETY: the buffer is kept (in VERIFIER_LOGS) for the rest of the process, past the load.
+        let rc = unsafe {
+            libbpf_rs::libbpf_sys::bpf_program__set_log_buf(
+                prog.as_libbpf_object().as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len() as _,
+            )
+        };
+        if rc == 0 {
+            prog.set_log_level(2 | 4);
+            logs.push((name.clone(), buf, dir.join(format!("{name}.log"))));
+        }
+    }
+}
+
+/// Writes the logs that [`verifier_logs_to`] asked for (after the load).
+fn write_verifier_logs() {
+    let Ok(logs) = VERIFIER_LOGS.lock() else {
+        return;
+    };
+    for (name, buf, path) in logs.iter() {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if end > 0 {
+            match std::fs::write(path, &buf[..end]) {
+                Ok(()) => {
+                    crate::cli::debug(format_args!("{name}: verifier log in {}", path.display()))
+                }
+                Err(e) => crate::cli::debug(format_args!("{}: {e}", path.display())),
+            }
+        }
+    }
 }
 
 /// Before [`prepare`]: leaves out (neither chooses, loads nor attaches) the programs `skip` names, so
@@ -235,8 +288,14 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| mem_total_kib(&s));
-    // the size bpf/common.bpf.h declares (SOCK_MAP_ENTRIES) is the floor
-    let floor = u64::from(map.max_entries());
+    // the size bpf/common.bpf.h declares (SOCK_MAP_ENTRIES) is the floor; with socket-local storage
+    // the hash map takes only the seeding walk's records (sockets that exist now, whose slot is taken),
+    // and a smaller floor does: its bucket array is allocated and zeroed at start (65,536: ~1 ms)
+    let floor = if storage {
+        SEEDED_ONLY_FLOOR
+    } else {
+        u64::from(map.max_entries())
+    };
     let entries = sock_map_entries(MAX_SOCKETS.get().copied(), floor, machine, mem);
     if let Err(e) = map.set_max_entries(entries) {
         crate::cli::debug(format_args!("sock_owners: cannot size to {entries}: {e}"));
@@ -252,6 +311,10 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     ));
     storage
 }
+
+/// The hash map's least room when socket-local storage takes the records that find no slot: it then
+/// holds only records of sockets that existed at start (seeded; twice their number is its room).
+const SEEDED_ONLY_FLOOR: u64 = 4096;
 
 /// The hash map's room: `--max-sockets`, else twice the TCP sockets that exist now (at least `floor`,
 /// the size the object declares), at most one per 4 KiB of memory (a TCP socket costs the kernel more).
@@ -346,6 +409,7 @@ pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
 /// Attaches every chosen program (not iterators); the links detach when dropped.
 pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
     crate::cli::debug(format_args!("{:.1} ms: loaded", since_start_ms()));
+    write_verifier_logs();
     if std::env::var_os("SOCKRAY_BENCH_TOGGLE").is_some() {
         bench_toggle(obj, chosen)?;
         return Ok(Vec::new());
@@ -494,6 +558,10 @@ impl SharedOwnerMaps {
         }
         let shared = SharedOwnerMaps { maps };
         shared.reuse_in(obj)?;
+        crate::cli::debug(format_args!(
+            "{:.1} ms: socket-owner maps created",
+            since_start_ms()
+        ));
         Ok(Some(shared))
     }
 
@@ -1007,6 +1075,15 @@ mod tests {
         assert_eq!(
             sock_map_entries(None, 65_536, Some(7), Some(24_576_000)),
             65_536
+        );
+        // with socket-local storage, room for the seeded sockets only
+        assert_eq!(
+            sock_map_entries(None, super::SEEDED_ONLY_FLOOR, Some(7), Some(24_576_000)),
+            4096
+        );
+        assert_eq!(
+            sock_map_entries(None, super::SEEDED_ONLY_FLOOR, Some(5000), Some(24_576_000)),
+            16_384
         );
         assert_eq!(sock_map_entries(None, 65_536, None, None), 65_536);
         // a busy one: twice its sockets, rounded up to a power of two
