@@ -37,7 +37,8 @@ impl Common {
 #[derive(Args, Debug, Clone, Default)]
 pub struct SocketTable {
     /// room for this many sockets' records in the hash map (where the kernel cannot keep them with the
-    /// socket: before Linux 6.3, or with the raw_tp path); default: twice the TCP sockets at start, at least 65536
+    /// socket: before Linux 6.3, or with the raw_tp path), and an event ring sized for N sockets closing
+    /// at once (at most 128 MiB); default: from the TCP sockets at start
     #[arg(long = "max-sockets", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sockets: Option<u32>,
 }

@@ -134,6 +134,7 @@ pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<
     crate::cli::debug(format_args!("{:.1} ms: opened", since_start_ms()));
     let chosen = attach::choose(obj, tool, common.verbose);
     crate::cli::debug(format_args!("{:.1} ms: hooks chosen", since_start_ms()));
+    size_event_ring(obj, tool);
     if let Some(sizes) = std::env::var_os("SOCKRAY_MAP_ENTRIES") {
         resize_maps(obj, &sizes.to_string_lossy())?;
     }
@@ -282,12 +283,10 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     // (cli::load_tool!) comes here again and leaves it off.
     let storage =
         typed_only && !attach::strict() && std::env::var_os("SOCKRAY_NO_SK_STORAGE").is_none();
-    let machine = std::fs::read_to_string("/proc/net/sockstat")
-        .ok()
-        .and_then(|s| tcp_sockets_allocated(&s));
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| mem_total_kib(&s));
+    let Machine {
+        tcp_sockets: machine,
+        mem_kib: mem,
+    } = *Machine::now();
     // the size bpf/common.bpf.h declares (SOCK_MAP_ENTRIES) is the floor; with socket-local storage
     // the hash map takes only the seeding walk's records (sockets that exist now, whose slot is taken),
     // and a smaller floor does: its bucket array is allocated and zeroed at start (65,536: ~1 ms)
@@ -310,6 +309,95 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
         machine.map_or("?".into(), |n| n.to_string()),
     ));
     storage
+}
+
+/// What the machine holds, read once at start: the TCP sockets that exist and the memory, from which
+/// the tables that can fill up and the event ring are sized.
+#[derive(Clone, Copy)]
+struct Machine {
+    tcp_sockets: Option<u64>,
+    mem_kib: Option<u64>,
+}
+
+impl Machine {
+    fn now() -> &'static Machine {
+        static NOW: std::sync::OnceLock<Machine> = std::sync::OnceLock::new();
+        NOW.get_or_init(|| Machine {
+            tcp_sockets: std::fs::read_to_string("/proc/net/sockstat")
+                .ok()
+                .and_then(|s| tcp_sockets_allocated(&s)),
+            mem_kib: std::fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|s| mem_total_kib(&s)),
+        })
+    }
+}
+
+/// Sizes the event ring buffer (`events`, bpf/common.bpf.h) for the machine: see [`ring_bytes`].
+fn size_event_ring(obj: &mut OpenObject, tool: &str) {
+    let Some(mut map) = obj.maps_mut().find(|m| m.name() == "events") else {
+        return;
+    };
+    let m = Machine::now();
+    let bytes = ring_bytes(
+        u64::from(map.max_entries()),
+        ring_bytes_per_socket(tool),
+        MAX_SOCKETS.get().copied(),
+        m.tcp_sockets,
+        m.mem_kib,
+    );
+    if bytes != map.max_entries()
+        && let Err(e) = map.set_max_entries(bytes)
+    {
+        crate::cli::debug(format_args!("events: cannot size the ring to {bytes}: {e}"));
+        return;
+    }
+    crate::cli::debug(format_args!(
+        "event ring: {} KiB ({} TCP sockets now)",
+        bytes >> 10,
+        m.tcp_sockets.map_or("?".into(), |n| n.to_string())
+    ));
+}
+
+/// Ring-buffer bytes per TCP socket: what the tool records when a socket closes. A server that holds
+/// many sockets can close them all at once (a restart, a failover), faster than a reader that shares
+/// the CPUs with the closing processes prints them; the ring holds what the reader has not read yet.
+/// tcplife and tcptracer write one record per socket as it closes (tcplife's: 120 bytes with its
+/// header), tcpstates three (FIN_WAIT1, FIN_WAIT2, CLOSE; CLOSE_WAIT, LAST_ACK, CLOSE); tools whose
+/// records are not per socket (retransmits, connects) are sized the same as one record a socket.
+fn ring_bytes_per_socket(tool: &str) -> u64 {
+    match tool {
+        "tcpstates" => 3 * 128,
+        _ => 128,
+    }
+}
+/// The ring's largest size, and the share of memory it may take at most (1/128).
+const RING_MAX: u64 = 128 << 20;
+const RING_MEM_SHARE: u64 = 128;
+
+/// The event ring's size: the object's (`floor`, 1 MiB) on a machine with few sockets, else
+/// `per_socket` bytes for each TCP socket that exists now or that `--max-sockets` names, whichever
+/// is more; a power of two (the kernel's rule; bpf/common.bpf.h's wake-up marks need a multiple of
+/// 128 KiB), at most RING_MAX and 1/RING_MEM_SHARE of memory. Its pages are allocated at start and
+/// mapped into the reader (twice: counted twice in its RSS).
+fn ring_bytes(
+    floor: u64,
+    per_socket: u64,
+    flag: Option<u32>,
+    sockets_now: Option<u64>,
+    mem_kib: Option<u64>,
+) -> u32 {
+    let sockets = sockets_now.unwrap_or(0).max(flag.map_or(0, u64::from));
+    let want = sockets
+        .saturating_mul(per_socket)
+        .max(floor)
+        .next_power_of_two();
+    let cap = mem_kib
+        .map_or(RING_MAX, |k| (k * 1024 / RING_MEM_SHARE).min(RING_MAX))
+        .max(floor);
+    // the largest power of two at most cap
+    let cap = 1u64 << (63 - cap.leading_zeros());
+    want.min(cap) as u32
 }
 
 /// The hash map's least room when socket-local storage takes the records that find no slot: it then
@@ -1095,6 +1183,36 @@ mod tests {
         assert_eq!(
             sock_map_entries(None, 65_536, Some(10_000_000), Some(1_048_576)),
             262_144
+        );
+    }
+
+    #[test]
+    fn ring_sizing() {
+        use super::ring_bytes;
+        const MIB: u64 = 1 << 20;
+        let mem = Some(24_576_000); // 23.4 GiB
+        // a laptop: the object's 1 MiB
+        assert_eq!(ring_bytes(MIB, 128, None, Some(300), mem), 1 << 20);
+        assert_eq!(ring_bytes(MIB, 128, None, None, None), 1 << 20);
+        // a server with 120,000 sockets: 15.4 MB, rounded up; three records a socket: 46 MB
+        assert_eq!(ring_bytes(MIB, 128, None, Some(120_000), mem), 16 << 20);
+        assert_eq!(ring_bytes(MIB, 384, None, Some(120_000), mem), 64 << 20);
+        // --max-sockets for sockets that do not exist yet, the larger of the two
+        assert_eq!(
+            ring_bytes(MIB, 64, Some(1_000_000), Some(120_000), mem),
+            64 << 20
+        );
+        assert_eq!(ring_bytes(MIB, 128, Some(16), Some(120_000), mem), 16 << 20);
+        // at most 128 MiB, and 1/128 of memory, a power of two below it
+        assert_eq!(ring_bytes(MIB, 128, Some(u32::MAX), None, mem), 128 << 20);
+        assert_eq!(
+            ring_bytes(MIB, 128, Some(1_000_000), None, Some(4_000_000)),
+            16 << 20
+        );
+        // never below the object's own
+        assert_eq!(
+            ring_bytes(MIB, 128, Some(1_000_000), None, Some(1000)),
+            1 << 20
         );
     }
 

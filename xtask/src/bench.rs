@@ -403,30 +403,40 @@ impl Running {
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        peak_rss_kib(self.child.id())
     }
 
     /// SIGINT, wait (bounded), and the last stdout line.
-    fn stop(mut self) -> Option<String> {
-        kill(self.child.id() as i32, SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return self.reader.join().ok().flatten();
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) -> Option<String> {
+        stop_process(self.child, Duration::from_secs(10));
         self.reader.join().ok().flatten()
     }
+}
+
+/// A process's peak RSS (VmHWM) so far, in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// SIGINT to a process this bench started, and its exit awaited (SIGKILL after `limit`).
+pub(crate) fn stop_process(mut child: Child, limit: Duration) {
+    kill(child.id() as i32, SIGINT);
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The first and the last complete line of a stream fed in chunks, in time proportional to the input
@@ -465,10 +475,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// A fresh network namespace for one load run, deleted on drop.
-struct Netns(String);
+pub(crate) struct Netns(pub(crate) String);
 
 impl Netns {
-    fn new() -> Result<Netns, String> {
+    pub(crate) fn new() -> Result<Netns, String> {
         let name = format!("sockray-bench-{}", std::process::id());
         let ok = |args: &[&str]| {
             Command::new("ip")

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 mod bench;
+mod scale;
 mod vmtest;
 
 const USAGE: &str = "\
@@ -30,6 +31,11 @@ commands:
                                        other tracer command line to compare, e.g. a variant;
                                        --verbose: every interval's rate; --starts: timed starts
                                        per tracer, 11; --startup-only: no connection-rate runs)
+  bench --scale [--conns N] [--close-rate R]
+                                       a server's worth of sockets: N connections (500,000: a
+                                       million sockets) held, then closed at R a second (25,000;
+                                       0: at once), with and without tcplife: times, rows, lost,
+                                       RSS, map memory
   vmtest [--kernel S] [--path P] [--quick] [--report] [-- <test args>]
                                        integration tests under Debian kernels in QEMU (--help)
 ";
@@ -283,6 +289,7 @@ fn cmd_install(args: &[OsString]) -> Res {
 
 fn cmd_bench(args: &[OsString]) -> Res {
     let mut opts = bench::Options::default();
+    let mut scale: Option<scale::ScaleOptions> = None;
     let mut only: Vec<String> = Vec::new();
     let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
     while let Some(a) = it.next() {
@@ -309,6 +316,23 @@ fn cmd_bench(args: &[OsString]) -> Res {
                     })?;
             }
             "--startup-only" => opts.startup_only = true,
+            "--scale" => {
+                scale.get_or_insert_with(Default::default);
+            }
+            "--conns" | "--close-rate" => {
+                let v = value()?;
+                let n: u32 = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0 || a == "--close-rate")
+                    .ok_or_else(|| usage_err(format!("bench: {a} {v:?}: a count")))?;
+                let s = scale.get_or_insert_with(Default::default);
+                if a == "--conns" {
+                    s.conns = n;
+                } else {
+                    s.close_rate = n;
+                }
+            }
             _ => return Err(usage_err(format!("bench: unexpected argument {a:?}"))),
         }
     }
@@ -318,6 +342,12 @@ fn cmd_bench(args: &[OsString]) -> Res {
         ));
     }
     deps()?;
+    if let Some(scale) = scale {
+        let bin = build(Profile::Release)?;
+        step_quiet(cargo().args(["build", "--release", "--bin", "sockray-testgen"]))?;
+        let testgen = bin.with_file_name("sockray-testgen");
+        return scale::run(&bin, &testgen, &scale).map_err(fail);
+    }
     install_packages("bench: ", BENCH_PACKAGES)?;
     let bin = build(Profile::Release)?;
     let mut tools = list_tools(&bin)?;
