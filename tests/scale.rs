@@ -149,6 +149,23 @@ fn all_but_skipped(reported: usize, trace: &Trace) {
     );
 }
 
+/// Every one of `want` state changes shown (rows by socket), but for the program runs the kernel skipped
+/// (counted).
+fn all_changes_but_skipped(rows: &HashMap<(bool, End), Vec<&Value>>, want: usize, trace: &Trace) {
+    let shown: usize = rows.values().map(Vec::len).sum();
+    eprintln!(
+        "{shown} of {want} state changes shown; program runs the kernel skipped: {}",
+        trace.skipped
+    );
+    assert!(
+        want - shown.min(want) <= trace.skipped as usize,
+        "{} state changes not shown, {} counted as skipped; stderr:\n{}",
+        want - shown.min(want),
+        trace.skipped,
+        trace.stderr
+    );
+}
+
 /// The row names the socket's process; where the kernel skipped runs (counted), possibly no one (`?`),
 /// but never another process.
 fn owner_ok(r: &Value, pid: u64, comm: &str, trace: &Trace) {
@@ -213,19 +230,7 @@ fn tcpstates_started_on_a_busy_server_shows_a_burst_of_closes() {
     std::thread::sleep(SETTLE);
     let trace = tracer.stop_with_skips();
     let rows = by_socket(&trace.rows, &h, |_| true);
-    let shown: usize = rows.values().map(Vec::len).sum();
-    let want = 6 * conns() as usize;
-    eprintln!(
-        "{shown} of {want} state changes shown; program runs the kernel skipped: {}",
-        trace.skipped
-    );
-    assert!(
-        want - shown.min(want) <= trace.skipped as usize,
-        "{} state changes not shown, {} counted as skipped; stderr:\n{}",
-        want - shown.min(want),
-        trace.skipped,
-        trace.stderr
-    );
+    all_changes_but_skipped(&rows, 6 * conns() as usize, &trace);
     for ((client, end), rows) in &rows {
         assert!(rows.len() <= 3, "three changes per socket: {rows:?}");
         let (pid, comm) = h.owner(*client, end);
@@ -255,19 +260,7 @@ fn tcpstates_reports_every_socket_of_100000() {
     std::thread::sleep(SETTLE);
     let trace = tracer.stop_with_skips();
     let rows = by_socket(&trace.rows, &h, |_| true);
-    let shown: usize = rows.values().map(Vec::len).sum();
-    let want = 10 * conns() as usize;
-    eprintln!(
-        "{shown} of {want} state changes shown; program runs the kernel skipped: {}",
-        trace.skipped
-    );
-    assert!(
-        want - shown.min(want) <= trace.skipped as usize,
-        "{} state changes not shown, {} counted as skipped; stderr:\n{}",
-        want - shown.min(want),
-        trace.skipped,
-        trace.stderr
-    );
+    all_changes_but_skipped(&rows, 10 * conns() as usize, &trace);
     let closes = by_socket(&trace.rows, &h, |r| r["newstate"] == "CLOSE");
     all_but_skipped(closes.len(), &trace);
     for ((client, end), rows) in &rows {
