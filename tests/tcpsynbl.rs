@@ -266,7 +266,7 @@ fn summary_on_sigterm_and_sigint() {
             "{text}"
         );
         let title = format!(
-            "backlog_max = 2  (listener 127.0.0.1:{port}, pid {} tg-bl-srv, overflows 0)",
+            "backlog_max = 2  listener 127.0.0.1:{port}  pid {} tg-bl-srv  overflows 0",
             u(&run.listen, "pid")
         );
         let at = lines
@@ -330,9 +330,9 @@ fn live(json: bool, sink: Sink, addr: &'static str) {
             assert_eq!(u(&row, "overflows"), 0, "{row}");
         } else {
             let ep = if addr.contains(':') {
-                format!("[{addr}]:{port},")
+                format!("[{addr}]:{port}")
             } else {
-                format!("{addr}:{port},")
+                format!("{addr}:{port}")
             };
             let pid = pid.to_string();
             t.expect_line(&what, within, |f| {

@@ -223,7 +223,7 @@ fn title(h: &Hist) -> String {
         format!("{} {}", h.owner.pid, comm(&h.owner.comm))
     };
     format!(
-        "backlog_max = {}  (listener {ep}, pid {who}, overflows {})",
+        "backlog_max = {}  listener {ep}  pid {who}  overflows {}",
         k.backlog_max, h.overflows
     )
 }
@@ -498,7 +498,7 @@ mod tests {
         }
         assert_eq!(
             title(&h),
-            "backlog_max = 4  (listener 127.0.0.1:8080, pid 42 nginx, overflows 3)"
+            "backlog_max = 4  listener 127.0.0.1:8080  pid 42 nginx  overflows 3"
         );
         h.owner.pid = 0;
         assert!(title(&h).contains("pid ?"));
