@@ -95,11 +95,10 @@ fn reason_number(format: &str, name: &str) -> Option<u32> {
         .ok()
 }
 
-/// The text of a kernel function, `[start, end)`, from /proc/kallsyms (the next symbol's address
-/// ends it). None when the function is not there or addresses are hidden (zero: no CAP_SYSLOG).
+/// The text of a kernel function, `[start, end)`, from /proc/kallsyms (read once per process, shared
+/// with the kprobe probes: see attach::kallsyms; the next symbol's address ends it). None when the function is not there or addresses are hidden (zero: no CAP_SYSLOG).
 fn kernel_function_range(name: &str) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/kallsyms").ok()?;
-    function_range(&text, name)
+    function_range(attach::kallsyms()?, name)
 }
 
 fn function_range(kallsyms: &str, name: &str) -> Option<(u64, u64)> {
