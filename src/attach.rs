@@ -160,10 +160,17 @@ fn probe_tracing(target: &str, attach_type: libbpf_sys::bpf_attach_type) -> Resu
     Ok(())
 }
 
+/// /proc/kallsyms, read once per process (the kernel formats ~100,000 lines on every read: ~50 ms on
+/// our 6.18 host, seconds in an emulated guest; kprobe probes ask it once per target). None when it
+/// cannot be read.
+pub fn kallsyms() -> Option<&'static str> {
+    static TEXT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| std::fs::read_to_string("/proc/kallsyms").ok())
+        .as_deref()
+}
+
 fn kallsyms_has(func: &str) -> bool {
-    std::fs::read_to_string("/proc/kallsyms")
-        .map(|s| s.lines().any(|l| l.split_whitespace().nth(2) == Some(func)))
-        .unwrap_or(false)
+    kallsyms().is_some_and(|s| s.lines().any(|l| l.split_whitespace().nth(2) == Some(func)))
 }
 
 /// Strict probing loads a test program for BTF-based kinds (costs a parse of the kernel's BTF, ~4 ms);

@@ -5,6 +5,7 @@ mod attach;
 mod cli;
 mod filter;
 mod format;
+mod hist;
 mod output;
 mod runtime;
 mod tools;

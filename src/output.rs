@@ -21,6 +21,8 @@ pub enum Value {
     Hex(u64),
     /// not known: empty in columns, null in JSON
     Null,
+    /// JSON text written as is (an array or object, e.g. a histogram's buckets); as is in columns too
+    Json(String),
 }
 
 impl Value {
@@ -51,6 +53,7 @@ impl Value {
             Value::Ip(a) => push_ip(out, a),
             Value::Hex(v) => push_hex(out, *v),
             Value::Null => {}
+            Value::Json(j) => out.push_str(j),
         }
     }
 
@@ -75,6 +78,7 @@ impl Value {
                 push_hex(out, *v);
                 out.push('"');
             }
+            Value::Json(j) => out.push_str(j),
         }
     }
 }

@@ -19,6 +19,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+mod backlog;
 mod hold;
 mod listen_accept;
 mod stall;
@@ -121,6 +122,9 @@ enum Cmd {
     /// listen() calls with known outcomes, one JSON line each: explicit port, kernel-picked port,
     /// EADDRINUSE, and non-TCP listens (UDP, a pipe) (solisten tests).
     ListenCases(listen_accept::ListenCasesArgs),
+    /// A listener with a known backlog that never accepts (or accepts at once), and a client connecting
+    /// CLIENTS times (tcpsynbl tests).
+    Backlog(backlog::BacklogArgs),
     /// Connect COUNT times to ADDR:PORT, a fresh socket each time, and print one JSON line per attempt:
     /// connect()'s return value (`ret`: 0 or -errno), the final outcome (`result`: 0 or -errno) and the
     /// local port getsockname() reports after connect() returned (the kernel keeps it after a refusal).
@@ -263,6 +267,7 @@ fn main() {
         Cmd::Hold(a) => hold::hold(&a),
         Cmd::Stall(a) => stall::stall(&a),
         Cmd::ListenCases(a) => listen_accept::listen_cases(&a),
+        Cmd::Backlog(a) => backlog::backlog(&a),
     };
     if let Err(e) = res {
         eprintln!("sockray-testgen: {e:#}");

@@ -37,11 +37,14 @@ fn top_level_help_lists_the_tools() {
 
 #[test]
 fn tool_help_shows_its_flags() {
-    for tool in ["tcplife", "tcpstates", "tcpretrans"] {
+    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl"] {
         let o = sockray(&[tool, "--help"]);
         assert!(o.status.success(), "sockray {tool} --help: {}", o.status);
         let out = text(&o.stdout);
-        for flag in ["-L", "-D", "-4", "-6", "--json"] {
+        for flag in ["-L", "-4", "-6", "--json"]
+            .into_iter()
+            .chain((tool != "tcpsynbl").then_some("-D"))
+        {
             assert!(
                 out.contains(flag),
                 "sockray {tool} --help lacks {flag}:\n{out}"
@@ -55,8 +58,11 @@ fn tool_help_shows_its_flags() {
 
 #[test]
 fn bad_port_is_a_one_line_error() {
-    for tool in ["tcplife", "tcpstates", "tcpretrans"] {
+    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl"] {
         for flag in ["-L", "-D"] {
+            if tool == "tcpsynbl" && flag == "-D" {
+                continue;
+            }
             let o = sockray(&[tool, flag, "70000"]);
             assert!(!o.status.success(), "sockray {tool} {flag} 70000 succeeded");
             no_panic(&o);
@@ -94,7 +100,7 @@ fn unknown_tool_fails() {
 
 #[test]
 fn ebpf_prints_the_program() {
-    for tool in ["tcplife", "tcpstates", "tcpretrans"] {
+    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl"] {
         let o = sockray(&[tool, "--ebpf"]);
         assert!(
             o.status.success(),
@@ -139,7 +145,7 @@ impl Drop for TempDir {
 #[test]
 fn symlink_named_after_a_tool_runs_it() {
     let dir = TempDir::new();
-    for tool in ["tcplife", "tcpstates", "tcpretrans"] {
+    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl"] {
         let link = dir.0.join(tool);
         std::os::unix::fs::symlink(sockray_bin(), &link).unwrap();
         let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));

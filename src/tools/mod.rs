@@ -9,6 +9,7 @@ pub mod tcpconnlat;
 pub mod tcplife;
 pub mod tcpretrans;
 pub mod tcpstates;
+pub mod tcpsynbl;
 pub mod tcptracer;
 
 pub struct Tool {
@@ -52,6 +53,11 @@ pub const TOOLS: &[Tool] = &[
         name: "tcpstates",
         about: "TCP state changes, with time in each state and the owning process",
         run: tcpstates::run,
+    },
+    Tool {
+        name: "tcpsynbl",
+        about: "accept-queue length of TCP listeners at each new connection (log2 histograms), overflows too",
+        run: tcpsynbl::run,
     },
     Tool {
         name: "tcptracer",

@@ -71,7 +71,13 @@ impl Default for Options {
 }
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
-pub const TOOLS: [&str; 4] = ["tcplife", "tcpstates", "tcpconnect", "tcpretrans"];
+pub const TOOLS: [&str; 5] = [
+    "tcplife",
+    "tcpstates",
+    "tcpconnect",
+    "tcpretrans",
+    "tcpsynbl",
+];
 
 unsafe extern "C" {
     safe fn kill(pid: i32, sig: i32) -> i32;

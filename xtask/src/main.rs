@@ -27,7 +27,8 @@ commands:
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
   bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose] [--starts N] [--startup-only]
                                        start-up, RSS and connection-rate cost vs libbpf-tools
-                                       (20 rounds; T: tcplife, tcpstates, tcpconnect or tcpretrans; CMD: any
+                                       (20 rounds; T: tcplife, tcpstates, tcpconnect, tcpretrans or
+                                       tcpsynbl; CMD: any
                                        other tracer command line to compare, e.g. a variant;
                                        --verbose: every interval's rate; --starts: timed starts
                                        per tracer, 11; --startup-only: no connection-rate runs)
