@@ -19,7 +19,7 @@
 //! - Results: `target/vmtest/results.json`, one record per (kernel series, path, test binary), written as
 //!   each VM run ends; a new run replaces the records of the same triples and keeps the others.
 //!   `--report` renders them into README.md between `<!-- vmtest:begin -->` and `<!-- vmtest:end -->`.
-//! - Limits: 300 s per test binary (busybox `timeout` in the guest), `--timeout` (900 s) per VM; QEMU
+//! - Limits: 300 s per test binary (busybox `timeout` in the guest), `--timeout` (120 s + 120 s per test binary) per VM; QEMU
 //!   and virtiofsd are stopped by their PIDs.
 
 mod json;
@@ -59,7 +59,8 @@ options:
                     would repeat default)
   --quick           only the default path
   --test NAME       only this test binary (tests/NAME.rs); repeatable
-  --timeout SECS    wall-clock limit of one VM run (default 900); one test binary gets at most 300 s
+  --timeout SECS    wall-clock limit of one VM run (default 120 + 120 per test binary); one test binary
+                    gets at most 300 s
   --offline         no apt: use the kernels already in the cache
   --mttcg           multi-threaded TCG (one host thread per guest CPU). Not faster for these tests (one VM
                     run took 3.5-5 min either way on 2 host cores), and QEMU then races with the guest
@@ -94,7 +95,11 @@ const VM_PACKAGES: &[&str] = &[
     "debian-archive-keyring",
 ];
 
-const RUN_LIMIT: Duration = Duration::from_secs(900);
+/// A VM run's wall-clock limit unless `--timeout` sets one: its boot, then this much per test binary
+/// (each also has TEST_LIMIT of its own): the matrix grows with each tool, and a fixed limit ended
+/// runs whose every binary was within its own.
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+const PER_BINARY: Duration = Duration::from_secs(120);
 const TEST_LIMIT: Duration = Duration::from_secs(300);
 const MEM: &str = "1G";
 const CPUS: &str = "2";
@@ -104,12 +109,21 @@ struct Opts {
     paths: Vec<String>,
     tests: Vec<String>,
     test_args: Vec<String>,
-    timeout: Duration,
+    /// `--timeout`; else BOOT_LIMIT + PER_BINARY per test binary
+    timeout: Option<Duration>,
     offline: bool,
     verbose: bool,
     report: bool,
     /// multi-threaded TCG: faster, but see `--mttcg` in USAGE
     mttcg: bool,
+}
+
+impl Opts {
+    /// A VM run's wall-clock limit for `binaries` test binaries.
+    fn run_limit(&self, binaries: usize) -> Duration {
+        self.timeout
+            .unwrap_or(BOOT_LIMIT + PER_BINARY * binaries as u32)
+    }
 }
 
 fn parse_opts(args: &[OsString]) -> Res<Option<Opts>> {
@@ -118,7 +132,7 @@ fn parse_opts(args: &[OsString]) -> Res<Option<Opts>> {
         paths: Vec::new(),
         tests: Vec::new(),
         test_args: Vec::new(),
-        timeout: RUN_LIMIT,
+        timeout: None,
         offline: false,
         verbose: false,
         report: false,
@@ -180,7 +194,7 @@ fn parse_opts(args: &[OsString]) -> Res<Option<Opts>> {
                     .ok()
                     .filter(|&s| s > 0)
                     .ok_or_else(|| usage_err(format!("vmtest: bad --timeout {v:?}")))?;
-                o.timeout = Duration::from_secs(secs);
+                o.timeout = Some(Duration::from_secs(secs));
             }
             "--quick" => quick = true,
             "--offline" => o.offline = true,
@@ -247,7 +261,7 @@ pub fn cmd(args: &[OsString]) -> Res {
         kernels.len(),
         o.paths.len(),
         tests.len(),
-        o.timeout.as_secs()
+        o.run_limit(tests.len()).as_secs()
     );
 
     let file = results_path();
@@ -458,7 +472,7 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
     let job = run_dir.join("job");
     remove_dir(&run_dir)?;
     fs::create_dir_all(&job).map_err(|e| io_fail("cannot create", &job, e))?;
-    let limit = TEST_LIMIT.min(o.timeout);
+    let limit = TEST_LIMIT.min(o.run_limit(tests.len()));
     let mut files: Vec<(&str, String)> = vec![
         (
             "tests",
@@ -489,7 +503,15 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
 
     let started = now_utc();
     eprintln!("xtask: vmtest: [{tag}] booting {}", k.version);
-    let boot = boot(vm, &run_dir, &job, o.timeout, &tag, o.verbose, o.mttcg)?;
+    let boot = boot(
+        vm,
+        &run_dir,
+        &job,
+        o.run_limit(tests.len()),
+        &tag,
+        o.verbose,
+        o.mttcg,
+    )?;
 
     // collect
     let read = |name: &str| fs::read_to_string(job.join(name)).ok();
