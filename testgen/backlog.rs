@@ -10,6 +10,7 @@
 //! (connected or not), `backlog-end` (what the server's queue held, what it accepted).
 
 use super::*;
+use crate::listen_accept::accept_queue;
 
 #[derive(clap::Args)]
 pub struct BacklogArgs {
@@ -73,26 +74,6 @@ fn write_byte(fd: RawFd) -> Result<()> {
         return Err(io::Error::last_os_error()).context("write");
     }
     Ok(())
-}
-
-/// The listener's accept queue: (waiting, limit), as TCP_INFO gives them for a listener.
-fn accept_queue(fd: RawFd) -> Result<(u32, u32)> {
-    // SAFETY: tcp_info is plain old data; getsockopt fills at most len bytes.
-    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            &mut info as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error()).context("getsockopt(TCP_INFO)");
-    }
-    Ok((info.tcpi_unacked, info.tcpi_sacked))
 }
 
 /// Closes, in a forked child, the pipe ends that belong to its parent (the parent's OwnedFds stay

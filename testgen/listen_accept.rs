@@ -56,7 +56,7 @@ pub fn netns_inode() -> Result<u64> {
 
 /// The listener's accept queue: (connections waiting, limit), from TCP_INFO (tcpi_unacked/tcpi_sacked
 /// hold sk_ack_backlog/sk_max_ack_backlog for a socket in LISTEN).
-fn accept_queue(fd: RawFd) -> Result<(u32, u32)> {
+pub(crate) fn accept_queue(fd: RawFd) -> Result<(u32, u32)> {
     // SAFETY: tcp_info is plain old data; getsockopt fills at most len bytes.
     let mut info: libc::tcp_info = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
