@@ -135,14 +135,4 @@ out:
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcplife_set_state__btf, const struct sock *sk, int oldstate, int newstate)
-{
-	return handle_set_state(sk, oldstate, newstate, true);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(tcplife_set_state__raw, const struct sock *sk, int oldstate, int newstate)
-{
-	return handle_set_state(sk, oldstate, newstate, false);
-}
+SET_STATE_PROGS(tcplife_set_state, handle_set_state)

@@ -141,6 +141,7 @@ fn all_but_skipped(reported: usize, trace: &Trace) {
         "{reported} of {want} sockets reported; program runs the kernel skipped: {}",
         trace.skipped
     );
+    say_skips(trace);
     assert!(
         missing as u64 <= trace.skipped,
         "{missing} of {want} sockets not reported, {} counted as skipped; stderr:\n{}",
@@ -149,14 +150,58 @@ fn all_but_skipped(reported: usize, trace: &Trace) {
     );
 }
 
+/// What --verbose said of the runs the kernel skipped and of those the nested twins made instead.
+fn say_skips(trace: &Trace) {
+    for l in trace.stderr.lines() {
+        if l.contains("skipped") || l.contains("nested twins") {
+            eprintln!("  {l}");
+        }
+    }
+}
+
+/// The sockets with fewer rows than the most any socket of their end has, by end and the states they
+/// show, and by process with the times of their first rows: a clue to where the others went, printed
+/// when a test is about to fail.
+fn say_missing(rows: &HashMap<(bool, End), Vec<&Value>>) {
+    let most = |client: bool| {
+        rows.iter()
+            .filter(|((c, _), _)| *c == client)
+            .map(|(_, rs)| rs.len())
+            .max()
+            .unwrap_or(0)
+    };
+    let (most_client, most_server) = (most(true), most(false));
+    let mut shapes: HashMap<String, usize> = HashMap::new();
+    let mut by_pid: HashMap<u64, (usize, u64, u64)> = HashMap::new();
+    for ((client, _), rs) in rows {
+        if rs.len() == if *client { most_client } else { most_server } {
+            continue;
+        }
+        let states: Vec<&str> = rs.iter().map(|r| s(r, "newstate")).collect();
+        let end = if *client { "client" } else { "server" };
+        *shapes.entry(format!("{end} {states:?}")).or_default() += 1;
+        let t = u(rs[0], "time_ns");
+        let e = by_pid.entry(u(rs[0], "pid")).or_insert((0, u64::MAX, 0));
+        *e = (e.0 + 1, e.1.min(t), e.2.max(t));
+    }
+    eprintln!(
+        "sockets with fewer rows, by end and states shown: {shapes:?}; by process (sockets, first and \
+         last time_ns of their first rows): {by_pid:?}"
+    );
+}
+
 /// Every one of `want` state changes shown (rows by socket), but for the program runs the kernel skipped
 /// (counted).
 fn all_changes_but_skipped(rows: &HashMap<(bool, End), Vec<&Value>>, want: usize, trace: &Trace) {
     let shown: usize = rows.values().map(Vec::len).sum();
+    if want > shown + trace.skipped as usize {
+        say_missing(rows);
+    }
     eprintln!(
         "{shown} of {want} state changes shown; program runs the kernel skipped: {}",
         trace.skipped
     );
+    say_skips(trace);
     assert!(
         want - shown.min(want) <= trace.skipped as usize,
         "{} state changes not shown, {} counted as skipped; stderr:\n{}",
