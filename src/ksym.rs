@@ -1,6 +1,7 @@
-//! Where a kernel function's text lies, `[start, end)`: from a walk of the kernel's symbols in the kernel
-//! (bpf/ksymrange.bpf.c, an `iter/ksym` iterator: Linux 6.0+), else from /proc/kallsyms, which formats
-//! every symbol (~120,000 lines) for user space to parse.
+//! Where a kernel function's text lies, `[start, end)`: from the kernel's own symbol lookups
+//! (bpf/ksymrange.bpf.c: a syscall program, Linux 5.16+), else a walk of the symbols in the kernel
+//! (bpf/ksymwalk.bpf.c, `iter/ksym`: Linux 6.0+), else /proc/kallsyms, which formats every symbol
+//! (~120,000 lines) for user space to parse.
 
 use std::io::Read as _;
 use std::mem::MaybeUninit;
@@ -11,58 +12,105 @@ use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
 use crate::attach;
 use crate::runtime::since_start_ms;
 
-mod skel {
+mod lookup_skel {
     include!(concat!(env!("OUT_DIR"), "/ksymrange.skel.rs"));
+}
+mod walk_skel {
+    include!(concat!(env!("OUT_DIR"), "/ksymwalk.skel.rs"));
 }
 
 /// The text of the kernel function `name` (not a module's), its start to the next symbol's address.
 /// None when the kernel has no such function (or, read from /proc/kallsyms, hides its addresses: no
 /// CAP_SYSLOG).
 pub fn function_range(name: &str) -> Option<(u64, u64)> {
-    match by_iterator(name) {
-        Ok(range) => {
-            crate::cli::debug(format_args!(
-                "{:.1} ms: {name}: found by the ksym iterator",
-                since_start_ms()
-            ));
-            range
-        }
-        Err(e) => {
-            crate::cli::debug(format_args!(
-                "ksym iterator: {e:#}; reading /proc/kallsyms for {name}"
-            ));
-            let range = from_kallsyms(attach::kallsyms()?, name);
-            crate::cli::debug(format_args!(
-                "{:.1} ms: {name}: found in /proc/kallsyms",
-                since_start_ms()
-            ));
-            range
+    let mut why = Vec::new();
+    let ways: [(&str, fn(&str) -> Result<Option<(u64, u64)>>); 2] =
+        [("ksymrange", lookup), ("ksymwalk", walk)];
+    for (way, find) in ways {
+        match find(name) {
+            Ok(range) => {
+                crate::cli::debug(format_args!(
+                    "{:.1} ms: {name}: {range:x?}, from the kernel ({way})",
+                    since_start_ms()
+                ));
+                return range;
+            }
+            Err(e) => why.push(format!("{way}: {e:#}")),
         }
     }
+    crate::cli::debug(format_args!(
+        "{name}: not looked up in the kernel ({}); reading /proc/kallsyms",
+        why.join("; ")
+    ));
+    let range = from_kallsyms(attach::kallsyms()?, name);
+    crate::cli::debug(format_args!(
+        "{:.1} ms: {name}: {range:x?}, from /proc/kallsyms",
+        since_start_ms()
+    ));
+    range
 }
 
-/// The range from the ksym iterator; Err when it cannot run here (no iter/ksym: before Linux 6.0, or no
-/// CONFIG_KALLSYMS), Ok(None) when the kernel has no such function.
-fn by_iterator(name: &str) -> Result<Option<(u64, u64)>> {
+/// `name` into a BPF object's `want` (NUL-terminated).
+fn want_into(want: &mut [i8], name: &str) -> Result<()> {
+    if name.is_empty() || name.len() >= want.len() {
+        bail!("the name {name:?} does not fit");
+    }
+    for (w, b) in want.iter_mut().zip(name.bytes()) {
+        *w = b as i8;
+    }
+    Ok(())
+}
+
+/// bpf/ksymrange.bpf.c's lookup: Err when it cannot run here, Ok(None) when the kernel has no such
+/// function.
+fn lookup(name: &str) -> Result<Option<(u64, u64)>> {
     let mut storage = MaybeUninit::uninit();
-    let mut open = skel::KsymrangeSkelBuilder::default().open(&mut storage)?;
+    let mut open = lookup_skel::KsymrangeSkelBuilder::default().open(&mut storage)?;
     let ro = open
         .maps
         .rodata_data
         .as_deref_mut()
         .ok_or_else(|| anyhow!("no rodata"))?;
-    if name.len() >= ro.want.len() {
-        bail!("the name {name} is too long for it");
-    }
-    for (w, b) in ro.want.iter_mut().zip(name.bytes()) {
-        *w = b as _;
-    }
+    want_into(&mut ro.want, name)?;
     let loaded = open.load()?;
-    crate::cli::debug(format_args!(
-        "{:.1} ms: ksym iterator loaded",
-        since_start_ms()
-    ));
-    let link = loaded.progs.ksymrange.attach()?;
+    let out = loaded
+        .progs
+        .ksymrange_lookup
+        .test_run(libbpf_rs::ProgramInput::default())?;
+    match out.return_value {
+        0 => {}
+        1 => return Ok(None), // no such symbol
+        n => bail!("it returned {n}"),
+    }
+    let bss = loaded
+        .maps
+        .bss_data
+        .as_deref()
+        .ok_or_else(|| anyhow!("no bss"))?;
+    let sym: Vec<u8> = bss
+        .found_sym
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    let sym = String::from_utf8_lossy(&sym);
+    let size = symbol_size(&sym).ok_or_else(|| anyhow!("cannot read the size in {sym:?}"))?;
+    Ok(size.map(|size| (bss.found_start, bss.found_start + size)))
+}
+
+/// bpf/ksymwalk.bpf.c's walk: Err when it cannot run here (no iter/ksym), Ok(None) when the kernel has
+/// no such function.
+fn walk(name: &str) -> Result<Option<(u64, u64)>> {
+    let mut storage = MaybeUninit::uninit();
+    let mut open = walk_skel::KsymwalkSkelBuilder::default().open(&mut storage)?;
+    let ro = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or_else(|| anyhow!("no rodata"))?;
+    want_into(&mut ro.want, name)?;
+    let loaded = open.load()?;
+    let link = loaded.progs.ksymwalk.attach()?;
     let mut it = libbpf_rs::Iter::new(&link)?;
     let mut buf = [0u8; 64];
     loop {
@@ -82,6 +130,24 @@ fn by_iterator(name: &str) -> Result<Option<(u64, u64)>> {
         .ok_or_else(|| anyhow!("no bss"))?;
     Ok((bss.found_start != 0 && bss.found_end > bss.found_start)
         .then_some((bss.found_start, bss.found_end)))
+}
+
+/// The size in the kernel's `%pS` of a function's start, `name+0x0/0x15b0`: Some(None) for a module's
+/// symbol (`name+0x0/0x40 [module]`: not the kernel's own), None when it does not read as that (a
+/// kernel without symbols prints the bare address).
+fn symbol_size(sym: &str) -> Option<Option<u64>> {
+    let (_name, rest) = sym.rsplit_once('+')?;
+    let (offset_size, module) = match rest.split_once(' ') {
+        Some((os, m)) => (os, Some(m)),
+        None => (rest, None),
+    };
+    let (offset, size) = offset_size.split_once('/')?;
+    let hex = |s: &str| u64::from_str_radix(s.strip_prefix("0x")?, 16).ok();
+    if hex(offset)? != 0 {
+        return None;
+    }
+    let size = hex(size)?;
+    Some((module.is_none() && size > 0).then_some(size))
 }
 
 /// The range from /proc/kallsyms' text.
@@ -107,6 +173,18 @@ fn from_kallsyms(kallsyms: &str, name: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_from_the_symbol() {
+        assert_eq!(
+            symbol_size("tcp_rcv_state_process+0x0/0x15b0"),
+            Some(Some(0x15b0))
+        );
+        assert_eq!(symbol_size("foo+0x0/0x40 [veth]"), Some(None));
+        assert_eq!(symbol_size("foo+0x10/0x40"), None);
+        assert_eq!(symbol_size("0xffffffff820814c0"), None);
+        assert_eq!(symbol_size("a+b+0x0/0x8"), Some(Some(8)));
+    }
 
     #[test]
     fn function_text_from_kallsyms() {

@@ -290,8 +290,9 @@ fn describe_hooks(obj: &libbpf_rs::Object, reason: Option<u32>, range: Option<(u
                  tcp_rcv_state_process ({lo:x}-{hi:x}), a SYN whose listener's queue is full"
             )),
             None => cli::say(format_args!(
-                "sockray: tcpsynbl: tcp_rcv_state_process has no address in /proc/kallsyms (hidden \
-                 without CAP_SYSLOG?): SYNs dropped for a full accept queue are not counted"
+                "sockray: tcpsynbl: tcp_rcv_state_process's address was not found (in the kernel, nor \
+                 in /proc/kallsyms: hidden without CAP_SYSLOG?): SYNs dropped for a full accept queue \
+                 are not counted"
             )),
         },
         Some(p) => cli::debug(format_args!(
@@ -321,8 +322,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     runtime::preflight("tcpsynbl")?;
     let reason = listen_overflow_reason();
     let consume_site = attach::tracepoint_has_field("skb/consume_skb", "location").unwrap_or(false);
-    // the function's text (a walk of the kernel's symbols, ~10 ms; /proc/kallsyms where the kernel has
-    // no ksym iterator) on another thread while the object loads
+    // the function's text (the kernel's own lookup, ~1 ms; else a walk of its symbols, else
+    // /proc/kallsyms: see ksym) on another thread while the object loads
     cli::set_verbose(a.common.verbose);
     runtime::libbpf_logging(a.common.verbose);
     let range_thread =
