@@ -22,11 +22,19 @@ mod walk_skel {
 /// The text of the kernel function `name` (not a module's), its start to the next symbol's address.
 /// None when the kernel has no such function (or, read from /proc/kallsyms, hides its addresses: no
 /// CAP_SYSLOG).
+///
+/// `SOCKRAY_KSYM=walk` starts from the walk, `SOCKRAY_KSYM=kallsyms` reads /proc/kallsyms: the fallbacks,
+/// for the tests and to measure them.
 pub fn function_range(name: &str) -> Option<(u64, u64)> {
     let mut why = Vec::new();
     let ways: [(&str, fn(&str) -> Result<Option<(u64, u64)>>); 2] =
         [("ksymrange", lookup), ("ksymwalk", walk)];
-    for (way, find) in ways {
+    let skip = match std::env::var("SOCKRAY_KSYM").as_deref() {
+        Ok("walk") => 1,
+        Ok("kallsyms") => 2,
+        _ => 0,
+    };
+    for (way, find) in ways.into_iter().skip(skip) {
         match find(name) {
             Ok(range) => {
                 crate::cli::debug(format_args!(
