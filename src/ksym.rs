@@ -27,8 +27,7 @@ mod walk_skel {
 /// for the tests and to measure them.
 pub fn function_range(name: &str) -> Option<(u64, u64)> {
     let mut why = Vec::new();
-    let ways: [(&str, fn(&str) -> Result<Option<(u64, u64)>>); 2] =
-        [("ksymrange", lookup), ("ksymwalk", walk)];
+    let ways: [(&str, Find); 2] = [("ksymrange", lookup), ("ksymwalk", walk)];
     let skip = match std::env::var("SOCKRAY_KSYM").as_deref() {
         Ok("walk") => 1,
         Ok("kallsyms") => 2,
@@ -57,6 +56,9 @@ pub fn function_range(name: &str) -> Option<(u64, u64)> {
     ));
     range
 }
+
+/// One way to find a function's text: Err when it cannot run here, Ok(None) when there is no such function.
+type Find = fn(&str) -> Result<Option<(u64, u64)>>;
 
 /// `name` into a BPF object's `want` (NUL-terminated).
 fn want_into(want: &mut [i8], name: &str) -> Result<()> {
