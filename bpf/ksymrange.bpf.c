@@ -14,6 +14,7 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 #define KSYMRANGE_NAME_MAX 64
+#define ENOENT 2
 
 /* the function's name, NUL-terminated (written by user space before load) */
 const volatile char want[KSYMRANGE_NAME_MAX] = {};
@@ -28,9 +29,14 @@ int ksymrange_lookup(void *ctx)
 	static const char fmt[] = "%pS";
 	__u64 addr = 0;
 
+	long err;
+
 	/* the whole zero-padded buffer: the helper wants its last byte NUL */
-	if (bpf_kallsyms_lookup_name((const char *)want, sizeof(want), 0, &addr) || !addr)
-		return 1;
+	err = bpf_kallsyms_lookup_name((const char *)want, sizeof(want), 0, &addr);
+	if (err == -ENOENT || (!err && !addr))
+		return 1; /* no such symbol */
+	if (err)
+		return 3; /* not allowed (-EPERM: no raw kernel addresses for this caller), or other */
 	found_start = addr;
 	if (bpf_snprintf(found_sym, sizeof(found_sym), fmt, &addr, sizeof(addr)) < 0)
 		return 2;

@@ -5,6 +5,7 @@
 
 use std::io::Read as _;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
@@ -72,8 +73,36 @@ fn want_into(want: &mut [i8], name: &str) -> Result<()> {
 }
 
 /// bpf/ksymrange.bpf.c's lookup: Err when it cannot run here, Ok(None) when the kernel has no such
-/// function.
+/// function (or only a module has it).
 fn lookup(name: &str) -> Result<Option<(u64, u64)>> {
+    let Some((start, sym)) = lookup_symbol(name)? else {
+        return Ok(None);
+    };
+    let size = symbol_size(&sym).ok_or_else(|| anyhow!("cannot read the size in {sym:?}"))?;
+    Ok(size.map(|size| (start, start + size)))
+}
+
+/// Does the kernel or a module have a symbol `name` (a kprobe's target)? From bpf/ksymrange.bpf.c's
+/// lookup, without reading /proc/kallsyms; None where the lookup cannot run (tried once per process).
+pub fn kernel_has(name: &str) -> Option<bool> {
+    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+    if UNAVAILABLE.load(Ordering::Relaxed) {
+        return None;
+    }
+    match lookup_symbol(name) {
+        Ok(found) => Some(found.is_some()),
+        Err(e) => {
+            crate::cli::debug(format_args!(
+                "ksymrange: {e:#}; kernel functions are looked up in /proc/kallsyms"
+            ));
+            UNAVAILABLE.store(true, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// The symbol's address and the kernel's `%pS` of it; Ok(None): no such symbol.
+fn lookup_symbol(name: &str) -> Result<Option<(u64, String)>> {
     let mut storage = MaybeUninit::uninit();
     let mut open = lookup_skel::KsymrangeSkelBuilder::default().open(&mut storage)?;
     let ro = open
@@ -90,6 +119,7 @@ fn lookup(name: &str) -> Result<Option<(u64, u64)>> {
     match out.return_value {
         0 => {}
         1 => return Ok(None), // no such symbol
+        3 => bail!("the kernel would not look it up (no raw kernel addresses for this caller)"),
         n => bail!("it returned {n}"),
     }
     let bss = loaded
@@ -103,9 +133,10 @@ fn lookup(name: &str) -> Result<Option<(u64, u64)>> {
         .take_while(|&&c| c != 0)
         .map(|&c| c as u8)
         .collect();
-    let sym = String::from_utf8_lossy(&sym);
-    let size = symbol_size(&sym).ok_or_else(|| anyhow!("cannot read the size in {sym:?}"))?;
-    Ok(size.map(|size| (bss.found_start, bss.found_start + size)))
+    Ok(Some((
+        bss.found_start,
+        String::from_utf8_lossy(&sym).into_owned(),
+    )))
 }
 
 /// bpf/ksymwalk.bpf.c's walk: Err when it cannot run here (no iter/ksym), Ok(None) when the kernel has
