@@ -46,6 +46,9 @@ pub fn function_range(name: &str) -> Option<(u64, u64)> {
             Err(e) => why.push(format!("{way}: {e:#}")),
         }
     }
+    if why.is_empty() {
+        why.push("SOCKRAY_KSYM".into());
+    }
     crate::cli::debug(format_args!(
         "{name}: not looked up in the kernel ({}); reading /proc/kallsyms",
         why.join("; ")
