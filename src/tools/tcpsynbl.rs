@@ -310,7 +310,14 @@ fn describe_hooks(obj: &libbpf_rs::Object, reason: Option<u32>, range: Option<(u
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     if a.common.ebpf {
-        return cli::print_ebpf("tcpsynbl");
+        cli::print_ebpf("tcpsynbl")?;
+        // the objects that find tcp_rcv_state_process's text (see ksym)
+        for obj in ["ksymrange", "ksymwalk"] {
+            if let Some(src) = cli::ebpf_source(obj) {
+                std::io::stdout().lock().write_all(src.as_bytes())?;
+            }
+        }
+        return Ok(());
     }
     let filters = Filters {
         pid: a.pid,
