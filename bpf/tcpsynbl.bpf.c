@@ -34,8 +34,9 @@ struct tcpsynbl_hist _tcpsynbl_hist = {};
  * kfree_skb programs are not loaded */
 const volatile __u32 reason_listen_overflow = 0;
 
-/* tcp_rcv_state_process's text [lo, hi), from /proc/kallsyms: written by user space right after the
- * load (reading kallsyms takes ~80 ms, done meanwhile on another thread), before it says it is tracing */
+/* tcp_rcv_state_process's text [lo, hi), from the kernel's symbol lookup (bpf/ksymrange.bpf.c; else
+ * /proc/kallsyms: src/ksym.rs), done on another thread while this object loads: written by user space
+ * right after the load, before it says it is tracing */
 volatile __u64 rcv_state_lo;
 volatile __u64 rcv_state_hi;
 

@@ -169,8 +169,12 @@ pub fn kallsyms() -> Option<&'static str> {
         .as_deref()
 }
 
+/// Is there a kernel function of this name? The kernel's own lookup (a BPF syscall program, Linux
+/// 5.16+: see ksym), else a scan of /proc/kallsyms.
 fn kallsyms_has(func: &str) -> bool {
-    kallsyms().is_some_and(|s| s.lines().any(|l| l.split_whitespace().nth(2) == Some(func)))
+    crate::ksym::kernel_has(func).unwrap_or_else(|| {
+        kallsyms().is_some_and(|s| s.lines().any(|l| l.split_whitespace().nth(2) == Some(func)))
+    })
 }
 
 /// Strict probing loads a test program for BTF-based kinds (costs a parse of the kernel's BTF, ~4 ms);

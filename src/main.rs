@@ -6,6 +6,7 @@ mod cli;
 mod filter;
 mod format;
 mod hist;
+mod ksym;
 mod output;
 mod runtime;
 mod tools;

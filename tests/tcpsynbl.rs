@@ -116,13 +116,17 @@ fn check_hist<'a>(rows: &'a [Value], run: &Run, addr: &str) -> &'a Value {
 /// A listener with backlog 2 that never accepts, 6 clients one after another: 3 wait in the queue
 /// (the kernel takes backlog + 1), the 3 others' SYNs are dropped, and retried while the clients wait.
 fn syn_overflow(addr: &str) {
+    syn_overflow_env(addr, &[]);
+}
+
+fn syn_overflow_env(addr: &str, env: &[(&str, &str)]) -> Option<Trace> {
     if !require_bpf() {
-        return;
+        return None;
     }
     let _serial = serial();
     let ns = Netns::new();
     let port = pick_port();
-    let t = Tracer::start("tcpsynbl", &["-L", &port.to_string()]);
+    let t = Tracer::start_env("tcpsynbl", &["-L", &port.to_string()], env);
     let run = backlog_run(&ns, addr, port, 2, 6, &["--hold-ms", "1500"]);
     std::thread::sleep(SETTLE);
     let trace = t.stop();
@@ -148,6 +152,7 @@ fn syn_overflow(addr: &str) {
         "{h}; overflows {}",
         run.overflows
     );
+    Some(trace)
 }
 
 #[test]
@@ -158,6 +163,28 @@ fn syn_dropped_for_a_full_queue_v4() {
 #[test]
 fn syn_dropped_for_a_full_queue_v6() {
     syn_overflow("::1");
+}
+
+/// The fallbacks that find tcp_rcv_state_process where the kernel's lookup does not load (src/ksym.rs):
+/// the walk of the kernel's symbols (iter/ksym), and /proc/kallsyms. Where SYN drops are seen another
+/// way (fentry or kprobe on tcp_conn_request) the address is not looked up at all.
+#[test]
+fn syn_dropped_with_each_way_to_find_the_function() {
+    for (way, said) in [
+        ("walk", "from the kernel (ksymwalk)"),
+        ("kallsyms", "from /proc/kallsyms"),
+    ] {
+        let Some(trace) = syn_overflow_env("127.0.0.1", &[("SOCKRAY_KSYM", way)]) else {
+            return;
+        };
+        if trace.stderr.contains("skb:consume_skb called from") {
+            assert!(
+                trace.stderr.contains(said),
+                "SOCKRAY_KSYM={way}: {}",
+                trace.stderr
+            );
+        }
+    }
 }
 
 /// TCP_DEFER_ACCEPT, backlog 4: 2 clients send at once (2 queued), 4 more complete their handshakes

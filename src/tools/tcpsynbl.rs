@@ -21,6 +21,7 @@ use crate::cli::{self, Common, FamilyArgs, load_tool};
 use crate::filter::{Filters, PortList, parse_id, parse_ports};
 use crate::format::{comm, hms, ip_addr, ip_version, owner_fields};
 use crate::hist;
+use crate::ksym;
 use crate::output::{Mode, Printer, TimeCols, Value};
 use crate::runtime;
 
@@ -93,31 +94,6 @@ fn reason_number(format: &str, name: &str) -> Option<u32> {
         .trim()
         .parse()
         .ok()
-}
-
-/// The text of a kernel function, `[start, end)`, from /proc/kallsyms (read once per process, shared
-/// with the kprobe probes: see attach::kallsyms; the next symbol's address ends it). None when the function is not there or addresses are hidden (zero: no CAP_SYSLOG).
-fn kernel_function_range(name: &str) -> Option<(u64, u64)> {
-    function_range(attach::kallsyms()?, name)
-}
-
-fn function_range(kallsyms: &str, name: &str) -> Option<(u64, u64)> {
-    let mut lines = kallsyms.lines();
-    let start = lines.by_ref().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (addr, _kind, sym) = (f.next()?, f.next()?, f.next()?);
-        (sym == name && f.next().is_none())
-            .then(|| u64::from_str_radix(addr, 16).ok())
-            .flatten()
-    })?;
-    if start == 0 {
-        return None;
-    }
-    let end = lines.find_map(|l| {
-        let a = u64::from_str_radix(l.split_whitespace().next()?, 16).ok()?;
-        (a > start).then_some(a)
-    })?;
-    Some((start, end))
 }
 
 /// One histogram as read from the kernel: its key and its slots plus overflow count (cumulative).
@@ -314,8 +290,9 @@ fn describe_hooks(obj: &libbpf_rs::Object, reason: Option<u32>, range: Option<(u
                  tcp_rcv_state_process ({lo:x}-{hi:x}), a SYN whose listener's queue is full"
             )),
             None => cli::say(format_args!(
-                "sockray: tcpsynbl: tcp_rcv_state_process has no address in /proc/kallsyms (hidden \
-                 without CAP_SYSLOG?): SYNs dropped for a full accept queue are not counted"
+                "sockray: tcpsynbl: tcp_rcv_state_process's address was not found (in the kernel, nor \
+                 in /proc/kallsyms: hidden without CAP_SYSLOG?): SYNs dropped for a full accept queue \
+                 are not counted"
             )),
         },
         Some(p) => cli::debug(format_args!(
@@ -333,7 +310,14 @@ fn describe_hooks(obj: &libbpf_rs::Object, reason: Option<u32>, range: Option<(u
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     if a.common.ebpf {
-        return cli::print_ebpf("tcpsynbl");
+        cli::print_ebpf("tcpsynbl")?;
+        // the objects that find tcp_rcv_state_process's text (see ksym)
+        for obj in ["ksymrange", "ksymwalk"] {
+            if let Some(src) = cli::ebpf_source(obj) {
+                std::io::stdout().lock().write_all(src.as_bytes())?;
+            }
+        }
+        return Ok(());
     }
     let filters = Filters {
         pid: a.pid,
@@ -345,9 +329,12 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     runtime::preflight("tcpsynbl")?;
     let reason = listen_overflow_reason();
     let consume_site = attach::tracepoint_has_field("skb/consume_skb", "location").unwrap_or(false);
-    // /proc/kallsyms takes ~80 ms to read: on another thread while the object loads
+    // the function's text (the kernel's own lookup, ~1 ms; else a walk of its symbols, else
+    // /proc/kallsyms: see ksym) on another thread while the object loads
+    cli::set_verbose(a.common.verbose);
+    runtime::libbpf_logging(a.common.verbose);
     let range_thread =
-        consume_site.then(|| std::thread::spawn(|| kernel_function_range("tcp_rcv_state_process")));
+        consume_site.then(|| std::thread::spawn(|| ksym::function_range("tcp_rcv_state_process")));
 
     let mut storage = MaybeUninit::uninit();
     let (mut skel, _links) = load_tool!(
@@ -428,30 +415,6 @@ mod tests {
         assert_eq!(reason_number(f, "NOT_SPECIFIED"), Some(2));
         assert_eq!(reason_number(f, "TCP_LISTEN"), None);
         assert_eq!(reason_number("no reasons", "TCP_LISTEN_OVERFLOW"), None);
-    }
-
-    #[test]
-    fn function_text_from_kallsyms() {
-        let k = "ffffffff8207f900 t tcp_rcv_synsent_state_process\n\
-                 ffffffff8207f980 T tcp_rcv_state_process\n\
-                 ffffffff82080f30 T __pfx_tcp_get_syncookie_mss\n\
-                 ffffffff82080f40 T tcp_get_syncookie_mss\n";
-        assert_eq!(
-            function_range(k, "tcp_rcv_state_process"),
-            Some((0xffffffff8207f980, 0xffffffff82080f30))
-        );
-        assert_eq!(function_range(k, "tcp_rcv"), None);
-        // hidden addresses (no CAP_SYSLOG): all zero
-        let hidden = "0000000000000000 T tcp_rcv_state_process\n0000000000000000 T x\n";
-        assert_eq!(function_range(hidden, "tcp_rcv_state_process"), None);
-        // a module's symbol of the same name does not count
-        assert_eq!(
-            function_range(
-                "ffffffffc0000000 t tcp_rcv_state_process [m]\n",
-                "tcp_rcv_state_process"
-            ),
-            None
-        );
     }
 
     fn hist(port: u16, slots: &[(usize, u64)], overflows: u64) -> Hist {
