@@ -8,6 +8,7 @@ mod format;
 mod hist;
 mod output;
 mod runtime;
+mod symbolize;
 mod tools;
 
 include!(concat!(env!("OUT_DIR"), "/ebpf_sources.rs"));
