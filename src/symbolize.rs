@@ -78,6 +78,11 @@ impl Symbolizer {
         }
     }
 
+    /// Has the table been parsed (would [`Symbolizer::table`] return at once)?
+    pub fn is_ready(&self) -> bool {
+        self.table.get().is_some()
+    }
+
     /// The table (waits for the read the first time; parses it once).
     pub fn table(&self) -> &Kallsyms {
         self.table.get_or_init(|| {

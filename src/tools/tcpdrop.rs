@@ -417,24 +417,34 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             let Some(e) = runtime::read_event::<types::tcpdrop_event>(data) else {
                 return Ok(());
             };
-            let frames: Option<Vec<String>> = stacks.as_mut().map(|s| {
-                s.frames(e.stack_id)
-                    .map(<[String]>::to_vec)
-                    .unwrap_or_default()
-            });
-            printer.event(
-                Some(e.ts_ns),
-                &event_fields(&e, &reasons, frames.as_deref(), table),
-            )?;
-            if let Some(frames) = &frames {
-                let mut text = String::new();
-                if frames.is_empty() {
-                    text.push_str("\t[stack not kept: the stack map had no room]\n");
+            if !table {
+                // the stack is part of the record
+                let frames = stacks.as_mut().map(|s| {
+                    s.frames(e.stack_id)
+                        .map(<[String]>::to_vec)
+                        .unwrap_or_default()
+                });
+                return printer.event(
+                    Some(e.ts_ns),
+                    &event_fields(&e, &reasons, frames.as_deref(), false),
+                );
+            }
+            printer.event(Some(e.ts_ns), &event_fields(&e, &reasons, None, true))?;
+            if let Some(s) = stacks.as_mut() {
+                // the first stack waits for /proc/kallsyms (seconds in an emulated guest): the row is out first
+                if !s.symbols.is_ready() {
+                    crate::output::flush_batch()?;
                 }
-                for f in frames {
-                    text.push('\t');
-                    text.push_str(f);
-                    text.push('\n');
+                let mut text = String::new();
+                match s.frames(e.stack_id) {
+                    Some(frames) if !frames.is_empty() => {
+                        for f in frames {
+                            text.push('\t');
+                            text.push_str(f);
+                            text.push('\n');
+                        }
+                    }
+                    _ => text.push_str("\t[stack not kept: the stack map had no room]\n"),
                 }
                 text.push('\n');
                 printer.table_lines(&text)?;
