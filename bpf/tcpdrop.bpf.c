@@ -38,7 +38,9 @@ const volatile __u8 reason_high_ok = 0; /* reasons >= TCPDROP_REASON_BITS (subsy
 
 struct {
 	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
-	__uint(max_entries, 4096); /* 1 with --no-stack (user space) */
+	/* as BCC's: ~1 MiB, preallocated; ids are never deleted (user space caches each stack it named), so a
+	 * stack that hashes to a taken bucket is not kept: counted lost (lost_capacity) */
+	__uint(max_entries, 1024);
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, 127 * sizeof(__u64)); /* PERF_MAX_STACK_DEPTH */
 } stacks SEC(".maps");
