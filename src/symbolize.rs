@@ -78,6 +78,27 @@ impl Symbolizer {
         }
     }
 
+    /// Waits until /proc/kallsyms has been read (not parsed), or `stop` says to give up. A tool whose
+    /// rows carry stacks says it is ready only then: its rows are live from that moment on (in an emulated
+    /// guest the read outlasts the BPF load by seconds, and every row would wait for it).
+    pub fn wait_read(&self, stop: impl Fn() -> bool) {
+        let Ok(mut reader) = self.reader.lock() else {
+            return;
+        };
+        while reader.as_ref().is_some_and(|t| !t.is_finished()) && !stop() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if reader.as_ref().is_some_and(|t| t.is_finished())
+            && let Some(t) = reader.take()
+        {
+            let _ = t.join();
+            crate::cli::debug(format_args!(
+                "kallsyms read ({:.1} ms after start)",
+                crate::runtime::since_start_ms()
+            ));
+        }
+    }
+
     /// Has the table been parsed (would [`Symbolizer::table`] return at once)?
     pub fn is_ready(&self) -> bool {
         self.table.get().is_some()

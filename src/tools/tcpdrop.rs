@@ -403,6 +403,10 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         symbols: s,
         cache: HashMap::new(),
     });
+    if let Some(s) = &symbols {
+        // rows are live from "ready" on: every row carries its stack, named from kallsyms
+        s.wait_read(runtime::stopped);
+    }
     if a.common.verbose {
         eprintln!(
             "sockray: ready ({:.1} ms after start)",
