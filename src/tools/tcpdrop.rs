@@ -404,8 +404,9 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         cache: HashMap::new(),
     });
     if let Some(s) = &symbols {
-        // rows are live from "ready" on: every row carries its stack, named from kallsyms
-        s.wait_read(runtime::stopped);
+        // rows are live from "ready" on: every row carries its stack, named from kallsyms (read and
+        // parsed meanwhile on a thread)
+        s.wait(runtime::stopped);
     }
     if a.common.verbose {
         eprintln!(
@@ -435,7 +436,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             }
             printer.event(Some(e.ts_ns), &event_fields(&e, &reasons, None, true))?;
             if let Some(s) = stacks.as_mut() {
-                // the first stack waits for /proc/kallsyms (seconds in an emulated guest): the row is out first
+                // a stack before the table is there (only when stopped while waiting): the row is out first
                 if !s.symbols.is_ready() {
                     crate::output::flush_batch()?;
                 }
