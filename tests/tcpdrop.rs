@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use serde_json::Value;
 
@@ -519,4 +521,109 @@ fn live_rows_json_in_a_pipe() {
 #[test]
 fn live_rows_into_a_file() {
     live(false, Sink::File, "127.0.0.1", "td-fil");
+}
+
+/// Data the receiver already has, sent again: a listener in `b` (never accepting) whose connection's
+/// ACKs to the client in `a` are lost, so the client's retransmit timer resends what `b` received; `b`
+/// drops each copy (TCP_OLD_DATA, or TCP_OLD_SEQUENCE once its window moved past it), counted in its
+/// DelayedACKLost. The socket is the connection's (rx_sk, Linux 6.12+: owned by the listener's process
+/// until one reads it, ESTABLISHED); before 6.12 the tracepoint has no socket for it and the owner is
+/// shown unknown (0), never guessed. 5.10 frees such data without the tracepoint (tcp_drop): not run.
+#[test]
+fn old_data_dropped_by_its_socket() {
+    if !require_bpf() {
+        return;
+    }
+    if !has_reasons() {
+        eprintln!("note: Linux 5.10's tcp_drop() frees without the kfree_skb tracepoint");
+        return;
+    }
+    let _serial = serial();
+    let with_sk = kfree_skb_format().contains(" rx_sk;");
+    let pair = VethPair::new();
+    let port = pick_port();
+    let p = port.to_string();
+    let t = Tracer::start("tcpdrop", &["-L", &p]);
+    let mut lsn = Gen::spawn(
+        &pair.b,
+        &gen_args(&[
+            "listen",
+            "--addr",
+            VETH_B4,
+            "--port",
+            &p,
+            "--comm",
+            "td-old-lsn",
+            "--hold-ms",
+            "6000",
+        ]),
+    );
+    let l = lsn.wait_role("listen", Duration::from_secs(20));
+    let mut cli = Gen::spawn(
+        &pair.a,
+        &gen_args(&[
+            "stall",
+            "--addr",
+            VETH_B4,
+            "--port",
+            &p,
+            "--comm",
+            "td-old-cli",
+            "--send",
+            "2000",
+        ]),
+    );
+    let c = cli.wait_role("stall", Duration::from_secs(20));
+    let before = tcp_counter(&pair.b, "DelayedACKLost");
+    pair.lose_b_to_a();
+    cli.step();
+    cli.wait_role("sent", Duration::from_secs(20));
+    wait_counter(
+        &pair.b,
+        "DelayedACKLost",
+        before + 1,
+        Duration::from_secs(10),
+    );
+    cli.finish(Duration::from_secs(20));
+    let dups = tcp_counter(&pair.b, "DelayedACKLost") - before;
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    drop(lsn);
+    let rows: Vec<&Value> = trace
+        .rows
+        .iter()
+        .filter(|r| {
+            u(r, "dport") == port as u64
+                && r["sport"] == c["lport"]
+                && matches!(s(r, "reason"), "TCP_OLD_DATA" | "TCP_OLD_SEQUENCE")
+        })
+        .collect();
+    assert_eq!(
+        rows.len() as u64,
+        dups,
+        "rows against b's DelayedACKLost: {:?}",
+        trace.rows
+    );
+    for r in &rows {
+        assert_keys(r, KEYS);
+        assert_eq!(s(r, "saddr"), VETH_A4, "{r}");
+        assert_eq!(s(r, "daddr"), VETH_B4, "{r}");
+        assert!(s(r, "flags").contains("ACK"), "{r}");
+        if with_sk {
+            assert_eq!(
+                r["pid"], l["pid"],
+                "the listener's process owns its connection: {r}"
+            );
+            assert_eq!(s(r, "comm"), "td-old-lsn", "{r}");
+            assert_eq!(s(r, "state"), "ESTABLISHED", "{r}");
+            assert!(r["skaddr"].is_string(), "{r}");
+        } else {
+            assert_eq!(
+                u(r, "pid"),
+                0,
+                "no socket on the tracepoint: unknown, never guessed: {r}"
+            );
+        }
+        check_stack(r, "tcp_v4_rcv");
+    }
 }
