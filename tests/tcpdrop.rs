@@ -525,10 +525,11 @@ fn live_rows_into_a_file() {
 
 /// Data the receiver already has, sent again: a listener in `b` (never accepting) whose connection's
 /// ACKs to the client in `a` are lost, so the client's retransmit timer resends what `b` received; `b`
-/// drops each copy (TCP_OLD_DATA, or TCP_OLD_SEQUENCE once its window moved past it), counted in its
-/// DelayedACKLost. The socket is the connection's (rx_sk, Linux 6.12+: owned by the listener's process
-/// until one reads it, ESTABLISHED); before 6.12 the tracepoint has no socket for it and the owner is
-/// shown unknown (0), never guessed. 5.10 frees such data without the tracepoint (tcp_drop): not run.
+/// drops each copy (TCP_OLD_DATA, or TCP_OLD_SEQUENCE once its window moved past it; 6.1 names that
+/// one TCP_INVALID_SEQUENCE), counted in its DelayedACKLost. The socket is the connection's (rx_sk,
+/// Linux 6.12+: owned by the listener's process until one reads it, ESTABLISHED); before 6.12 the
+/// tracepoint has no socket for it and the owner is shown unknown (0), never guessed. 5.10 frees such
+/// data without the tracepoint (tcp_drop): not run there.
 #[test]
 fn old_data_dropped_by_its_socket() {
     if !require_bpf() {
@@ -595,7 +596,10 @@ fn old_data_dropped_by_its_socket() {
         .filter(|r| {
             u(r, "dport") == port as u64
                 && r["sport"] == c["lport"]
-                && matches!(s(r, "reason"), "TCP_OLD_DATA" | "TCP_OLD_SEQUENCE")
+                && matches!(
+                    s(r, "reason"),
+                    "TCP_OLD_DATA" | "TCP_OLD_SEQUENCE" | "TCP_INVALID_SEQUENCE"
+                )
         })
         .collect();
     assert_eq!(
