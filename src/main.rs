@@ -9,6 +9,7 @@ mod hist;
 mod ksym;
 mod output;
 mod runtime;
+mod symbolize;
 mod tools;
 
 include!(concat!(env!("OUT_DIR"), "/ebpf_sources.rs"));

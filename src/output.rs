@@ -478,6 +478,15 @@ impl Printer {
         writeln!(self.out, "{line}}}")
     }
 
+    /// Lines that follow an event's row in the table form (e.g. tcpdrop's kernel stack, one frame a
+    /// line, as BCC prints it), written as they are; ignored in JSON.
+    pub fn table_lines(&mut self, text: &str) -> io::Result<()> {
+        if self.mode == Mode::Json {
+            return Ok(());
+        }
+        self.out.write_all(text.as_bytes())
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }

@@ -37,7 +37,7 @@ fn top_level_help_lists_the_tools() {
 
 #[test]
 fn tool_help_shows_its_flags() {
-    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl"] {
+    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl", "tcpdrop"] {
         let o = sockray(&[tool, "--help"]);
         assert!(o.status.success(), "sockray {tool} --help: {}", o.status);
         let out = text(&o.stdout);
@@ -58,7 +58,7 @@ fn tool_help_shows_its_flags() {
 
 #[test]
 fn bad_port_is_a_one_line_error() {
-    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl"] {
+    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl", "tcpdrop"] {
         for flag in ["-L", "-D"] {
             if tool == "tcpsynbl" && flag == "-D" {
                 continue;
@@ -100,7 +100,7 @@ fn unknown_tool_fails() {
 
 #[test]
 fn ebpf_prints_the_program() {
-    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl"] {
+    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl", "tcpdrop"] {
         let o = sockray(&[tool, "--ebpf"]);
         assert!(
             o.status.success(),
@@ -150,7 +150,7 @@ impl Drop for TempDir {
 #[test]
 fn symlink_named_after_a_tool_runs_it() {
     let dir = TempDir::new();
-    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl"] {
+    for tool in ["tcplife", "tcpstates", "tcpretrans", "tcpsynbl", "tcpdrop"] {
         let link = dir.0.join(tool);
         std::os::unix::fs::symlink(sockray_bin(), &link).unwrap();
         let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));

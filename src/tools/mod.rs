@@ -6,6 +6,7 @@ pub mod solisten;
 pub mod tcpaccept;
 pub mod tcpconnect;
 pub mod tcpconnlat;
+pub mod tcpdrop;
 pub mod tcplife;
 pub mod tcpretrans;
 pub mod tcpstates;
@@ -38,6 +39,11 @@ pub const TOOLS: &[Tool] = &[
         name: "tcpconnlat",
         about: "TCP connect latency: SYN sent until established, per connect",
         run: tcpconnlat::run,
+    },
+    Tool {
+        name: "tcpdrop",
+        about: "TCP packets the kernel dropped: owner, drop reason by name, kernel stack",
+        run: tcpdrop::run,
     },
     Tool {
         name: "tcplife",
