@@ -689,6 +689,27 @@ static __always_inline int owner_on_io(const struct sock *sk)
 }
 
 #ifndef SOCKOWNER_NO_HOOKS
+/* For a tool whose state changes only keep the socket-owner records (its events come from other hooks):
+ * created, kept and deleted with the sockets' state changes. */
+static __always_inline void owner_upkeep_on_state(const struct sock *sk, int oldstate, int newstate, bool direct)
+{
+	struct sock_rec *rec;
+	__u64 key;
+
+	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
+		return;
+	key = sock_key_d(sk, direct);
+	owner_on_state_d(sk, key, oldstate, newstate, direct, false);
+	if (newstate == TCP_CLOSE) {
+		rec = sock_rec_of_d(sk, key, direct);
+		sock_rec_lost_at(rec, oldstate);
+		owner_forget_d(sk, key, direct);
+	}
+}
+
+/* That tool's inet_sock_set_state programs (with their nested twins, see SET_STATE_PROGS). */
+#define OWNER_UPKEEP_PROGS(stem) SET_STATE_PROGS(stem, owner_upkeep_on_state)
+
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(sockowner_refresh__recv, struct sock *sk, int ret, int flags)
 {

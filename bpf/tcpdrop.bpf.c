@@ -180,32 +180,5 @@ int tcpdrop_drop__raw(unsigned long long *ctx)
 	return on_kfree_skb(ctx, false);
 }
 
-/* The socket-owner component's records: created, kept and deleted with the sockets' state changes. */
-static __always_inline int on_set_state(const struct sock *sk, int oldstate, int newstate, bool direct)
-{
-	struct sock_rec *rec;
-	__u64 key;
-
-	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	key = sock_key_d(sk, direct);
-	owner_on_state_d(sk, key, oldstate, newstate, direct, false);
-	if (newstate == TCP_CLOSE) {
-		rec = sock_rec_of_d(sk, key, direct);
-		sock_rec_lost_at(rec, oldstate);
-		owner_forget_d(sk, key, direct);
-	}
-	return 0;
-}
-
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcpdrop_set_state__btf, const struct sock *sk, int oldstate, int newstate)
-{
-	return on_set_state(sk, oldstate, newstate, true);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(tcpdrop_set_state__raw, const struct sock *sk, int oldstate, int newstate)
-{
-	return on_set_state(sk, oldstate, newstate, false);
-}
+/* the socket-owner records kept with the sockets' state changes */
+OWNER_UPKEEP_PROGS(tcpdrop_set_state)
