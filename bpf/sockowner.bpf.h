@@ -707,7 +707,7 @@ static __always_inline void owner_upkeep_on_state(const struct sock *sk, int old
 	}
 }
 
-/* That tool's inet_sock_set_state programs (with their nested twins, see SET_STATE_PROGS). */
+/* That tool's inet_sock_set_state programs. */
 #define OWNER_UPKEEP_PROGS(stem) SET_STATE_PROGS(stem, owner_upkeep_on_state)
 
 SEC("tp_btf/sock_recv_length")

@@ -453,8 +453,7 @@ pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Cho
             );
         }
         for c in pick {
-            // (a nested twin takes its primary's kind: said once, for the primary)
-            if verbose && c.kind != Kind::Iter && !group.ends_with("_nested") {
+            if verbose && c.kind != Kind::Iter {
                 eprintln!(
                     "sockray: {tool}: {group}: using {}/{}",
                     c.kind.name(),

@@ -867,40 +867,26 @@ impl Lost {
     }
 }
 
-/// What `obj` lost so far: its `lost_events` counters and its loaded programs' `recursion_misses`, less
-/// the runs their nested twins made in their place (`LOST_RESCUED`, see bpf/common.bpf.h). A twin's own
-/// misses are not counted: it is skipped only while it runs already, and when that is outside a nested
-/// run its primary runs; when inside one, its primary's miss is counted and not rescued.
+/// What `obj` lost so far: its `lost_events` counters and its loaded programs' `recursion_misses`.
 pub fn lost_events(obj: &Object) -> Lost {
-    let misses: u64 = obj
-        .progs()
-        .filter(|p| p.autoload() && !is_twin(&p.name().to_string_lossy()))
-        .map(|p| {
-            let n = prog_recursion_misses(p.as_fd());
-            if n > 0 {
-                crate::cli::debug(format_args!(
-                    "{}: the kernel skipped {n} run(s) of this program",
-                    p.name().to_string_lossy()
-                ));
-            }
-            n
-        })
-        .sum();
-    let rescued = lost_counter(obj, LOST_RESCUED);
-    if rescued > 0 {
-        crate::cli::debug(format_args!("nested twins made {rescued} of those run(s)"));
-    }
     Lost {
         ringbuf: lost_counter(obj, LOST_RINGBUF),
         capacity: capacity_lost(obj) + lost_counter(obj, LOST_CAPACITY),
-        skipped: misses.saturating_sub(rescued),
+        skipped: obj
+            .progs()
+            .filter(|p| p.autoload())
+            .map(|p| {
+                let n = prog_recursion_misses(p.as_fd());
+                if n > 0 {
+                    crate::cli::debug(format_args!(
+                        "{}: the kernel skipped {n} run(s) of this program",
+                        p.name().to_string_lossy()
+                    ));
+                }
+                n
+            })
+            .sum(),
     }
-}
-
-/// A nested twin (`<stem>_nested__<kind>`, bpf/common.bpf.h), which stands in for its primary.
-pub fn is_twin(prog: &str) -> bool {
-    prog.split_once("__")
-        .is_some_and(|(group, _)| group.ends_with("_nested"))
 }
 
 /// The socket-owner slot table's count of sockets whose records were lost (its header, slot 0).
@@ -917,7 +903,6 @@ fn capacity_lost(obj: &Object) -> u64 {
 /// Slots of the `lost_events` per-CPU counters (bpf/common.bpf.h).
 const LOST_RINGBUF: u32 = 0;
 const LOST_CAPACITY: u32 = 1;
-const LOST_RESCUED: u32 = 2;
 
 /// One of the `lost_events` counters, summed over the CPUs.
 fn lost_counter(obj: &Object, slot: u32) -> u64 {
@@ -1157,7 +1142,7 @@ pub fn print_events<T: Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::{Lost, is_twin, slot_mask_of};
+    use super::{Lost, slot_mask_of};
 
     #[test]
     fn sock_map_sizing() {
@@ -1199,15 +1184,6 @@ mod tests {
             sock_map_entries(None, 65_536, Some(10_000_000), Some(1_048_576)),
             262_144
         );
-    }
-
-    #[test]
-    fn nested_twins_by_name() {
-        assert!(is_twin("tcplife_set_state_nested__btf"));
-        assert!(is_twin("tcpstates_set_state_nested__raw"));
-        assert!(!is_twin("tcplife_set_state__btf"));
-        assert!(!is_twin("sockowner_nested"));
-        assert!(!is_twin("nested__btf_x_nested"));
     }
 
     #[test]

@@ -132,7 +132,7 @@ fn by_socket<'a>(
 
 /// Every one of the 2 * conns() sockets reported, but for what the kernel did not let the programs see
 /// and sockray counted (`lost_skipped`: program runs the kernel skipped because the same program was
-/// already running on that CPU, after the nested-run twins took what they could, bpf/sockowner.bpf.h).
+/// already running on that CPU).
 /// Nothing lost to the ring buffer or to a full table (checked by stop_with_skips).
 fn all_but_skipped(reported: usize, trace: &Trace) {
     let want = 2 * conns() as usize;
@@ -150,10 +150,10 @@ fn all_but_skipped(reported: usize, trace: &Trace) {
     );
 }
 
-/// What --verbose said of the runs the kernel skipped and of those the nested twins made instead.
+/// What --verbose said of the runs the kernel skipped.
 fn say_skips(trace: &Trace) {
     for l in trace.stderr.lines() {
-        if l.contains("skipped") || l.contains("nested twins") {
+        if l.contains("skipped") {
             eprintln!("  {l}");
         }
     }
