@@ -95,10 +95,14 @@ struct {
  * (a tool's own per-socket or per-thread maps; the socket-owner table counts its own, sockowner.bpf.h). */
 #define LOST_RINGBUF 0
 #define LOST_CAPACITY 1
+/* Not a loss: runs of a tool's state program (SET_STATE_PROG), which user space sets against the
+ * tracepoint's own count of state changes (a perf counter, src/runtime.rs UnseenCount): the changes no
+ * program of ours ran for, nor the kernel counted as skipped. */
+#define STATE_RUNS 2
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost_events SEC(".maps");
@@ -125,6 +129,7 @@ static __always_inline void count_lost(void)
 	SEC(sec)                                                                                         \
 	int BPF_PROG(name, const struct sock *sk, int oldstate, int newstate)                            \
 	{                                                                                                \
+		count_lost_as(STATE_RUNS);                                                               \
 		handler(sk, oldstate, newstate, direct);                                                 \
 		return 0;                                                                                \
 	}

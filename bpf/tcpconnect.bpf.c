@@ -124,17 +124,9 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcpconnect_set_state__btf, const struct sock *sk, int oldstate, int newstate)
-{
-	return handle_set_state(sk, oldstate, newstate);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(tcpconnect_set_state__raw, const struct sock *sk, int oldstate, int newstate)
-{
-	return handle_set_state(sk, oldstate, newstate);
-}
+/* the handler reads with BPF_CORE_READ in both kinds of program */
+#define handle_set_state_d(sk, oldstate, newstate, direct) handle_set_state(sk, oldstate, newstate)
+SET_STATE_PROGS(tcpconnect_set_state, handle_set_state_d)
 
 /* Marks "this thread is in connect(2)": a SYN_SENT while the mark is there waits for the exit. */
 SEC("tracepoint/syscalls/sys_enter_connect")

@@ -90,14 +90,6 @@ out:
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcpconnlat_set_state__btf, const struct sock *sk, int oldstate, int newstate)
-{
-	return handle_set_state(sk, oldstate, newstate);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(tcpconnlat_set_state__raw, const struct sock *sk, int oldstate, int newstate)
-{
-	return handle_set_state(sk, oldstate, newstate);
-}
+/* the handler reads with BPF_CORE_READ in both kinds of program */
+#define handle_set_state_d(sk, oldstate, newstate, direct) handle_set_state(sk, oldstate, newstate)
+SET_STATE_PROGS(tcpconnlat_set_state, handle_set_state_d)

@@ -143,17 +143,7 @@ static __always_inline int on_set_state(const struct sock *sk, int oldstate, int
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcpsynbl_state__btf, const struct sock *sk, int oldstate, int newstate)
-{
-	return on_set_state(sk, oldstate, newstate, true);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(tcpsynbl_state__raw, const struct sock *sk, int oldstate, int newstate)
-{
-	return on_set_state(sk, oldstate, newstate, false);
-}
+SET_STATE_PROGS(tcpsynbl_state, on_set_state)
 
 /* ---- the last ACK of a handshake dropped for a full accept queue ---- */
 static __always_inline int on_drop(const struct sock *rx_sk, __u32 reason, bool direct)

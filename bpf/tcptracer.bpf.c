@@ -98,17 +98,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(tcptracer_set_state__btf, const struct sock *sk, int oldstate, int newstate)
-{
-	return handle_set_state(sk, oldstate, newstate, true);
-}
-
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(tcptracer_set_state__raw, const struct sock *sk, int oldstate, int newstate)
-{
-	return handle_set_state(sk, oldstate, newstate, false);
-}
+SET_STATE_PROGS(tcptracer_set_state, handle_set_state)
 
 /* accept()/accept4() returned fd ret: the accepting process now owns that socket. This replaces the
  * socket-owner component's own accept hooks (user space does not load those for tcptracer). */

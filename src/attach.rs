@@ -113,7 +113,7 @@ pub fn hook_hint(target: &str) -> &'static str {
     }
 }
 
-fn tracefs_root() -> Option<&'static str> {
+pub fn tracefs_root() -> Option<&'static str> {
     ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
         .into_iter()
         .find(|p| Path::new(p).join("events").is_dir())

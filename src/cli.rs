@@ -161,6 +161,7 @@ macro_rules! load_tool {
             Err(e) => return Err($crate::runtime::load_error(e, $tool)),
         };
         let links = $crate::runtime::attach_all(skel.object(), &chosen)?;
+        $crate::runtime::UnseenCount::start(skel.object());
         if let Some(seeder) = seeder {
             seeder.run($common.verbose);
         }
