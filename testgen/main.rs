@@ -531,6 +531,27 @@ fn wait_queued(s: &TcpStream, n: u64, timeout: Duration) -> Result<()> {
     }
 }
 
+/// Waits until every byte written on `s` is acknowledged by the peer (SIOCOUTQ 0), so that a close that
+/// resets the connection afterwards does not race with the peer's ACK (tcplife's bytes sent are the
+/// bytes acknowledged: a reset before the ACK, as under emulation, leaves them 0).
+fn wait_acked(s: &TcpStream, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+        if unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) } != 0 {
+            return Err(io::Error::last_os_error()).context("SIOCOUTQ");
+        }
+        if unacked == 0 {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{unacked} bytes still unacknowledged after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Wait for the peer's FIN (the next read must return 0), or with `reset` for its reset.
 fn wait_eof(s: &mut TcpStream, reset: bool) -> Result<()> {
     let mut buf = [0u8; 512];
@@ -778,6 +799,10 @@ fn serve(cfg: &SessionCfg, listener: &TcpListener, comm: &str) -> Result<()> {
             read_exact_n(&mut s, cfg.client_send)?
         };
         let sent = write_n(&mut s, cfg.server_send)?;
+        if cfg.server_unread {
+            // the reply is acknowledged before the close resets the connection
+            wait_acked(&s, IO_TIMEOUT)?;
+        }
         let closed_first = cfg.closer == Closer::Server;
         if !closed_first {
             wait_eof(&mut s, cfg.reset)?;
