@@ -453,7 +453,8 @@ pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Cho
             );
         }
         for c in pick {
-            if verbose && c.kind != Kind::Iter {
+            // (a nested twin takes its primary's kind: said once, for the primary)
+            if verbose && c.kind != Kind::Iter && !group.ends_with("_nested") {
                 eprintln!(
                     "sockray: {tool}: {group}: using {}/{}",
                     c.kind.name(),

@@ -165,6 +165,20 @@ macro_rules! load_tool {
         if let Some(seeder) = seeder {
             seeder.run($common.verbose);
         }
+        // the nested twins of the state programs load on a thread of their own, sharing the maps
+        if let Some(job) = $crate::runtime::TwinJob::take(skel.object()) {
+            std::thread::spawn(move || {
+                let mut storage = std::mem::MaybeUninit::uninit();
+                let r = (|| -> anyhow::Result<std::convert::Infallible> {
+                    let mut open = <$builder>::default().open(&mut storage)?;
+                    job.prepare(open.open_object_mut())?;
+                    let twins = open.load()?;
+                    job.attach_and_hold(twins.object())
+                })();
+                let Err(e) = r;
+                $crate::cli::debug(format_args!("nested twins not loaded: {e:#}"));
+            });
+        }
         (skel, links)
     }};
 }

@@ -132,7 +132,7 @@ pub fn libbpf_logging(verbose: bool) {
 pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<Choice>> {
     libbpf_logging(common.verbose);
     crate::cli::debug(format_args!("{:.1} ms: opened", since_start_ms()));
-    let chosen = attach::choose(obj, tool, common.verbose);
+    let chosen = attach::choose(obj, tool, common.verbose).map(|c| hold_back_twins(obj, c));
     crate::cli::debug(format_args!("{:.1} ms: hooks chosen", since_start_ms()));
     size_event_ring(obj, tool);
     if let Some(sizes) = std::env::var_os("SOCKRAY_MAP_ENTRIES") {
@@ -867,29 +867,148 @@ impl Lost {
     }
 }
 
-/// What `obj` lost so far: its `lost_events` counters, its loaded programs' `recursion_misses`, and the
-/// state changes no program of its saw at all ([`UnseenCount`]).
+/// What `obj` lost so far: its `lost_events` counters, its loaded programs' `recursion_misses` less the
+/// runs their nested twins made in their place (`LOST_RESCUED`, see bpf/common.bpf.h), and the state
+/// changes no program of its saw at all ([`UnseenCount`]). A twin's own misses are not counted: it is
+/// skipped only while it runs already, and when that is outside a nested run its primary runs; when
+/// inside one, its primary's miss is counted and not rescued.
 pub fn lost_events(obj: &Object) -> Lost {
-    let unseen = UNSEEN.get().map_or(0, |u| u.unseen(obj));
+    // Each counter read once, in an order where a run between two reads can only make the total
+    // larger, never hide a loss: the rescued runs before the misses they rescued, the program's runs
+    // and misses before the tracepoint's count (read last, in UnseenCount::unseen).
+    let rescued = lost_counter(obj, LOST_RESCUED);
+    let runs = lost_counter(obj, STATE_RUNS);
+    let misses: Vec<(String, u64)> = obj
+        .progs()
+        .filter(|p| p.autoload() && !is_twin(&p.name().to_string_lossy()))
+        .map(|p| {
+            (
+                p.name().to_string_lossy().into_owned(),
+                prog_recursion_misses(p.as_fd()),
+            )
+        })
+        .collect();
+    for (name, n) in misses.iter().filter(|(_, n)| *n > 0) {
+        crate::cli::debug(format_args!(
+            "{name}: the kernel skipped {n} run(s) of this program"
+        ));
+    }
+    if rescued > 0 {
+        crate::cli::debug(format_args!("nested twins made {rescued} of those run(s)"));
+    }
+    let unseen = UNSEEN.get().map_or(0, |u| {
+        let m = misses
+            .iter()
+            .find(|(n, _)| *n == u.prog)
+            .map_or(0, |(_, m)| *m);
+        u.unseen(runs, m)
+    });
+    let misses: u64 = misses.iter().map(|(_, n)| n).sum();
     Lost {
         ringbuf: lost_counter(obj, LOST_RINGBUF),
         capacity: capacity_lost(obj) + lost_counter(obj, LOST_CAPACITY),
-        skipped: unseen
-            + obj
-                .progs()
-                .filter(|p| p.autoload())
-                .map(|p| {
-                    let n = prog_recursion_misses(p.as_fd());
-                    if n > 0 {
-                        crate::cli::debug(format_args!(
-                            "{}: the kernel skipped {n} run(s) of this program",
-                            p.name().to_string_lossy()
-                        ));
-                    }
-                    n
-                })
-                .sum::<u64>(),
+        skipped: unseen + misses.saturating_sub(rescued),
     }
+}
+
+/// The nested twins chosen for the tool's object, which it does not load itself ([`TwinJob`]).
+static TWINS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes the nested twins out of `chosen` and out of `obj`'s load, and keeps their names for
+/// [`TwinJob::take`]: they load in an object of their own once the tool is attached.
+fn hold_back_twins(obj: &mut OpenObject, chosen: Vec<Choice>) -> Vec<Choice> {
+    let (twins, chosen): (Vec<Choice>, Vec<Choice>) =
+        chosen.into_iter().partition(|c| is_twin(&c.prog));
+    for mut p in obj.progs_mut() {
+        if is_twin(&p.name().to_string_lossy()) {
+            p.set_autoload(false);
+        }
+    }
+    *TWINS.lock().unwrap_or_else(|e| e.into_inner()) = twins.into_iter().map(|c| c.prog).collect();
+    chosen
+}
+
+/// The nested twins of a loaded tool object (bpf/common.bpf.h, SET_STATE_PROG), to load on a thread in
+/// a second instance of the same object that shares every map of the first (so the same counters,
+/// records and ring), and attach there: the tool's start-up does not wait for their verification. Until
+/// they are attached, the runs the kernel skips are counted as skipped, as without them.
+pub struct TwinJob {
+    progs: Vec<String>,
+    /// every map of the tool's object by name, None for one it did not create
+    maps: Vec<(String, Option<OwnedFd>)>,
+}
+
+impl TwinJob {
+    /// The twins held back from `obj`'s load (none under the bench's toggled mode, which detaches and
+    /// attaches the tool's own programs and would leave the twins attached).
+    pub fn take(obj: &Object) -> Option<TwinJob> {
+        let progs = std::mem::take(&mut *TWINS.lock().unwrap_or_else(|e| e.into_inner()));
+        if progs.is_empty() || std::env::var_os("SOCKRAY_BENCH_TOGGLE").is_some() {
+            return None;
+        }
+        let maps = obj
+            .maps()
+            .map(|m| {
+                // SAFETY: the map pointer is valid for obj's lifetime; bpf_map__fd only reads it
+                let fd = unsafe {
+                    libbpf_rs::libbpf_sys::bpf_map__fd(
+                        libbpf_rs::AsRawLibbpf::as_libbpf_object(&m).as_ptr(),
+                    )
+                };
+                let owned = (fd >= 0)
+                    .then(|| m.as_fd().try_clone_to_owned().ok())
+                    .flatten();
+                (m.name().to_string_lossy().into_owned(), owned)
+            })
+            .collect();
+        Some(TwinJob { progs, maps })
+    }
+
+    /// In the second instance, opened: every map is the tool's (or not created, as there), and only the
+    /// twins load.
+    pub fn prepare(&self, obj: &mut OpenObject) -> Result<()> {
+        for mut p in obj.progs_mut() {
+            let on = self.progs.iter().any(|t| *t == *p.name().to_string_lossy());
+            p.set_autoload(on);
+        }
+        for mut m in obj.maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            match self.maps.iter().find(|(n, _)| *n == name) {
+                Some((_, Some(fd))) => m
+                    .reuse_fd(fd.as_fd())
+                    .with_context(|| format!("sharing map {name} with the nested twins"))?,
+                Some((_, None)) => m.set_autocreate(false)?,
+                None => bail!("the nested twins' object has a map the tool's lacks: {name}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches the twins of the loaded second instance and keeps them attached for the life of the
+    /// process (this thread parks).
+    pub fn attach_and_hold(self, obj: &Object) -> Result<std::convert::Infallible> {
+        let mut links = Vec::new();
+        for prog in obj.progs_mut() {
+            if prog.autoload() {
+                let name = prog.name().to_string_lossy().into_owned();
+                links.push(prog.attach().with_context(|| format!("attaching {name}"))?);
+            }
+        }
+        crate::cli::debug(format_args!(
+            "{:.1} ms: nested twins attached ({})",
+            since_start_ms(),
+            self.progs.join(", ")
+        ));
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// A nested twin (`<stem>_nested__<kind>`, bpf/common.bpf.h), which stands in for its primary.
+pub fn is_twin(prog: &str) -> bool {
+    prog.split_once("__")
+        .is_some_and(|(group, _)| group.ends_with("_nested"))
 }
 
 /// State changes that reached no program of ours and that the kernel did not count as skipped either.
@@ -898,9 +1017,10 @@ pub fn lost_events(obj: &Object) -> Lost {
 /// every one (issue 19). So the tracepoint's own count is kept beside the programs': a counting perf
 /// event per CPU on sock:inet_sock_set_state, opened once the state program is attached, against that
 /// program's runs (`STATE_RUNS`, counted at its entry) and its `recursion_misses` since then. The
-/// programs' side is read before the counters open and after they are read at exit, so a change
-/// between two reads counts as seen: at most an under-estimate by the changes of a few microseconds,
-/// never a loss reported that did not happen.
+/// programs' side is read after the counters open and before they are read at exit, so a change
+/// between two reads counts as made and not seen: at most an over-estimate by the changes of a few
+/// microseconds ("up to N events are missing"), never a loss left out (in an earlier order, one
+/// change in a burst test went uncounted that way).
 pub struct UnseenCount {
     perf: Vec<OwnedFd>,
     prog: String,
@@ -922,7 +1042,7 @@ impl UnseenCount {
             return;
         }
         let Some(prog) = obj.progs().find(|p| {
-            p.autoload() && {
+            p.autoload() && !is_twin(&p.name().to_string_lossy()) && {
                 let (_, target) = attach::parse_section(&p.section().to_string_lossy());
                 target == "inet_sock_set_state"
             }
@@ -930,16 +1050,14 @@ impl UnseenCount {
             return;
         };
         let name = prog.name().to_string_lossy().into_owned();
-        let (runs0, misses0) = (
-            lost_counter(obj, STATE_RUNS),
-            prog_recursion_misses(prog.as_fd()),
-        );
+        // the counters first, then the programs' side: a change between the two counts as made and
+        // not seen (an over-estimate by the changes of a few microseconds), never the other way
         match Self::open_counters() {
             Ok(perf) => {
                 let u = UnseenCount {
                     perf,
-                    runs0,
-                    misses0,
+                    runs0: lost_counter(obj, STATE_RUNS),
+                    misses0: prog_recursion_misses(prog.as_fd()),
                     prog: name,
                 };
                 let _ = UNSEEN.set(u);
@@ -992,14 +1110,8 @@ impl UnseenCount {
     }
 
     /// Changes the tracepoint made since [`UnseenCount::start`] that the program neither ran for nor
-    /// was counted as skipped for.
-    fn unseen(&self, obj: &Object) -> u64 {
-        let Some(prog) = obj
-            .progs()
-            .find(|p| p.name().to_string_lossy() == self.prog)
-        else {
-            return 0;
-        };
+    /// was counted as skipped for, given its `runs` (STATE_RUNS) and `misses` read just before.
+    fn unseen(&self, runs: u64, misses: u64) -> u64 {
         let made: u64 = self
             .perf
             .iter()
@@ -1016,8 +1128,7 @@ impl UnseenCount {
                 if r == size_of::<u64>() as isize { n } else { 0 }
             })
             .sum();
-        let seen = lost_counter(obj, STATE_RUNS).saturating_sub(self.runs0)
-            + prog_recursion_misses(prog.as_fd()).saturating_sub(self.misses0);
+        let seen = runs.saturating_sub(self.runs0) + misses.saturating_sub(self.misses0);
         let unseen = made.saturating_sub(seen);
         if unseen > 0 {
             crate::cli::debug(format_args!(
@@ -1043,6 +1154,7 @@ fn capacity_lost(obj: &Object) -> u64 {
 const LOST_RINGBUF: u32 = 0;
 const LOST_CAPACITY: u32 = 1;
 const STATE_RUNS: u32 = 2;
+const LOST_RESCUED: u32 = 3;
 
 /// One of the `lost_events` counters, summed over the CPUs.
 fn lost_counter(obj: &Object, slot: u32) -> u64 {
@@ -1282,7 +1394,7 @@ pub fn print_events<T: Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::{Lost, slot_mask_of};
+    use super::{Lost, is_twin, slot_mask_of};
 
     #[test]
     fn sock_map_sizing() {
@@ -1324,6 +1436,15 @@ mod tests {
             sock_map_entries(None, 65_536, Some(10_000_000), Some(1_048_576)),
             262_144
         );
+    }
+
+    #[test]
+    fn nested_twins_by_name() {
+        assert!(is_twin("tcplife_set_state_nested__btf"));
+        assert!(is_twin("tcpstates_set_state_nested__raw"));
+        assert!(!is_twin("tcplife_set_state__btf"));
+        assert!(!is_twin("sockowner_nested"));
+        assert!(!is_twin("nested__btf_x_nested"));
     }
 
     #[test]

@@ -150,10 +150,11 @@ fn all_but_skipped(reported: usize, trace: &Trace) {
     );
 }
 
-/// What --verbose said of the runs the kernel skipped.
+/// What --verbose said of the runs the kernel skipped, the ones nested twins made in their place, and
+/// the state changes that reached no program.
 fn say_skips(trace: &Trace) {
     for l in trace.stderr.lines() {
-        if l.contains("skipped") {
+        if l.contains("skipped") || l.contains("nested twins") || l.contains("reached no program") {
             eprintln!("  {l}");
         }
     }
