@@ -300,3 +300,70 @@ fn duration_ends_the_run() {
         l.contains("\"lost\"").then_some(())
     });
 }
+
+/// --by-process names the socket's owner, never the task the segment's softirq interrupted (here the
+/// test's own thread that carries the packets): a pre-forked server whose worker accepts and reads;
+/// segments that arrive before the worker's first read count for the process that listened (the
+/// socket's owner until then), the rest for the worker.
+#[test]
+fn by_process_names_the_worker() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let line = DelayLine::new(ONE_WAY);
+    let port = pick_port();
+    let t = Tracer::start("tcprtt", &["--by-process", "-a", DELAY_B4]);
+    let mut s = session(&line, DELAY_B4, port);
+    s.worker_comm = Some("tg-rtt-wrk");
+    let out = s.run(&line.b);
+    std::thread::sleep(SETTLE);
+    let rows = t.stop().rows;
+    let worker = &out.servers[0];
+    assert_eq!(worker.comm, "tg-rtt-wrk");
+    assert_ne!(worker.pid, out.server_pid);
+    for r in &rows {
+        let pid = u(r, "pid");
+        assert!(
+            pid == worker.pid || pid == out.server_pid,
+            "a histogram for neither the worker nor its parent: {r}"
+        );
+        let want = if pid == worker.pid { "tg-rtt-wrk" } else { SRV };
+        assert_eq!(s_(r, "comm"), want, "{r}");
+        check_mass(r, LOW_US, HIGH_US);
+    }
+    assert!(
+        rows.iter().any(|r| u(r, "pid") == worker.pid),
+        "no histogram for the worker: {rows:?}"
+    );
+}
+
+/// Histograms the table has no room for are counted (lost_capacity), not dropped silently: a table of
+/// one histogram, two remote ports.
+#[test]
+fn full_table_is_counted() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let line = DelayLine::new(ONE_WAY);
+    let port = pick_port();
+    let t = Tracer::start_env(
+        "tcprtt",
+        &["--by-rport", "-a", DELAY_A4],
+        &[("SOCKRAY_MAP_ENTRIES", "rtt_hists=1")],
+    );
+    // the client's end (-a): its remote port, then a second connection's
+    session(&line, DELAY_B4, port).run(&line.b);
+    let t2 = pick_port();
+    session(&line, DELAY_B4, t2).run(&line.b);
+    std::thread::sleep(SETTLE);
+    let trace = t.stop_with_capacity();
+    assert_eq!(trace.rows.len(), 1, "{:?}", trace.rows);
+    assert_eq!(u(&trace.rows[0], "rport"), port as u64, "{}", trace.rows[0]);
+    assert!(
+        trace.capacity > 0,
+        "the second port's segments were not counted as lost: {}",
+        trace.stderr
+    );
+}
