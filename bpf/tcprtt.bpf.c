@@ -44,14 +44,17 @@ static struct tcprtt_hist zero_hist;
 /* Is the address a (16 bytes; IPv4 in its first 4) of this family the filter's? */
 static __always_inline bool addr_is(const __u8 *a, __u16 family, const volatile __u64 *want)
 {
-	__u64 w0, w1;
+	__u64 w0 = 0, w1;
+	__u32 v4 = 0;
 
+	/* copied, not loaded through a cast: the address sits at an offset of 6 in struct sk_tuple, and
+	 * older verifiers (5.10) refuse misaligned stack loads */
 	if (family == AF_INET) {
-		w0 = 0;
-		w1 = ((__u64)(*(const __u32 *)a) << 32) | 0xffff0000ULL;
+		__builtin_memcpy(&v4, a, 4);
+		w1 = ((__u64)v4 << 32) | 0xffff0000ULL;
 	} else {
-		w0 = *(const __u64 *)a;
-		w1 = *(const __u64 *)(a + 8);
+		__builtin_memcpy(&w0, a, 8);
+		__builtin_memcpy(&w1, a + 8, 8);
 	}
 	return w0 == want[0] && w1 == want[1];
 }

@@ -75,7 +75,8 @@ fn ours<'a>(rows: &'a [Value], a: &str, b: &str) -> Vec<&'a Value> {
 
 /// Every key at once (-b -B --by-rport --by-process) and -e: one histogram per end of the connection,
 /// each with its addresses, remote port and owner, all its RTTs at or above the link's round trip.
-fn every_key(addr_a: &'static str, addr_b: &'static str, env: &[(&str, &str)]) {
+/// `sig` ends the run (SIGINT, SIGTERM: the same final histograms).
+fn every_key(addr_a: &'static str, addr_b: &'static str, env: &[(&str, &str)], sig: libc::c_int) {
     if !require_bpf() {
         return;
     }
@@ -89,7 +90,7 @@ fn every_key(addr_a: &'static str, addr_b: &'static str, env: &[(&str, &str)]) {
     );
     let out = session(&line, addr_b, port).run(&line.b);
     std::thread::sleep(SETTLE);
-    let trace = t.stop();
+    let trace = t.stop_by(sig);
     let rows = ours(&trace.rows, addr_a, addr_b);
     assert_eq!(rows.len(), 2, "one histogram per end: {rows:?}");
     let (c, s) = (&out.clients[0], &out.servers[0]);
@@ -124,18 +125,24 @@ fn s_<'a>(row: &'a Value, k: &str) -> &'a str {
 
 #[test]
 fn every_key_v4() {
-    every_key(DELAY_A4, DELAY_B4, &[]);
+    every_key(DELAY_A4, DELAY_B4, &[], libc::SIGINT);
 }
 
+/// Ended by SIGTERM.
 #[test]
 fn every_key_v6() {
-    every_key(DELAY_A6, DELAY_B6, &[]);
+    every_key(DELAY_A6, DELAY_B6, &[], libc::SIGTERM);
 }
 
 /// The raw_tp alternative of every hook (on every kernel that has tp_btf too).
 #[test]
 fn every_key_raw_tp() {
-    every_key(DELAY_A4, DELAY_B4, &[("SOCKRAY_ATTACH", "raw_tp")]);
+    every_key(
+        DELAY_A4,
+        DELAY_B4,
+        &[("SOCKRAY_ATTACH", "raw_tp")],
+        libc::SIGINT,
+    );
 }
 
 /// Filters exclude in the kernel: a port with no traffic (-p, -P) and the other family give no
