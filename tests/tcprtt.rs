@@ -227,19 +227,12 @@ fn table_in_msecs() {
         "     msecs               : count    distribution",
         "{text}"
     );
-    let mut total = 0;
-    for row in &lines[title + 2..] {
-        let f: Vec<&str> = row.split_whitespace().collect();
-        if f.len() < 5 || f[1] != "->" {
-            break;
-        }
-        let (lo, n): (u64, u64) = (f[0].parse().unwrap(), f[4].parse().unwrap());
-        if n > 0 {
-            assert!(lo >= 16, "RTTs below 16 ms: {row}\n{text}");
-        }
-        total += n;
-    }
-    assert!(total >= 5, "{text}");
+    let rows = table_rows(&lines, title);
+    assert!(
+        rows.iter().all(|&(lo, n)| n == 0 || lo >= 16),
+        "RTTs below 16 ms: {text}"
+    );
+    assert!(rows.iter().map(|r| r.1).sum::<u64>() >= 5, "{text}");
 }
 
 /// A person watching: with -i 1 each interval's histogram appears as the interval ends, while the tool
@@ -372,5 +365,64 @@ fn full_table_is_counted() {
         trace.capacity > 0,
         "the second port's segments were not counted as lost: {}",
         trace.stderr
+    );
+}
+
+/// The histogram rows under the title at `title`: (low, count) of each, up to the first other line.
+fn table_rows(lines: &[&str], title: usize) -> Vec<(u64, u64)> {
+    lines[title + 2..]
+        .iter()
+        .map(|row| row.split_whitespace().collect::<Vec<_>>())
+        .take_while(|f| f.len() >= 5 && f[1] == "->")
+        .map(|f| (f[0].parse().unwrap(), f[4].parse().unwrap()))
+        .collect()
+}
+
+/// sockray's keys in the table: the client's end by local address and process, with the average.
+#[test]
+fn table_by_address_and_process() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let line = DelayLine::new(ONE_WAY);
+    let port = pick_port();
+    let mut out = None;
+    let text = traced_text(
+        "tcprtt",
+        &["-b", "--by-process", "-e", "-a", DELAY_A4],
+        || out = Some(session(&line, DELAY_B4, port).run(&line.b)),
+    );
+    eprintln!("{text}");
+    let out = out.unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let head = format!(
+        "Local Address = {DELAY_A4} Process = {} {CLI} [AVG ",
+        out.client_pid
+    );
+    let title = lines
+        .iter()
+        .position(|l| l.starts_with(&head))
+        .unwrap_or_else(|| panic!("no title {head:?}: {text}"));
+    let avg: u64 = lines[title][head.len()..]
+        .trim_end_matches(']')
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {}", lines[title]));
+    assert!((LOW_US..=HIGH_US).contains(&avg), "average {avg}: {text}");
+    assert_eq!(
+        lines[title + 1],
+        "     usecs               : count    distribution",
+        "{text}"
+    );
+    let rows = table_rows(&lines, title);
+    assert!(rows.iter().all(|&(lo, n)| n == 0 || lo >= LOW_US), "{text}");
+    assert!(rows.iter().map(|r| r.1).sum::<u64>() >= 5, "{text}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("Local Address = "))
+            .count(),
+        1,
+        "the client's end only (-a): {text}"
     );
 }
