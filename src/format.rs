@@ -14,6 +14,13 @@ pub fn ip_addr(family: u16, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The wall clock now, in ns since the epoch (interval output's `time_ns`).
+pub fn wall_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// 4 or 6, as BCC's IP column.
 pub fn ip_version(family: u16) -> u8 {
     if family == AF_INET6 { 6 } else { 4 }

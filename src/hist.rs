@@ -2,6 +2,7 @@
 //! and 1 in slot 0): printed exactly as libbpf-tools' `print_log2_hist()` (trace_helpers.c) prints them,
 //! and as JSON buckets (`{"low":L,"high":H,"count":N}`, the same ranges). Every histogram tool uses these.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 /// The values slot `i` counts, `[low, high]`: 0 -> 1, 2 -> 3, 4 -> 7, ... (libbpf-tools' ranges).
@@ -79,6 +80,31 @@ pub fn log2_json(vals: &[u64]) -> String {
     }
     out.push(']');
     out
+}
+
+/// The bytes of a plain C struct from a skeleton (a histogram's map key), to tell histograms apart.
+pub fn pod_bytes<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: a plain C struct from the skeleton, read as its bytes.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+/// Interval output of histograms the kernel only ever adds to (never cleared, so that what lands while
+/// the map is read is in the next interval, not lost): each histogram's counters less what was printed
+/// before. Keys are the histograms' map keys as bytes ([`pod_bytes`]).
+#[derive(Default)]
+pub struct Deltas {
+    printed: HashMap<Vec<u8>, Vec<u64>>,
+}
+
+impl Deltas {
+    /// `counters` (cumulative: slots and any totals) become what came since the last call for `key`.
+    pub fn take(&mut self, key: Vec<u8>, counters: &mut [u64]) {
+        if let Some(prev) = self.printed.insert(key, counters.to_vec()) {
+            for (v, p) in counters.iter_mut().zip(prev) {
+                *v = v.saturating_sub(p);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +185,20 @@ mod tests {
             )
         );
         assert_eq!(lines.len(), 35);
+    }
+
+    #[test]
+    fn deltas_per_key() {
+        let mut d = Deltas::default();
+        let mut a = [2u64, 0, 5];
+        d.take(vec![1], &mut a);
+        assert_eq!(a, [2, 0, 5], "the first time: everything");
+        let mut a = [3u64, 1, 5];
+        d.take(vec![1], &mut a);
+        assert_eq!(a, [1, 1, 0]);
+        let mut b = [4u64];
+        d.take(vec![2], &mut b);
+        assert_eq!(b, [4], "another key starts from nothing");
     }
 
     #[test]

@@ -671,6 +671,14 @@ fn reuse_maps(obj: &mut OpenObject, maps: &[(String, impl AsFd)]) -> Result<()> 
     Ok(())
 }
 
+static NO_OWNERS: AtomicBool = AtomicBool::new(false);
+
+/// For a run that needs no socket owners (a tool whose owners are opt-in, its owner programs left out):
+/// the existing sockets are not walked at start. Call before the tool loads.
+pub fn without_owners() {
+    NO_OWNERS.store(true, Ordering::Relaxed);
+}
+
 /// The seeding iterator, loading on its own thread; [`Seeder::run`] walks the existing sockets once the
 /// tool's hooks are attached (so that no socket falls between the walk and the hooks).
 pub struct Seeder {
@@ -684,6 +692,9 @@ impl Seeder {
     /// the seeding object while the tool creates the maps ([`Seeder::share`]), then loads it. `cgroup`:
     /// the variant that records each owner's cgroup (for --cgroup; three more CO-RE relocations).
     pub fn spawn(obj: &OpenObject, cgroup: bool) -> Option<Seeder> {
+        if NO_OWNERS.load(Ordering::Relaxed) {
+            return None;
+        }
         let names: Vec<String> = obj
             .maps()
             .map(|m| m.name().to_string_lossy().into_owned())
@@ -1359,6 +1370,24 @@ pub fn map_counts<K: Copy>(map: &impl MapCore) -> Result<Vec<(K, u64)>> {
             && let Some(n) = read_event::<u64>(&v)
         {
             out.push((k, n));
+        }
+    }
+    Ok(out)
+}
+
+/// Every entry of a per-CPU hash map: its key as the skeleton type `K`, and its value on each CPU as `V`.
+pub fn map_percpu_entries<K: Copy, V: Copy>(map: &impl MapCore) -> Result<Vec<(K, Vec<V>)>> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        let Some(k) = read_event::<K>(&key) else {
+            continue;
+        };
+        // an entry deleted meanwhile is simply gone
+        if let Some(per_cpu) = map.lookup_percpu(&key, MapFlags::ANY)? {
+            out.push((
+                k,
+                per_cpu.iter().filter_map(|v| read_event::<V>(v)).collect(),
+            ));
         }
     }
     Ok(out)

@@ -101,6 +101,10 @@ enum Cmd {
         /// `--closer server` and `--client-send` > 0.
         #[arg(long)]
         server_unread: bool,
+        /// The client runs in this other network namespace (a name under /run/netns, as `ip netns`
+        /// makes them) and connects from there: traffic that crosses a link between the two.
+        #[arg(long)]
+        client_netns: Option<String>,
     },
     /// Connect to a port where nothing listens and expect ECONNREFUSED.
     Refused {
@@ -210,6 +214,7 @@ fn main() {
             worker_comm,
             reset,
             server_unread,
+            client_netns,
         } => session(&SessionCfg {
             addr,
             port,
@@ -226,6 +231,7 @@ fn main() {
             worker_comm,
             reset,
             server_unread,
+            client_netns,
         }),
         Cmd::Refused { addr, port, comm } => refused(addr, port, &comm),
         Cmd::Listen {
@@ -680,6 +686,7 @@ struct SessionCfg {
     worker_comm: Option<String>,
     reset: bool,
     server_unread: bool,
+    client_netns: Option<String>,
 }
 
 /// How long a session's processes may take: every connection up to IO_TIMEOUT per blocking step, plus
@@ -830,8 +837,22 @@ fn wait_for_go() -> Result<()> {
     Ok(())
 }
 
+/// Moves this (single-threaded) process into the network namespace `ip netns` named `name`.
+fn enter_netns(name: &str) -> Result<()> {
+    let path = format!("/run/netns/{name}");
+    let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+    // SAFETY: setns on an fd we own; this process has one thread (a forked role).
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("setns {path}"));
+    }
+    Ok(())
+}
+
 fn client_role(cfg: &SessionCfg, port: u16) -> Result<()> {
     set_comm(&cfg.client_comm)?;
+    if let Some(ns) = &cfg.client_netns {
+        enter_netns(ns)?;
+    }
     let mut early = if cfg.socket_early {
         Some(new_socket(&cfg.addr)?)
     } else {

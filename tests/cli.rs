@@ -169,3 +169,59 @@ fn symlink_named_after_a_tool_runs_it() {
         no_panic(&o);
     }
 }
+
+#[test]
+fn tcprtt_help_bad_values_ebpf_and_symlink() {
+    let o = sockray(&["tcprtt", "--help"]);
+    assert!(o.status.success(), "sockray tcprtt --help: {}", o.status);
+    let out = text(&o.stdout);
+    for flag in [
+        "-i",
+        "-d",
+        "-T",
+        "-m",
+        "-p",
+        "-P",
+        "-a",
+        "-A",
+        "-b",
+        "-B",
+        "-e",
+        "-4",
+        "-6",
+        "--json",
+        "--by-process",
+        "--by-rport",
+    ] {
+        assert!(
+            out.contains(flag),
+            "sockray tcprtt --help lacks {flag}:\n{out}"
+        );
+    }
+    no_panic(&o);
+    for (flag, value) in [("-p", "70000"), ("-P", "70000"), ("-a", "10.0.0.300")] {
+        let o = sockray(&["tcprtt", flag, value]);
+        assert!(
+            !o.status.success(),
+            "sockray tcprtt {flag} {value} succeeded"
+        );
+        no_panic(&o);
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(value),
+            "the error does not name {value}:\n{err}"
+        );
+        assert!(o.stdout.is_empty(), "stdout: {}", text(&o.stdout));
+    }
+    let o = sockray(&["tcprtt", "--ebpf"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("tp_btf/tcp_probe"), "{out}");
+    assert!(out.contains("raw_tp/tcp_probe"), "{out}");
+    let dir = TempDir::new();
+    let link = dir.0.join("tcprtt");
+    std::os::unix::fs::symlink(sockray_bin(), &link).unwrap();
+    let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("tcprtt"), "{}", text(&o.stdout));
+}

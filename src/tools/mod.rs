@@ -9,6 +9,7 @@ pub mod tcpconnlat;
 pub mod tcpdrop;
 pub mod tcplife;
 pub mod tcpretrans;
+pub mod tcprtt;
 pub mod tcpstates;
 pub mod tcpsynbl;
 pub mod tcptracer;
@@ -54,6 +55,11 @@ pub const TOOLS: &[Tool] = &[
         name: "tcpretrans",
         about: "TCP retransmits (and SYN-ACK resends, -l loss probes), with the socket's owner",
         run: tcpretrans::run,
+    },
+    Tool {
+        name: "tcprtt",
+        about: "TCP round-trip times as log2 histograms (per address, port, process), in the kernel",
+        run: tcprtt::run,
     },
     Tool {
         name: "tcpstates",

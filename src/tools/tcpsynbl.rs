@@ -5,7 +5,6 @@
 //! its listener); skb:kfree_skb TCP_LISTEN_OVERFLOW, else fentry/kprobe tcp_v4/v6_syn_recv_sock;
 //! skb:consume_skb from tcp_rcv_state_process, else fentry/kprobe tcp_conn_request.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::mem::MaybeUninit;
@@ -19,7 +18,7 @@ use libbpf_rs::skel::Skel as _;
 use crate::attach;
 use crate::cli::{self, Common, FamilyArgs, load_tool};
 use crate::filter::{Filters, PortList, parse_id, parse_ports};
-use crate::format::{comm, hms, ip_addr, ip_version, owner_fields};
+use crate::format::{comm, hms, ip_addr, ip_version, owner_fields, wall_now_ns};
 use crate::hist;
 use crate::ksym;
 use crate::output::{Mode, Printer, TimeCols, Value};
@@ -105,17 +104,6 @@ struct Hist {
     owner: types::sock_owner,
 }
 
-fn key_bytes(k: &types::tcpsynbl_key) -> Vec<u8> {
-    // SAFETY: a plain C struct from the skeleton, read as its bytes.
-    unsafe {
-        std::slice::from_raw_parts(
-            (k as *const types::tcpsynbl_key).cast::<u8>(),
-            size_of::<types::tcpsynbl_key>(),
-        )
-    }
-    .to_vec()
-}
-
 /// Every histogram in the map, cumulative since the start, in a stable order (netns, family, port,
 /// address, backlog_max).
 fn read_hists(map: &impl libbpf_rs::MapCore) -> Result<Vec<Hist>> {
@@ -149,38 +137,28 @@ fn read_hists(map: &impl libbpf_rs::MapCore) -> Result<Vec<Hist>> {
     Ok(out)
 }
 
-/// What came since the last print: each histogram less what was printed before (the kernel's counts
-/// are never cleared, so an event that lands while the map is read is in the next interval, not lost).
+/// What came since the last print: each histogram less what was printed before (hist::Deltas, its
+/// slots and overflows); histograms with nothing new are left out.
 #[derive(Default)]
 struct Deltas {
-    printed: HashMap<Vec<u8>, (Vec<u64>, u64)>,
+    printed: hist::Deltas,
 }
 
 impl Deltas {
     fn take(&mut self, now: Vec<Hist>) -> Vec<Hist> {
         let mut out = Vec::new();
         for mut h in now {
-            let prev = self
-                .printed
-                .insert(key_bytes(&h.key), (h.slots.clone(), h.overflows));
-            if let Some((slots, overflows)) = prev {
-                for (v, p) in h.slots.iter_mut().zip(slots) {
-                    *v = v.saturating_sub(p);
-                }
-                h.overflows = h.overflows.saturating_sub(overflows);
-            }
+            let mut counters = h.slots.clone();
+            counters.push(h.overflows);
+            self.printed.take(hist::pod_bytes(&h.key), &mut counters);
+            h.overflows = counters.pop().unwrap_or(0);
+            h.slots = counters;
             if h.slots.iter().any(|&v| v > 0) {
                 out.push(h);
             }
         }
         out
     }
-}
-
-fn wall_now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The line above each histogram: libbpf-tools' `backlog_max = N`, then what sockray adds.

@@ -341,6 +341,141 @@ impl VethPair {
     }
 }
 
+/// Two network namespaces joined by a link that delays every packet by `one_way` in each direction, so
+/// that TCP's round-trip time between them is known from below (twice `one_way`, plus the hosts' own
+/// time): a TUN device in each (`a`: 10.78.0.1/24 and fd78::1/64, `b`: 10.78.0.2 and fd78::2), and
+/// threads of the test that carry each packet from one to the other once it is `one_way` old. (netem
+/// would do it in the kernel, but not every kernel has it: our 6.18 host has none.) Both namespaces
+/// are deleted on drop, the devices with the threads' descriptors.
+pub struct DelayLine {
+    pub a: Netns,
+    pub b: Netns,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+pub const DELAY_A4: &str = "10.78.0.1";
+pub const DELAY_B4: &str = "10.78.0.2";
+pub const DELAY_A6: &str = "fd78::1";
+pub const DELAY_B6: &str = "fd78::2";
+
+/// A TUN device (IP packets, no header) named `dev`, made in the network namespace `ns` by a thread
+/// that enters it (the device is made in its maker's namespace).
+fn tun_in(ns: &Netns, dev: &str) -> OwnedFd {
+    let (path, dev) = (format!("/run/netns/{}", ns.name), dev.to_string());
+    thread::spawn(move || {
+        let nsf = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        // SAFETY: setns of this thread only, on an fd we own.
+        let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap_or_else(|e| panic!("open /dev/net/tun: {e}"));
+        // struct ifreq: the name, then the flags (IFF_TUN | IFF_NO_PI)
+        let mut ifr = [0u8; 40];
+        ifr[..dev.len()].copy_from_slice(dev.as_bytes());
+        let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as u16;
+        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: TUNSETIFF reads and writes a struct ifreq, which ifr is as large as.
+        let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+        assert_eq!(
+            rc,
+            0,
+            "TUNSETIFF {dev}: {}",
+            std::io::Error::last_os_error()
+        );
+        OwnedFd::from(tun)
+    })
+    .join()
+    .expect("making a TUN device")
+}
+
+/// Carries packets read from `from` to `to`, each once it is `delay` old, until `stop`.
+fn delay_pump(
+    from: Arc<OwnedFd>,
+    to: Arc<OwnedFd>,
+    delay: Duration,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let s = Arc::clone(stop);
+    let reader = thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while !s.load(Ordering::SeqCst) {
+            let mut pfd = libc::pollfd {
+                fd: from.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 20) } <= 0 {
+                continue;
+            }
+            // SAFETY: reading into a buffer of its length from an fd we hold.
+            let n = unsafe { libc::read(from.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0
+                && tx
+                    .send((Instant::now() + delay, buf[..n as usize].to_vec()))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let s = Arc::clone(stop);
+    let writer = thread::spawn(move || {
+        while !s.load(Ordering::SeqCst) {
+            let Ok((due, pkt)) = rx.recv_timeout(Duration::from_millis(20)) else {
+                continue;
+            };
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            // SAFETY: writing a buffer of its length to an fd we hold; a packet the stack refuses
+            // is lost, as on a wire.
+            let _ = unsafe { libc::write(to.as_raw_fd(), pkt.as_ptr().cast(), pkt.len()) };
+        }
+    });
+    vec![reader, writer]
+}
+
+impl DelayLine {
+    pub fn new(one_way: Duration) -> DelayLine {
+        let (a, b) = (Netns::new(), Netns::new());
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let (dev_a, dev_b) = (format!("sda{tag}"), format!("sdb{tag}"));
+        let (tun_a, tun_b) = (Arc::new(tun_in(&a, &dev_a)), Arc::new(tun_in(&b, &dev_b)));
+        for (ns, dev, v4, v6) in [
+            (&a, &dev_a, DELAY_A4, DELAY_A6),
+            (&b, &dev_b, DELAY_B4, DELAY_B6),
+        ] {
+            let (v4, v6) = (format!("{v4}/24"), format!("{v6}/64"));
+            ip_ok(&["-n", &ns.name, "addr", "add", &v4, "dev", dev]);
+            ip_ok(&["-n", &ns.name, "addr", "add", &v6, "dev", dev, "nodad"]);
+            ip_ok(&["-n", &ns.name, "link", "set", dev, "up"]);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = delay_pump(Arc::clone(&tun_a), Arc::clone(&tun_b), one_way, &stop);
+        threads.extend(delay_pump(tun_b, tun_a, one_way, &stop));
+        DelayLine {
+            a,
+            b,
+            stop,
+            threads,
+        }
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A TCP counter of a namespace (`RetransSegs` from /proc/net/snmp's `Tcp:` lines, or a `TcpExt:`
 /// one from /proc/net/netstat such as `TCPRetransFail`): what the kernel itself counted there.
 pub fn tcp_counter(ns: &Netns, name: &str) -> u64 {
@@ -1158,6 +1293,8 @@ pub struct Session {
     /// the server never reads: it replies and closes, and its close() resets the connection (unread
     /// data); only with Closer::Server
     pub server_unread: bool,
+    /// the client runs in this other namespace (e.g. [`DelayLine`]'s `a`, the server in `b`)
+    pub client_netns: Option<String>,
 }
 
 impl Session {
@@ -1183,6 +1320,7 @@ impl Session {
             worker_comm: None,
             reset: false,
             server_unread: false,
+            client_netns: None,
         }
     }
 
@@ -1231,6 +1369,9 @@ impl Session {
         }
         if self.server_unread {
             a.push("--server-unread".into());
+        }
+        if let Some(ns) = &self.client_netns {
+            a.extend(["--client-netns".into(), ns.clone()]);
         }
         a
     }

@@ -14,7 +14,8 @@ use super::{Opts, run_limited};
 use crate::{Res, fail, io_fail, is_root};
 
 /// Guest modules (with their dependencies): virtio PCI transport, 9p (job directory, fallback root),
-/// virtiofs (root), overlay (writable root), veth (tests whose traffic crosses two namespaces). Built in
+/// virtiofs (root), overlay (writable root), veth (tests whose traffic crosses two namespaces), tun (tcprtt's
+/// tests: a link that delays packets, tests/common DelayLine). Built in
 /// on some kernels; then they are not needed.
 const MODULES: &[&str] = &[
     "virtio_pci",
@@ -23,9 +24,10 @@ const MODULES: &[&str] = &[
     "virtiofs",
     "overlay",
     "veth",
+    "tun",
 ];
 /// Bump when the kit layout or `MODULES` change: cached kits of another version are fetched again.
-const KIT_VERSION: &str = "2";
+const KIT_VERSION: &str = "3";
 
 const INIT_SH: &str = include_str!("../../vm/init.sh");
 const GUEST_SH: &str = include_str!("../../vm/guest.sh");
