@@ -11,6 +11,7 @@ pub mod tcplife;
 pub mod tcpretrans;
 pub mod tcpstates;
 pub mod tcpsynbl;
+pub mod tcptop;
 pub mod tcptracer;
 
 pub struct Tool {
@@ -64,6 +65,11 @@ pub const TOOLS: &[Tool] = &[
         name: "tcpsynbl",
         about: "accept-queue length of TCP listeners at each new connection (log2 histograms), overflows too",
         run: tcpsynbl::run,
+    },
+    Tool {
+        name: "tcptop",
+        about: "TCP throughput per process and connection, every interval (counted in the kernel)",
+        run: tcptop::run,
     },
     Tool {
         name: "tcptracer",
