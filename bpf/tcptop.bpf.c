@@ -9,8 +9,10 @@
  *    writev(), sendfile() and splice() to a socket (their pages go through sock_sendmsg since 6.5), and
  *    kernel users of kernel_sendmsg(). Receiving through splice() from a socket (tcp_splice_read) does
  *    not: it never calls recvmsg.
- *  - older kernels: fexit on tcp_sendmsg (its return value: bytes taken) and fentry on tcp_cleanup_rbuf
- *    (bytes copied to the reader), as BCC does with kprobes; tcp_cleanup_rbuf also sees splice reads.
+ *  - older kernels: fexit on tcp_sendmsg and tcp_sendpage (their return values: bytes taken; sendfile
+ *    and splice went through the latter before 6.5) and fentry on tcp_cleanup_rbuf (bytes copied to the
+ *    reader), as BCC does with kprobes (which sees no sendpage); tcp_cleanup_rbuf also sees splice
+ *    reads, and a MSG_PEEK's copy.
  *
  * Owner: the task that makes the call. Sends and receives run in the calling process's own context
  * (unlike state changes, which run in softirqs), so the current task is the one moving the bytes; no
@@ -142,6 +144,17 @@ int BPF_PROG(tcptop_send__raw, struct sock *sk, int ret, int flags)
 
 SEC("fexit/tcp_sendmsg")
 int BPF_PROG(tcptop_send__fexit, struct sock *sk, struct msghdr *msg, size_t size, int ret)
+{
+	count_bytes(sk, ret, false, true);
+	return 0;
+}
+
+/* Before 6.5, sendfile() and splice() to a TCP socket (and the kernel's kernel_sendpage()) went through
+ * ->sendpage, tcp_sendpage(), not tcp_sendmsg(): taken with it (the same group and kind, so both or
+ * neither). */
+SEC("fexit/tcp_sendpage")
+int BPF_PROG(tcptop_send__fexit_page, struct sock *sk, struct page *page, int offset, size_t size, int flags,
+	     int ret)
 {
 	count_bytes(sk, ret, false, true);
 	return 0;

@@ -54,6 +54,10 @@ pub struct TransferArgs {
     /// How the client sends.
     #[arg(long, value_enum, default_value = "write")]
     how: How,
+    /// The server runs in this network namespace (`ip netns` name), the client where the command runs
+    /// (the two ends of a veth pair).
+    #[arg(long)]
+    server_netns: Option<String>,
     /// The client prints {"role":"client-ready",...} and waits for a line on stdin before connecting.
     #[arg(long)]
     wait_go: bool,
@@ -103,6 +107,14 @@ pub fn transfer(a: &TransferArgs) -> Result<()> {
 
 fn server(a: &TransferArgs, mut ready: std::fs::File) -> Result<()> {
     set_comm(&a.server_comm)?;
+    if let Some(ns) = &a.server_netns {
+        let f = std::fs::File::open(format!("/run/netns/{ns}"))
+            .with_context(|| format!("network namespace {ns}"))?;
+        // SAFETY: setns on an open namespace file; this process is single-threaded.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error()).context("setns");
+        }
+    }
     let listener = make_listener(a.addr, a.port, 4)?;
     crate::set_rcvtimeo(listener.as_raw_fd(), IO_TIMEOUT + GO_TIMEOUT)?;
     ready.write_all(&listener.local_addr()?.port().to_be_bytes())?;

@@ -10,6 +10,7 @@ pub mod tcpdrop;
 pub mod tcplife;
 pub mod tcpretrans;
 pub mod tcpstates;
+pub mod tcpsubnet;
 pub mod tcpsynbl;
 pub mod tcptop;
 pub mod tcptracer;
@@ -60,6 +61,11 @@ pub const TOOLS: &[Tool] = &[
         name: "tcpstates",
         about: "TCP state changes, with time in each state and the owning process",
         run: tcpstates::run,
+    },
+    Tool {
+        name: "tcpsubnet",
+        about: "TCP bytes sent per destination subnet (IPv4 and IPv6), every interval",
+        run: tcpsubnet::run,
     },
     Tool {
         name: "tcpsynbl",
