@@ -4,6 +4,7 @@
 mod attach;
 mod cli;
 mod filter;
+mod flows;
 mod format;
 mod hist;
 mod ksym;

@@ -23,6 +23,7 @@ mod backlog;
 mod hold;
 mod listen_accept;
 mod stall;
+mod transfer;
 
 /// Read/write/accept timeout of every socket.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,6 +124,9 @@ enum Cmd {
     /// One connection whose traffic the test makes the network lose (tcpretrans tests): connect, wait
     /// for go, write, wait for go, reset.
     Stall(stall::StallArgs),
+    /// One connection moving known byte counts both ways, by write(), sendfile() or splice() (tcptop,
+    /// tcpsubnet tests).
+    Transfer(transfer::TransferArgs),
     /// listen() calls with known outcomes, one JSON line each: explicit port, kernel-picked port,
     /// EADDRINUSE, and non-TCP listens (UDP, a pipe) (solisten tests).
     ListenCases(listen_accept::ListenCasesArgs),
@@ -272,6 +276,7 @@ fn main() {
         Cmd::Accept(a) => listen_accept::accept(&a),
         Cmd::Hold(a) => hold::hold(&a),
         Cmd::Stall(a) => stall::stall(&a),
+        Cmd::Transfer(a) => transfer::transfer(&a),
         Cmd::ListenCases(a) => listen_accept::listen_cases(&a),
         Cmd::Backlog(a) => backlog::backlog(&a),
     };

@@ -225,3 +225,36 @@ fn tcprtt_help_bad_values_ebpf_and_symlink() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("tcprtt"), "{}", text(&o.stdout));
 }
+
+#[test]
+fn tcptop_command_line() {
+    let o = sockray(&["tcptop", "--help"]);
+    assert!(o.status.success(), "tcptop --help: {}", o.status);
+    let out = text(&o.stdout);
+    for flag in [
+        "-C", "-S", "-p", "-4", "-6", "-r", "-s", "--cgroup", "--json", "INTERVAL", "COUNT",
+    ] {
+        assert!(out.contains(flag), "tcptop --help lacks {flag}:\n{out}");
+    }
+    no_panic(&o);
+    let o = sockray(&["tcptop", "--ebpf"]);
+    assert!(o.status.success(), "tcptop --ebpf: {}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("sock_send_length") && out.contains("SEC("),
+        "{out}"
+    );
+    for bad in [&["-s", "bytes"][..], &["0"][..], &["-r", "0"][..]] {
+        let mut args = vec!["tcptop"];
+        args.extend_from_slice(bad);
+        let o = sockray(&args);
+        assert!(!o.status.success(), "tcptop {bad:?} succeeded");
+        assert!(o.stdout.is_empty(), "stdout: {}", text(&o.stdout));
+        no_panic(&o);
+    }
+    let dir = TempDir::new();
+    let link = dir.0.join("tcptop");
+    std::os::unix::fs::symlink(sockray_bin(), &link).unwrap();
+    let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));
+    assert!(o.status.success() && text(&o.stdout).contains("tcptop"));
+}

@@ -11,7 +11,9 @@ pub mod tcplife;
 pub mod tcpretrans;
 pub mod tcprtt;
 pub mod tcpstates;
+pub mod tcpsubnet;
 pub mod tcpsynbl;
+pub mod tcptop;
 pub mod tcptracer;
 
 pub struct Tool {
@@ -67,9 +69,19 @@ pub const TOOLS: &[Tool] = &[
         run: tcpstates::run,
     },
     Tool {
+        name: "tcpsubnet",
+        about: "TCP bytes sent per destination subnet (IPv4 and IPv6), every interval",
+        run: tcpsubnet::run,
+    },
+    Tool {
         name: "tcpsynbl",
         about: "accept-queue length of TCP listeners at each new connection (log2 histograms), overflows too",
         run: tcpsynbl::run,
+    },
+    Tool {
+        name: "tcptop",
+        about: "TCP throughput per process and connection, every interval (counted in the kernel)",
+        run: tcptop::run,
     },
     Tool {
         name: "tcptracer",

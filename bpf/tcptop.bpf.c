@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* tcptop (and tcpsubnet): bytes sent and received per flow, counted in the kernel; user space reads the
+ * counts once per interval. Nothing per send or receive reaches user space.
+ *
+ * Hooks, alternatives for the attach layer (src/attach.rs):
+ *  - sock:sock_send_length / sock:sock_recv_length (Linux 6.3+; tp_btf, else raw_tp): called from
+ *    sock_sendmsg()/sock_recvmsg() with what the protocol's sendmsg/recvmsg returned, in the task that
+ *    made the call. Every way of sending through the socket layer passes there: write(), send*(),
+ *    writev(), sendfile() and splice() to a socket (their pages go through sock_sendmsg since 6.5), and
+ *    kernel users of kernel_sendmsg(). Receiving through splice() from a socket (tcp_splice_read) does
+ *    not: it never calls recvmsg.
+ *  - older kernels: fexit on tcp_sendmsg and tcp_sendpage (their return values: bytes taken; sendfile
+ *    and splice went through the latter before 6.5) and fentry on tcp_cleanup_rbuf (bytes copied to the
+ *    reader), as BCC does with kprobes (which sees no sendpage); tcp_cleanup_rbuf also sees splice
+ *    reads, and a MSG_PEEK's copy.
+ *
+ * Owner: the task that makes the call. Sends and receives run in the calling process's own context
+ * (unlike state changes, which run in softirqs), so the current task is the one moving the bytes; no
+ * socket-owner map is needed (a socket shared by two processes shows as two flows, one per process,
+ * which is what BCC shows too).
+ *
+ * Counting, and reading without losing counts: the programs add into a hash map reached through a
+ * one-slot array of maps (`flows`). User space keeps two such hash maps and, at each interval, points
+ * the slot at the empty one; the kernel's update of a map-in-map slot returns only after an RCU grace
+ * period (synchronize_rcu(), so that user space knows no program still uses the old inner map: every
+ * BPF program of ours runs inside an RCU read-side section), after which nothing can write into the
+ * retired map any more; it is then read and emptied at leisure (batch lookup-and-delete) and becomes
+ * the spare for the next interval. A per-key lookup-then-delete on one live map would lose what a
+ * program adds between the two; reading cumulative counters and subtracting would never free the
+ * entries of flows that ended. A flow that finds the map full is counted as lost (lost_capacity). */
+#include "common.bpf.h"
+#include "tcptop.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct tcptop_key _tcptop_key = {};
+struct tcptop_val _tcptop_val = {};
+
+#define MSG_PEEK 2
+
+/* user space sets both inner maps' size before load (--max-flows); they must match (map-in-map) */
+struct tcptop_flows {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct tcptop_key);
+	__type(value, struct tcptop_val);
+} flows_a SEC(".maps"), flows_b SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct tcptop_flows);
+} flows SEC(".maps") = {
+	.values = { [0] = &flows_a },
+};
+
+/* direct: a typed sk (tp_btf, fentry/fexit): plain loads; else helper reads (raw_tp) */
+static __always_inline void count_bytes(const struct sock *sk, int bytes, bool rx, bool direct)
+{
+	struct tcptop_key key;
+	struct tcptop_val *v;
+	void *inner;
+	__u64 pid_tgid;
+	__u32 zero = 0;
+	__u16 family;
+
+	if (bytes <= 0 || !sk)
+		return;
+	if (SK_FIELD(direct, sk, sk_protocol) != IPPROTO_TCP)
+		return;
+	family = SK_FIELD(direct, sk, __sk_common.skc_family);
+	if (!family_ok(family))
+		return;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (!tgid_ok(pid_tgid >> 32) || (pid_tgid >> 32) == self_tgid)
+		return;
+	if (filter_cgroup_id && !cgroup_ok(bpf_get_current_cgroup_id()))
+		return;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.pid = pid_tgid >> 32;
+	key.family = family;
+	key.lport = SK_FIELD(direct, sk, __sk_common.skc_num);
+	key.rport = bpf_ntohs(SK_FIELD(direct, sk, __sk_common.skc_dport));
+	if (direct) {
+		if (family == AF_INET6) {
+			__builtin_memcpy(key.laddr, SK_D(sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8), 16);
+			__builtin_memcpy(key.raddr, SK_D(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8), 16);
+		} else {
+			*(__u32 *)key.laddr = SK_D(sk, __sk_common.skc_rcv_saddr);
+			*(__u32 *)key.raddr = SK_D(sk, __sk_common.skc_daddr);
+		}
+	} else if (family == AF_INET6) {
+		SK_R_INTO(&key.laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		SK_R_INTO(&key.raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		SK_R_INTO((__u32 *)key.laddr, sk, __sk_common.skc_rcv_saddr);
+		SK_R_INTO((__u32 *)key.raddr, sk, __sk_common.skc_daddr);
+	}
+	if (!ports_ok(key.lport, key.rport))
+		return;
+
+	inner = bpf_map_lookup_elem(&flows, &zero);
+	if (!inner)
+		return;
+	v = bpf_map_lookup_elem(inner, &key);
+	if (!v) {
+		struct tcptop_val fresh = {};
+
+		fresh.uid = (__u32)bpf_get_current_uid_gid();
+		bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+		/* -EEXIST: another CPU inserted it first; else (-E2BIG) the map is full */
+		if (bpf_map_update_elem(inner, &key, &fresh, BPF_NOEXIST) && !bpf_map_lookup_elem(inner, &key)) {
+			count_lost_as(LOST_CAPACITY);
+			return;
+		}
+		v = bpf_map_lookup_elem(inner, &key);
+		if (!v)
+			return;
+	}
+	if (rx) {
+		__sync_fetch_and_add(&v->rx_bytes, bytes);
+		__sync_fetch_and_add(&v->rx_calls, 1);
+	} else {
+		__sync_fetch_and_add(&v->tx_bytes, bytes);
+		__sync_fetch_and_add(&v->tx_calls, 1);
+	}
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(tcptop_send__btf, struct sock *sk, int ret, int flags)
+{
+	count_bytes(sk, ret, false, true);
+	return 0;
+}
+
+SEC("raw_tp/sock_send_length")
+int BPF_PROG(tcptop_send__raw, struct sock *sk, int ret, int flags)
+{
+	count_bytes(sk, ret, false, false);
+	return 0;
+}
+
+SEC("fexit/tcp_sendmsg")
+int BPF_PROG(tcptop_send__fexit, struct sock *sk, struct msghdr *msg, size_t size, int ret)
+{
+	count_bytes(sk, ret, false, true);
+	return 0;
+}
+
+/* Before 6.5, sendfile() and splice() to a TCP socket (and the kernel's kernel_sendpage()) went through
+ * ->sendpage, tcp_sendpage(), not tcp_sendmsg(): taken with it (the same group and kind, so both or
+ * neither). */
+SEC("fexit/tcp_sendpage")
+int BPF_PROG(tcptop_send__fexit_page, struct sock *sk, struct page *page, int offset, size_t size, int flags,
+	     int ret)
+{
+	count_bytes(sk, ret, false, true);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(tcptop_recv__btf, struct sock *sk, int ret, int flags)
+{
+	/* a peek leaves the bytes queued: they are counted when read */
+	if (!(flags & MSG_PEEK))
+		count_bytes(sk, ret, true, true);
+	return 0;
+}
+
+SEC("raw_tp/sock_recv_length")
+int BPF_PROG(tcptop_recv__raw, struct sock *sk, int ret, int flags)
+{
+	if (!(flags & MSG_PEEK))
+		count_bytes(sk, ret, true, false);
+	return 0;
+}
+
+SEC("fentry/tcp_cleanup_rbuf")
+int BPF_PROG(tcptop_recv__fentry, struct sock *sk, int copied)
+{
+	count_bytes(sk, copied, true, true);
+	return 0;
+}

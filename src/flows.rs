@@ -1,0 +1,135 @@
+//! Bytes per flow, counted in the kernel (bpf/tcptop.bpf.c): the machinery tcptop and tcpsubnet share.
+//! The BPF programs add into whichever of two hash maps the one-slot array of maps `flows` points at;
+//! [`FlowCounter::take`] points it at the other (the kernel returns from that update only after an RCU
+//! grace period, when no program can still be writing into the old one), then drains the old one. No
+//! count is lost between the read and the clear, and the entries of flows that ended are freed each
+//! interval.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use anyhow::{Context, Result};
+use libbpf_rs::libbpf_sys;
+use libbpf_rs::{MapCore, MapFlags};
+
+pub mod skel {
+    include!(concat!(env!("OUT_DIR"), "/tcptop.skel.rs"));
+}
+pub use skel::{TcptopSkelBuilder, types};
+
+/// One flow's counts over an interval.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub key: types::tcptop_key,
+    pub val: types::tcptop_val,
+}
+
+/// Which of the two inner maps the programs write into.
+pub struct FlowCounter {
+    active_b: bool,
+}
+
+impl FlowCounter {
+    pub fn new() -> FlowCounter {
+        // the object starts with flows_a in the slot (bpf/tcptop.bpf.c)
+        FlowCounter { active_b: false }
+    }
+
+    /// Everything counted since the last call, and the retired map emptied.
+    pub fn take(&mut self, maps: &skel::TcptopMaps) -> Result<Vec<Flow>> {
+        let (retired, next) = if self.active_b {
+            (&maps.flows_b, &maps.flows_a)
+        } else {
+            (&maps.flows_a, &maps.flows_b)
+        };
+        let fd = next.as_fd().as_raw_fd() as u32;
+        // waits for every program that may still hold the retired map (synchronize_rcu in the kernel)
+        maps.flows
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .context("switching the flow maps")?;
+        self.active_b = !self.active_b;
+        drain(retired)
+    }
+}
+
+impl Default for FlowCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn parse(k: &[u8], v: &[u8]) -> Option<Flow> {
+    Some(Flow {
+        key: crate::runtime::read_event(k)?,
+        val: crate::runtime::read_event(v)?,
+    })
+}
+
+/// Reads and deletes every entry of a map no program writes into any more: in batches (Linux 5.6+),
+/// else one key at a time.
+fn drain(map: &impl MapCore) -> Result<Vec<Flow>> {
+    const BATCH: u32 = 1024;
+    let ks = map.key_size() as usize;
+    let vs = map.value_size() as usize;
+    let mut out = Vec::new();
+    let mut keys = vec![0u8; ks * BATCH as usize];
+    let mut vals = vec![0u8; vs * BATCH as usize];
+    let mut token = vec![0u8; ks];
+    let mut first = true;
+    let opts = libbpf_sys::bpf_map_batch_opts {
+        sz: size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    loop {
+        let mut count = BATCH;
+        let mut next = vec![0u8; ks];
+        // SAFETY: buffers sized for BATCH keys and values; the tokens are key-sized.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_lookup_and_delete_batch(
+                map.as_fd().as_raw_fd(),
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    token.as_mut_ptr().cast()
+                },
+                next.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                vals.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        // libbpf returns -errno
+        let err = if rc < 0 { -rc } else { 0 };
+        if err != 0 && err != libc::ENOENT {
+            if first && out.is_empty() {
+                // no batch operations here: one key at a time
+                return drain_by_key(map);
+            }
+            return Err(std::io::Error::from_raw_os_error(err)).context("reading the flow map");
+        }
+        for i in 0..count as usize {
+            if let Some(f) = parse(&keys[i * ks..(i + 1) * ks], &vals[i * vs..(i + 1) * vs]) {
+                out.push(f);
+            }
+        }
+        if err == libc::ENOENT {
+            return Ok(out);
+        }
+        token = next;
+        first = false;
+    }
+}
+
+fn drain_by_key(map: &impl MapCore) -> Result<Vec<Flow>> {
+    let keys: Vec<Vec<u8>> = map.keys().collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if let Some(v) = map.lookup(&k, MapFlags::ANY)?
+            && let Some(f) = parse(&k, &v)
+        {
+            out.push(f);
+        }
+        let _ = map.delete(&k);
+    }
+    Ok(out)
+}

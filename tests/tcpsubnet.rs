@@ -1,0 +1,140 @@
+//! `sockray tcpsubnet` against known traffic: a client in one namespace sending known byte counts to a
+//! server at the other end of a veth pair (sockray-testgen `transfer --server-netns`), IPv4 and IPv6,
+//! summed per subnet over the intervals: exact, the first matching subnet in the order given taking
+//! each flow; BCC's -J and units; BCC's default list. Needs root and BTF; see common::require_bpf.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use serde_json::Value;
+
+/// Runs testgen `transfer` from a to a server in b; returns the (server, client) lines.
+fn veth_transfer(v: &VethPair, addr: &str, send: u64, reply: u64) -> (Value, Value) {
+    let (send, reply) = (send.to_string(), reply.to_string());
+    let lines = run_gen(
+        &v.a,
+        &gen_args(&[
+            "transfer",
+            "--addr",
+            addr,
+            "--server-netns",
+            &v.b.name,
+            "--send",
+            &send,
+            "--reply",
+            &reply,
+            "--write-size",
+            "1000",
+        ]),
+    );
+    let role = |r: &str| lines.iter().find(|l| l["role"] == r).cloned().unwrap();
+    (role("server"), role("client"))
+}
+
+/// tx_bytes summed per subnet over every interval (sockray's --json).
+fn sums(rows: &[Value]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for r in rows {
+        assert_keys(r, &["time_ns", "tick", "subnet", "tx_bytes"]);
+        assert!(u(r, "tx_bytes") > 0, "{r}");
+        *m.entry(s(r, "subnet").to_string()).or_default() += u(r, "tx_bytes");
+    }
+    m
+}
+
+#[test]
+fn two_subnets_over_a_veth_pair() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let v = VethPair::new();
+    // the client's flows go to 10.77.0.2 (the /32), the server's replies to 10.77.0.1 (the /24)
+    let t = Tracer::start(
+        "tcpsubnet",
+        &["10.77.0.2/32,10.77.0.0/24,fd77::/64", "-i", "1"],
+    );
+    let (s4, c4) = veth_transfer(&v, VETH_B4, 300_000, 12_345);
+    let (s6, c6) = veth_transfer(&v, VETH_B6, 70_000, 777);
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    let m = sums(&trace.rows);
+    assert_eq!(m.get("10.77.0.2/32"), Some(&u(&c4, "sent")), "{m:?}");
+    assert_eq!(m.get("10.77.0.0/24"), Some(&u(&s4, "sent")), "{m:?}");
+    assert_eq!(
+        m.get("fd77::/64"),
+        Some(&(u(&c6, "sent") + u(&s6, "sent"))),
+        "{m:?}"
+    );
+    assert_eq!(m.len(), 3, "{m:?}");
+}
+
+/// BCC's -J: an object per interval with the date and time, values in the unit of -f (bits here).
+#[test]
+fn bcc_json_in_bits() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let v = VethPair::new();
+    let t = Tracer::text("tcpsubnet", &["-J", "-f", "b", "fd77::/64,10.77.0.0/24"]);
+    let (s4, c4) = veth_transfer(&v, VETH_B4, 40_000, 1_000);
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let lines = t.stop_text();
+    let mut bits = 0;
+    let mut objects = 0;
+    for l in &lines {
+        let j: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
+        assert!(j["date"].is_string() && j["time"].is_string(), "{j}");
+        objects += 1;
+        if let Some(b) = j["10.77.0.0/24"].as_u64() {
+            bits += b;
+        }
+        assert!(j.get("fd77::/64").is_none(), "{j}");
+    }
+    assert!(objects >= 1, "{lines:?}");
+    assert_eq!(bits, 8 * (u(&c4, "sent") + u(&s4, "sent")), "{lines:?}");
+}
+
+/// No list: BCC's; loopback traffic counts in 127.0.0.1/32 (the host's own loopback traffic may add).
+#[test]
+fn default_subnets() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let t = Tracer::start("tcpsubnet", &[]);
+    let lines = run_gen(
+        &ns,
+        &gen_args(&[
+            "transfer",
+            "--addr",
+            "127.0.0.1",
+            "--send",
+            "500000",
+            "--reply",
+            "500",
+        ]),
+    );
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    let m = sums(&trace.rows);
+    let sent: u64 = lines.iter().filter_map(|l| l["sent"].as_u64()).sum();
+    assert!(m.get("127.0.0.1/32").copied().unwrap_or(0) >= sent, "{m:?}");
+    for k in m.keys() {
+        assert!(
+            [
+                "127.0.0.1/32",
+                "10.0.0.0/8",
+                "172.16.0.0/12",
+                "192.168.0.0/16",
+                "0.0.0.0/0"
+            ]
+            .contains(&k.as_str()),
+            "{m:?}"
+        );
+    }
+}

@@ -1,0 +1,405 @@
+//! `sockray tcptop` against known traffic: processes with known names moving known byte counts both
+//! ways in a namespace of their own (sockray-testgen `transfer`: write(), sendfile(), splice()), each
+//! flow's RX/TX summed over the intervals against what each side says it sent and received (exactly:
+//! the counts are what the calls returned), the filters, the intervals while the tool keeps running, the
+//! count argument and the screen. Needs root and BTF; see common::require_bpf.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const KEYS: &[&str] = &[
+    "time_ns", "tick", "pid", "comm", "uid", "ip", "laddr", "lport", "raddr", "rport", "rx_bytes",
+    "tx_bytes", "rx_kb", "tx_kb", "rx_calls", "tx_calls",
+];
+
+/// Runs testgen `transfer` in ns; returns its (server, client) lines.
+fn transfer(ns: &Netns, args: &[&str]) -> (Value, Value) {
+    let mut a = vec!["transfer"];
+    a.extend_from_slice(args);
+    let lines = run_gen(ns, &gen_args(&a));
+    let role = |r: &str| {
+        lines
+            .iter()
+            .find(|v| v["role"] == r)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {r} line: {lines:?}"))
+    };
+    (role("server"), role("client"))
+}
+
+/// The rows of one side's flow (its pid and local port).
+fn rows_of_side<'a>(rows: &'a [Value], side: &Value) -> Vec<&'a Value> {
+    rows.iter()
+        .filter(|r| r.get("pid").is_some() && u(r, "pid") == u(side, "pid"))
+        .filter(|r| u(r, "lport") == u(side, "lport"))
+        .collect()
+}
+
+/// Checks one side's flow: every row's fields, and RX/TX summed over the intervals against what the
+/// side moved. Returns the number of intervals it appeared in.
+fn check_side(rows: &[Value], side: &Value) -> usize {
+    let mine = rows_of_side(rows, side);
+    assert!(!mine.is_empty(), "no row for {side}: {rows:?}");
+    let (mut rx, mut tx) = (0, 0);
+    let mut ticks = BTreeSet::new();
+    for r in &mine {
+        assert_keys(r, KEYS);
+        assert_eq!(s(r, "comm"), s(side, "comm"), "{r}");
+        assert_eq!(u(r, "uid"), u(side, "uid"), "{r}");
+        assert_eq!(u(r, "ip"), u(side, "family"), "{r}");
+        assert_eq!(s(r, "laddr"), s(side, "laddr"), "{r}");
+        assert_eq!(s(r, "raddr"), s(side, "raddr"), "{r}");
+        assert_eq!(u(r, "rport"), u(side, "rport"), "{r}");
+        assert_eq!(u(r, "rx_kb"), u(r, "rx_bytes") / 1024, "{r}");
+        assert_eq!(u(r, "tx_kb"), u(r, "tx_bytes") / 1024, "{r}");
+        assert!(u(r, "rx_bytes") + u(r, "tx_bytes") > 0, "an empty row: {r}");
+        assert!(
+            ticks.insert(u(r, "tick")),
+            "two rows in one interval: {mine:?}"
+        );
+        rx += u(r, "rx_bytes");
+        tx += u(r, "tx_bytes");
+    }
+    assert_eq!(rx, u(side, "received"), "RX of {side}: {mine:?}");
+    assert_eq!(tx, u(side, "sent"), "TX of {side}: {mine:?}");
+    ticks.len()
+}
+
+fn both_ways_env(addr: &str, how: &str, env: &[(&str, &str)]) {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let t = Tracer::start_env("tcptop", &["1"], env);
+    let (srv, cli) = transfer(
+        &ns,
+        &[
+            "--addr",
+            addr,
+            "--send",
+            "1000000",
+            "--reply",
+            "123457",
+            "--write-size",
+            "1000",
+            "--how",
+            how,
+            "--server-comm",
+            "tt-srv",
+            "--client-comm",
+            "tt-cli",
+        ],
+    );
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    assert_eq!(u(&cli, "sent"), 1_000_000);
+    check_side(&trace.rows, &srv);
+    check_side(&trace.rows, &cli);
+    // the client's sends, one call each (a sendfile or splice of 1000 bytes is one sendmsg too on
+    // Linux 6.5+; before, the fallback's tcp_sendpage runs once per page, a piece may span two)
+    let calls: u64 = rows_of_side(&trace.rows, &cli)
+        .iter()
+        .map(|r| u(r, "tx_calls"))
+        .sum();
+    let mine = rows_of_side(&trace.rows, &cli);
+    if how == "write" || has_length_tracepoints() {
+        assert_eq!(calls, 1000, "{mine:?}");
+    } else {
+        assert!((1000..=2000).contains(&calls), "{mine:?}");
+    }
+}
+
+/// sock:sock_send_length and sock_recv_length (Linux 6.3+).
+fn has_length_tracepoints() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| {
+            std::path::Path::new(t)
+                .join("events/sock/sock_send_length")
+                .is_dir()
+        })
+}
+
+#[test]
+fn v4_bytes_both_ways() {
+    both_ways_env("127.0.0.1", "write", &[]);
+}
+
+#[test]
+fn v6_bytes_both_ways() {
+    both_ways_env("::1", "write", &[]);
+}
+
+#[test]
+fn sendfile_counted() {
+    both_ways_env("127.0.0.1", "sendfile", &[]);
+}
+
+#[test]
+fn splice_counted() {
+    both_ways_env("::1", "splice", &[]);
+}
+
+/// The raw_tp path; on a kernel without the length tracepoints (before 6.3), an error that names them.
+#[test]
+fn raw_tp_path() {
+    if !require_bpf() {
+        return;
+    }
+    if has_length_tracepoints() {
+        both_ways_env("127.0.0.1", "write", &[("SOCKRAY_ATTACH", "raw_tp")]);
+        return;
+    }
+    let out = run_timeout(
+        std::process::Command::new(sockray_bin())
+            .args(["tcptop", "1", "1"])
+            .env("SOCKRAY_ATTACH", "raw_tp"),
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("sock:sock_send_length") && err.contains("Linux 6.3+"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// -p: only the client's flow, though the server moves as many bytes.
+#[test]
+fn pid_filter() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut g = Gen::spawn(
+        &ns,
+        &gen_args(&[
+            "transfer",
+            "--addr",
+            "127.0.0.1",
+            "--send",
+            "50000",
+            "--reply",
+            "70000",
+            "--wait-go",
+            "--client-comm",
+            "tt-pid-cli",
+        ]),
+    );
+    let ready = g.wait_role("client-ready", Duration::from_secs(10));
+    let pid = u(&ready, "pid").to_string();
+    let t = Tracer::start("tcptop", &["-p", &pid, "1"]);
+    g.go();
+    let lines = g.finish(Duration::from_secs(30));
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    let cli = lines.iter().find(|v| v["role"] == "client").unwrap();
+    check_side(&trace.rows, cli);
+    for r in &trace.rows {
+        assert_eq!(u(r, "pid").to_string(), pid, "another process: {r}");
+    }
+}
+
+/// -4 and -6: the other family's flows are not counted.
+fn family_filter(flag: &str, want: u64) {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let t = Tracer::start("tcptop", &[flag, "1"]);
+    let (s4, c4) = transfer(
+        &ns,
+        &["--addr", "127.0.0.1", "--send", "4444", "--reply", "44"],
+    );
+    let (s6, c6) = transfer(&ns, &["--addr", "::1", "--send", "6666", "--reply", "66"]);
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    let (keep, gone) = if want == 4 {
+        ([s4, c4], [s6, c6])
+    } else {
+        ([s6, c6], [s4, c4])
+    };
+    for side in &keep {
+        check_side(&trace.rows, side);
+    }
+    for side in &gone {
+        assert!(
+            rows_of_side(&trace.rows, side).is_empty(),
+            "{:?}",
+            trace.rows
+        );
+    }
+    for r in &trace.rows {
+        assert_eq!(u(r, "ip"), want, "{r}");
+    }
+}
+
+#[test]
+fn ipv4_only() {
+    family_filter("-4", 4);
+}
+
+#[test]
+fn ipv6_only() {
+    family_filter("-6", 6);
+}
+
+/// A person watching: each interval's rows appear on its tick while the tool keeps running, at a
+/// trickle of 100 bytes every 100 ms, and the intervals add up to every byte.
+#[test]
+fn live_intervals_at_a_trickle() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let t = Tracer::start("tcptop", &["1"]);
+    let started = Instant::now();
+    let g = Gen::spawn(
+        &ns,
+        &gen_args(&[
+            "transfer",
+            "--addr",
+            "127.0.0.1",
+            "--send",
+            "4000",
+            "--write-size",
+            "100",
+            "--gap-ms",
+            "100",
+            "--client-comm",
+            "tt-trickle",
+        ]),
+    );
+    // two intervals with the client's bytes while it still sends (it takes ~4 s)
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2 {
+        let (tick, _) = t.wait_line(
+            "an interval of the trickle",
+            Duration::from_millis(2500),
+            |l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v["comm"] == "tt-trickle" && !seen.contains(&v["tick"].as_u64()?))
+                    .then(|| v["tick"].as_u64())?
+            },
+        );
+        seen.insert(tick);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(3800),
+        "the intervals came late: {:?}",
+        started.elapsed()
+    );
+    let lines = g.finish(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(1200));
+    let trace = t.stop();
+    let cli = lines.iter().find(|v| v["role"] == "client").unwrap();
+    let srv = lines.iter().find(|v| v["role"] == "server").unwrap();
+    assert!(check_side(&trace.rows, cli) >= 3);
+    check_side(&trace.rows, srv);
+}
+
+/// `tcptop 1 2`: two intervals, then it exits by itself, with the lost record last.
+#[test]
+fn count_ends_the_run() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let started = Instant::now();
+    let out = run_timeout(
+        std::process::Command::new(sockray_bin()).args(["tcptop", "--json", "1", "2"]),
+        Duration::from_secs(20),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["lost"], 0, "{text}");
+    for l in text.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        if let Some(tick) = v["tick"].as_u64() {
+            assert!(tick == 1 || tick == 2, "{v}");
+        }
+    }
+}
+
+/// The screen in a pipe: BCC's header and `addr:port` columns, KiB, no clear codes; on a terminal the
+/// screen is cleared each interval unless -C.
+#[test]
+fn table_in_a_pipe_and_on_a_terminal() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let t = Tracer::text("tcptop", &["1"]);
+    let (srv, cli) = transfer(
+        &ns,
+        &[
+            "--addr",
+            "127.0.0.1",
+            "--send",
+            "204800",
+            "--reply",
+            "10240",
+            "--client-comm",
+            "tt-table-cli",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1300));
+    let lines = t.stop_text();
+    let text = lines.join("\n");
+    assert!(!text.contains('\x1b'), "clear codes in a pipe: {text}");
+    assert!(
+        lines[0].starts_with("Tracing... Output every 1 secs"),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(" loadavg: ")),
+        "no summary line: {text}"
+    );
+    assert!(
+        lines.iter().any(|l| l
+            == "PID    COMM         LADDR                 RADDR                  RX_KB  TX_KB")
+    );
+    let ep = |side: &Value, a: &str, p: &str| format!("{}:{}", s(side, a), u(side, p));
+    let row = |side: &Value, rx: u64, tx: u64| {
+        format!(
+            "{:<6} {:<12} {:<21} {:<21} {:>6} {:>6}",
+            u(side, "pid"),
+            s(side, "comm"),
+            ep(side, "laddr", "lport"),
+            ep(side, "raddr", "rport"),
+            rx,
+            tx
+        )
+    };
+    assert!(lines.contains(&row(&cli, 10, 200)), "{text}");
+    assert!(lines.contains(&row(&srv, 200, 10)), "{text}");
+
+    // a terminal: cleared each interval; -C: not
+    for (args, cleared) in [(&["1"][..], true), (&["-C", "1"][..], false)] {
+        let t = Tracer::launch("tcptop", args, &[], false, Sink::Pty);
+        std::thread::sleep(Duration::from_millis(2300));
+        let text = t.stop_text().join("\n");
+        assert_eq!(
+            text.contains("\x1b[H\x1b[2J"),
+            cleared,
+            "{args:?}: {text:?}"
+        );
+    }
+}
