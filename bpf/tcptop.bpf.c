@@ -10,9 +10,8 @@
  *    kernel users of kernel_sendmsg(). Receiving through splice() from a socket (tcp_splice_read) does
  *    not: it never calls recvmsg.
  *  - older kernels: fexit on tcp_sendmsg and tcp_sendpage (their return values: bytes taken; sendfile
- *    and splice went through the latter before 6.5) and fentry on tcp_cleanup_rbuf (bytes copied to the
- *    reader), as BCC does with kprobes (which sees no sendpage); tcp_cleanup_rbuf also sees splice
- *    reads, and a MSG_PEEK's copy.
+ *    and splice went through the latter before 6.5) and on tcp_recvmsg (bytes read); BCC's kprobes
+ *    see no sendpage, and count reads on tcp_cleanup_rbuf (see below).
  *
  * Owner: the task that makes the call. Sends and receives run in the calling process's own context
  * (unlike state changes, which run in softirqs), so the current task is the one moving the bytes; no
@@ -177,9 +176,28 @@ int BPF_PROG(tcptop_recv__raw, struct sock *sk, int ret, int flags)
 	return 0;
 }
 
-SEC("fentry/tcp_cleanup_rbuf")
-int BPF_PROG(tcptop_recv__fentry, struct sock *sk, int copied)
+/* tcp_recvmsg's return value: bytes read. Its parameters changed in 5.19 (nonblock went): user space
+ * reads their number from the kernel's BTF (5 now, 6 before), the return value follows them; the
+ * verifier sees the constant and walks only the branch that fits. (BCC's tcp_cleanup_rbuf runs several
+ * times in a recvmsg that waits for more data, each with the total so far: it counts bytes twice.) */
+const volatile __u32 recvmsg_nargs = 0;
+
+SEC("fexit/tcp_recvmsg")
+int tcptop_recv__fexit(unsigned long long *ctx)
 {
-	count_bytes(sk, copied, true, true);
+	struct sock *sk = (struct sock *)ctx[0];
+	int ret, flags;
+
+	if (recvmsg_nargs == 6) {
+		flags = (int)ctx[4];
+		ret = (int)ctx[6];
+	} else if (recvmsg_nargs == 5) {
+		flags = (int)ctx[3];
+		ret = (int)ctx[5];
+	} else {
+		return 0;
+	}
+	if (!(flags & MSG_PEEK))
+		count_bytes(sk, ret, true, true);
 	return 0;
 }

@@ -16,6 +16,46 @@ pub mod skel {
 }
 pub use skel::{TcptopSkelBuilder, types};
 
+/// The number of tcp_recvmsg's parameters in the running kernel's BTF (5 since Linux 5.19, 6 before),
+/// for the fallback that reads its return value (bpf/tcptop.bpf.c); 0 when not known, or when the
+/// kernel has sock:sock_recv_length (6.3+), which is used instead.
+pub fn recvmsg_nargs() -> u32 {
+    let has_tp = crate::attach::tracefs_root().is_some_and(|t| {
+        std::path::Path::new(t)
+            .join("events/sock/sock_recv_length")
+            .is_dir()
+    });
+    if has_tp {
+        return 0;
+    }
+    // SAFETY: libbpf's BTF API: the loaded BTF is freed before return, the type pointers it gives are
+    // read only while it lives.
+    unsafe {
+        let btf = libbpf_sys::btf__load_vmlinux_btf();
+        if btf.is_null() || (btf as isize) < 0 && (btf as isize) > -4096 {
+            return 0;
+        }
+        let id = libbpf_sys::btf__find_by_name_kind(
+            btf,
+            c"tcp_recvmsg".as_ptr(),
+            libbpf_sys::BTF_KIND_FUNC,
+        );
+        let mut n = 0;
+        if id > 0 {
+            let func = libbpf_sys::btf__type_by_id(btf, id as u32);
+            if !func.is_null() {
+                let proto = libbpf_sys::btf__type_by_id(btf, (*func).__bindgen_anon_1.type_);
+                if !proto.is_null() {
+                    n = (*proto).info & 0xffff;
+                }
+            }
+        }
+        libbpf_sys::btf__free(btf);
+        crate::cli::debug(format_args!("tcp_recvmsg has {n} parameters (BTF)"));
+        n
+    }
+}
+
 /// One flow's counts over an interval.
 #[derive(Clone, Copy)]
 pub struct Flow {

@@ -153,8 +153,11 @@ pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<
 }
 
 /// `SOCKRAY_MAP_ENTRIES=name=N[,name=N...]`: these maps of the tool's object hold N entries (for the
-/// tests, which fill a map on purpose to check that what found no room is counted).
+/// tests, which fill a map on purpose to check that what found no room is counted); for an array of
+/// maps, the maps it holds (tcptop's `flows=N,flows_a=N,flows_b=N`).
 fn resize_maps(obj: &mut OpenObject, sizes: &str) -> Result<()> {
+    let mut map_in_map_sizes: Vec<(String, u32)> = Vec::new();
+    let mut sized: Vec<String> = Vec::new();
     for item in sizes.split(',').filter(|s| !s.is_empty()) {
         let (name, n) = item
             .split_once('=')
@@ -164,7 +167,42 @@ fn resize_maps(obj: &mut OpenObject, sizes: &str) -> Result<()> {
             .maps_mut()
             .find(|m| m.name() == name)
             .ok_or_else(|| anyhow!("SOCKRAY_MAP_ENTRIES: no map {name:?}"))?;
+        if matches!(
+            map.map_type(),
+            libbpf_rs::MapType::ArrayOfMaps | libbpf_rs::MapType::HashOfMaps
+        ) {
+            // an array of maps: the size of the maps it holds, to go with the same size given to those
+            // maps (named in the same list); its template is then a map made here like them
+            map_in_map_sizes.push((name.to_string(), n));
+            continue;
+        }
         map.set_max_entries(n)?;
+        sized.push(name.to_string());
+    }
+    for (outer, n) in map_in_map_sizes {
+        // the template: like the first other map named (same type, key and value), n entries
+        let like = obj
+            .maps()
+            .find(|m| sized.iter().any(|s| m.name() == s.as_str()))
+            .map(|m| (m.map_type(), m.key_size(), m.value_size(), m.map_flags()))
+            .ok_or_else(|| {
+                anyhow!("SOCKRAY_MAP_ENTRIES: {outer}=N needs the maps it holds sized too")
+            })?;
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: like.3,
+            ..Default::default()
+        };
+        let template =
+            libbpf_rs::MapHandle::create(like.0, Some("tmpl"), like.1, like.2, n, &opts)?;
+        // kept for the process's life: libbpf creates the array of maps at load with it
+        let template: &'static libbpf_rs::MapHandle = Box::leak(Box::new(template));
+        let mut map = obj
+            .maps_mut()
+            .find(|m| m.name() == outer.as_str())
+            .ok_or_else(|| anyhow!("SOCKRAY_MAP_ENTRIES: no map {outer:?}"))?;
+        use std::os::fd::AsFd;
+        map.set_inner_map_fd(template.as_fd())?;
     }
     Ok(())
 }
@@ -365,9 +403,11 @@ fn size_event_ring(obj: &mut OpenObject, tool: &str) {
 /// tcplife and tcptracer write one record per socket as it closes (tcplife's: 120 bytes with its
 /// header), tcpstates three (FIN_WAIT1, FIN_WAIT2, CLOSE; CLOSE_WAIT, LAST_ACK, CLOSE); tools whose
 /// records are not per socket (retransmits, connects) are sized the same as one record a socket.
+/// tcptop and tcpsubnet write no records (their counts are read from maps): the object's floor.
 fn ring_bytes_per_socket(tool: &str) -> u64 {
     match tool {
         "tcpstates" => 3 * 128,
+        "tcptop" | "tcpsubnet" => 0,
         _ => 128,
     }
 }

@@ -241,6 +241,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         cgroup_id: a.cgroup,
         ..Default::default()
     };
+    let nargs = crate::flows::recvmsg_nargs();
     let mut storage = MaybeUninit::uninit();
     let (skel, _links) = load_tool!(
         TcptopSkelBuilder,
@@ -248,7 +249,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         "tcptop",
         &a.common,
         &filters,
-        |_| {}
+        |ro: &mut crate::flows::types::rodata| ro.recvmsg_nargs = nargs
     );
     let obj = skel.object();
     let mode = a.common.mode(false);
