@@ -188,12 +188,19 @@ int tcptop_recv__fexit(unsigned long long *ctx)
 	struct sock *sk = (struct sock *)ctx[0];
 	int ret, flags;
 
+	/* barrier_var: each branch keeps its own constant offsets. Without it clang loads through one
+	 * computed index (ctx + 8 * (3 or 4)), which 5.10's verifier refuses ("dereference of modified ctx
+	 * ptr"), as it does not drop the branch the constant rules out before looking at the loads. */
 	if (recvmsg_nargs == 6) {
 		flags = (int)ctx[4];
 		ret = (int)ctx[6];
+		barrier_var(flags);
+		barrier_var(ret);
 	} else if (recvmsg_nargs == 5) {
 		flags = (int)ctx[3];
 		ret = (int)ctx[5];
+		barrier_var(flags);
+		barrier_var(ret);
 	} else {
 		return 0;
 	}
