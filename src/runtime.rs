@@ -1388,13 +1388,22 @@ fn is_io_error(e: &anyhow::Error) -> bool {
     })
 }
 
+/// With --verbose, the line that says the tool is attached and its rows are live from now on, with its
+/// start-up time (the tests wait for it).
+pub fn say_ready(verbose: bool) {
+    if verbose {
+        crate::cli::say(format_args!(
+            "sockray: ready ({:.1} ms after start)",
+            since_start_ms()
+        ));
+    }
+}
+
 /// The body of a counting run (`-c`): says it is tracing (stderr, BCC's words), then waits until
 /// SIGINT/SIGTERM/SIGHUP; the counts are in the tool's maps.
 pub fn wait_for_stop(obj: &Object, tracing: &str, verbose: bool) -> Result<()> {
     crate::cli::say(format_args!("{tracing}"));
-    if verbose {
-        eprintln!("sockray: ready ({:.1} ms after start)", since_start_ms());
-    }
+    say_ready(verbose);
     event_loop(obj, |_| Ok(()), None, || Ok(true), None)
 }
 
@@ -1443,9 +1452,7 @@ pub fn print_events<T: Copy>(
     duration: Option<Duration>,
     mut row: impl FnMut(&T) -> Option<(u64, crate::output::Fields)>,
 ) -> Result<()> {
-    if verbose {
-        eprintln!("sockray: ready ({:.1} ms after start)", since_start_ms());
-    }
+    say_ready(verbose);
     printer.header()?;
     let looped = event_loop(
         obj,

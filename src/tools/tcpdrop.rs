@@ -408,12 +408,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         // parsed meanwhile on a thread)
         s.wait(runtime::stopped);
     }
-    if a.common.verbose {
-        eprintln!(
-            "sockray: ready ({:.1} ms after start)",
-            runtime::since_start_ms()
-        );
-    }
+    runtime::say_ready(a.common.verbose);
     printer.header()?;
     let table = mode != Mode::Json;
     let looped = runtime::event_loop(

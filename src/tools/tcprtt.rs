@@ -364,12 +364,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         extension: a.extension,
     };
     let mut printer = Printer::new(mode, Vec::new(), TimeCols::default());
-    if a.common.verbose {
-        eprintln!(
-            "sockray: ready ({:.1} ms after start)",
-            runtime::since_start_ms()
-        );
-    }
+    runtime::say_ready(a.common.verbose);
     if mode != Mode::Json {
         let mut out = std::io::stdout().lock();
         match a.duration {

@@ -293,10 +293,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
                 s.text, s.net, s.prefix
             ));
         }
-        eprintln!(
-            "sockray: ready ({:.1} ms after start)",
-            runtime::since_start_ms()
-        );
+        runtime::say_ready(true);
     }
     if mode != Mode::Json && !a.bcc_json {
         let mut out = std::io::stdout().lock();

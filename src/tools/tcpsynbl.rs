@@ -341,12 +341,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let obj = skel.object();
     let map = &skel.maps.synbl_hists;
     let mut printer = Printer::new(mode, Vec::new(), TimeCols::default());
-    if a.common.verbose {
-        eprintln!(
-            "sockray: ready ({:.1} ms after start)",
-            runtime::since_start_ms()
-        );
-    }
+    runtime::say_ready(a.common.verbose);
     if mode != Mode::Json {
         let mut out = std::io::stdout().lock();
         writeln!(out, "Tracing SYN backlog size. Ctrl-C to end.")?;

@@ -256,12 +256,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let mut printer = Printer::new(mode, Vec::new(), TimeCols::default());
     let clear = !a.noclear && stdout_is_tty();
     let mut counter = FlowCounter::new();
-    if a.common.verbose {
-        eprintln!(
-            "sockray: ready ({:.1} ms after start)",
-            runtime::since_start_ms()
-        );
-    }
+    runtime::say_ready(a.common.verbose);
     if mode != Mode::Json {
         let mut out = std::io::stdout().lock();
         writeln!(
