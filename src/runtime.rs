@@ -922,7 +922,7 @@ impl Lost {
 /// runs their nested twins made in their place (`LOST_RESCUED`, see bpf/common.bpf.h), and the state
 /// changes no program of its saw at all ([`UnseenCount`]). A twin's own misses are not counted: it is
 /// skipped only while it runs already, and when that is outside a nested run its primary runs; when
-/// inside one, its primary's miss is counted and not rescued.
+/// inside one, its primary's miss is counted and not rescued (they are not in `obj`: [`TwinJob`]).
 pub fn lost_events(obj: &Object) -> Lost {
     // Each counter read once, in an order where a run between two reads can only make the total
     // larger, never hide a loss: the rescued runs before the misses they rescued, the program's runs
@@ -931,7 +931,7 @@ pub fn lost_events(obj: &Object) -> Lost {
     let runs = lost_counter(obj, STATE_RUNS);
     let misses: Vec<(String, u64)> = obj
         .progs()
-        .filter(|p| p.autoload() && !is_twin(&p.name().to_string_lossy()))
+        .filter(|p| p.autoload()) // (the twins load in an object of their own, TwinJob)
         .map(|p| {
             (
                 p.name().to_string_lossy().into_owned(),
@@ -1093,7 +1093,7 @@ impl UnseenCount {
             return;
         }
         let Some(prog) = obj.progs().find(|p| {
-            p.autoload() && !is_twin(&p.name().to_string_lossy()) && {
+            p.autoload() && {
                 let (_, target) = attach::parse_section(&p.section().to_string_lossy());
                 target == "inet_sock_set_state"
             }
