@@ -296,13 +296,29 @@ fn filtered(
     );
     if want_client {
         check_rows(&cr, &h.cli, &h.cli, false, "R", "SYN_SENT");
-        assert!(!cr.is_empty(), "{flags:?}: no client rows");
+        assert!(
+            !cr.is_empty(),
+            "{flags:?}: no client rows (client {}, RetransSegs +{} / +{}); rows: {:?}; stderr:\n{}",
+            h.cli,
+            h.a_delta,
+            h.b_delta,
+            trace.rows,
+            trace.stderr
+        );
     } else {
         assert!(cr.is_empty(), "{flags:?} shows the client's rows: {cr:?}");
     }
     if want_server {
         check_rows(&sr, &h.lsn, &h.cli, true, "S", "NEW_SYN_RECV");
-        assert!(!sr.is_empty(), "{flags:?}: no listener rows");
+        assert!(
+            !sr.is_empty(),
+            "{flags:?}: no listener rows (client {}, RetransSegs +{} / +{}); rows: {:?}; stderr:\n{}",
+            h.cli,
+            h.a_delta,
+            h.b_delta,
+            trace.rows,
+            trace.stderr
+        );
     } else {
         assert!(sr.is_empty(), "{flags:?} shows the listener's rows: {sr:?}");
     }
