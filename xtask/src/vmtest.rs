@@ -18,7 +18,7 @@
 //!   `default` sets `SOCKRAY_ATTACH=<path>` in the guest (src/attach.rs).
 //! - Results: `target/vmtest/results.json`, one record per (kernel series, path, test binary), written as
 //!   each VM run ends; a new run replaces the records of the same triples and keeps the others.
-//!   `--report` renders them into README.md between `<!-- vmtest:begin -->` and `<!-- vmtest:end -->`.
+//!   `--report` renders them into docs/kernels.md between `<!-- vmtest:begin -->` and `<!-- vmtest:end -->`.
 //! - Limits: 300 s per test binary (busybox `timeout` in the guest), `--timeout` (120 s + 120 s per test binary) per VM; QEMU
 //!   and virtiofsd are stopped by their PIDs.
 
@@ -68,7 +68,7 @@ options:
                     \"Oops: int3\" in syscall_exit_to_user_mode_prepare on 6.12 and 7.3. By default
                     both guest CPUs run on one host thread.
   --verbose         show the guest console and every test binary's output
-  --report          regenerate the README.md kernel table from target/vmtest/results.json, run nothing
+  --report          regenerate the kernel table (docs/kernels.md) from target/vmtest/results.json, run nothing
 
 Kernels are cached in target/vmtest/kernels (or $VMTEST_CACHE/kernels); apt lists are refreshed daily.
 Needs root for virtiofs (else the slower 9p is used); installs qemu-system-x86, busybox-static, xz-utils,
@@ -294,7 +294,7 @@ pub fn cmd(args: &[OsString]) -> Res {
     println!("\n{text}");
     println!(
         "xtask: vmtest: {} VM run(s) in {}; results in {} ({} record(s)); \
-         `cargo xtask vmtest --report` puts them into README.md",
+         `cargo xtask vmtest --report` puts them into docs/kernels.md",
         kernels.len() * o.paths.len(),
         fmt_secs(t0.elapsed().as_secs_f64()),
         file.display(),
