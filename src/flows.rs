@@ -11,6 +11,29 @@ use anyhow::{Context, Result};
 use libbpf_rs::libbpf_sys;
 use libbpf_rs::{MapCore, MapFlags};
 
+/// `--max-flows`: tcptop's and tcpsubnet's room for flows per interval.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FlowTable {
+    /// room for this many flows (process and both ends) per interval; a flow that finds no room is
+    /// counted (lost_capacity); default: 16,384, or twice the TCP sockets at start when there are more
+    #[arg(long = "max-flows", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_flows: Option<u32>,
+}
+
+/// The flow table's default room (bpf/tcptop.bpf.c's `max_entries`).
+const FLOWS_FLOOR: u64 = 16_384;
+
+impl FlowTable {
+    /// Sizes both flow maps (and the array of maps' template) before the tool loads.
+    pub fn apply(&self) {
+        let n = crate::runtime::flow_entries(self.max_flows, FLOWS_FLOOR);
+        crate::runtime::set_map_entries(
+            format!("flows={n},flows_a={n},flows_b={n}"),
+            "raise it with --max-flows N",
+        );
+    }
+}
+
 pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/tcptop.skel.rs"));
 }

@@ -135,6 +135,9 @@ pub fn prepare(obj: &mut OpenObject, tool: &str, common: &Common) -> Result<Vec<
     let chosen = attach::choose(obj, tool, common.verbose).map(|c| hold_back_twins(obj, c));
     crate::cli::debug(format_args!("{:.1} ms: hooks chosen", since_start_ms()));
     size_event_ring(obj, tool);
+    if let Some(sizes) = MAP_ENTRIES.get() {
+        resize_maps(obj, sizes)?;
+    }
     if let Some(sizes) = std::env::var_os("SOCKRAY_MAP_ENTRIES") {
         resize_maps(obj, &sizes.to_string_lossy())?;
     }
@@ -293,6 +296,26 @@ fn slot_mask_of(setting: Option<&str>) -> u32 {
 }
 
 static MAX_SOCKETS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Map sizes a tool's flags set (`name=N[,name=N...]`, as `SOCKRAY_MAP_ENTRIES`, which overrides them).
+static MAP_ENTRIES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// What the lost-event report tells a user to raise when a table was full.
+static CAPACITY_HINT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// A tool's own map sizes (`name=N[,name=N...]`, see [`resize_maps`]) and what to say when one is full
+/// (e.g. "raise it with --max-flows N"). Call before the tool loads.
+pub fn set_map_entries(sizes: String, hint: &'static str) {
+    let _ = MAP_ENTRIES.set(sizes);
+    let _ = CAPACITY_HINT.set(hint);
+}
+
+/// The room of a per-flow table (tcptop's and tcpsubnet's flows per interval): `flag`, else `floor`, or
+/// twice the TCP sockets at start when there are more (at most 1/4 of memory's KiB, 2^28).
+pub fn flow_entries(flag: Option<u32>, floor: u64) -> u32 {
+    let m = Machine::now();
+    sock_map_entries(flag, floor, m.tcp_sockets, m.mem_kib)
+}
 
 /// `--max-sockets N` (tools with socket-owner records): the room for records where the kernel cannot
 /// keep them with their socket. Call before the tool loads.
@@ -909,9 +932,13 @@ impl Lost {
         }
         if self.capacity > 0 {
             lines.push(format!(
-                "sockray: {tool}: {} records could not be kept (a table was full; for sockets, raise it \
-                 with --max-sockets N): their events are missing, or show what was not known as unknown",
-                self.capacity
+                "sockray: {tool}: {} records could not be kept (a table was full; {}): their events are \
+                 missing, or show what was not known as unknown",
+                self.capacity,
+                CAPACITY_HINT
+                    .get()
+                    .copied()
+                    .unwrap_or("for sockets, raise it with --max-sockets N")
             ));
         }
         (!lines.is_empty()).then(|| lines.join("\n"))

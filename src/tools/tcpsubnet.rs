@@ -55,6 +55,8 @@ struct Args {
     #[arg(short = 'i', long = "interval", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     interval: u64,
     #[command(flatten)]
+    flows: crate::flows::FlowTable,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -253,6 +255,7 @@ fn print_interval(
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
+    a.flows.apply();
     if a.common.ebpf {
         return cli::print_ebpf("tcptop");
     }

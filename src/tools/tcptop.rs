@@ -72,6 +72,8 @@ struct Args {
     #[arg(value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     #[command(flatten)]
+    flows: crate::flows::FlowTable,
+    #[command(flatten)]
     common: Common,
 }
 
@@ -232,6 +234,7 @@ fn stdout_is_tty() -> bool {
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
+    a.flows.apply();
     if a.common.ebpf {
         return cli::print_ebpf("tcptop");
     }
