@@ -13,6 +13,7 @@
  * state-change program and the refresh hooks of sockowner.bpf.h); a drop runs in softirq, where the task
  * on the CPU is unrelated. No socket (a SYN to a closed port: NO_SOCKET), or one with no record: pid 0.
  * A request socket (NEW_SYN_RECV) is its listener's. */
+#define __TARGET_ARCH_x86 /* BPF_KPROBE's register layout (sockray ships x86_64 only) */
 #include "common.bpf.h"
 #include "sockowner.bpf.h"
 #include "tcpdrop.h"
@@ -58,17 +59,16 @@ static __always_inline bool reason_ok(__u32 reason)
 	return reason_bits[idx] & (1 << (reason & 7));
 }
 
-/* ctx: the tracepoint's arguments (skb, location[, reason[, rx_sk]]); `direct` as for SK_FIELD (true in
- * the tp_btf program, where skb and the sockets are typed pointers). */
-static __always_inline int on_kfree_skb(unsigned long long *ctx, bool direct)
+/* A dropped packet skb, for the socket sk (NULL: take skb->sk), with reason (TCPDROP_NO_REASON: none)
+ * freed at location (0: unknown); ctx is the program's context (for the stack). `direct` as for SK_FIELD
+ * (true in the tp_btf and fentry programs, where skb and the sockets are typed pointers). */
+static __always_inline int on_drop(void *ctx, struct sk_buff *skb, struct sock *sk, __u32 reason, __u64 location,
+				   bool direct)
 {
-	struct sk_buff *skb = (struct sk_buff *)ctx[0];
 	struct tcpdrop_event *e;
 	struct sock_owner o = {};
-	struct sock *sk = NULL;
 	unsigned char *head;
 	__u16 proto, nh, sport, dport, lport, rport, family;
-	__u32 reason = TCPDROP_NO_REASON;
 	__u8 l3[40], th[14], state = 0;
 	__u64 thaddr;
 
@@ -93,11 +93,8 @@ static __always_inline int on_kfree_skb(unsigned long long *ctx, bool direct)
 		family = AF_INET6;
 		thaddr = (__u64)(head + nh) + 40;
 	}
-	if (has_reason) {
-		reason = (__u32)ctx[2];
-		if (!reason_ok(reason))
-			return 0;
-	}
+	if (reason != TCPDROP_NO_REASON && !reason_ok(reason))
+		return 0;
 	if (!family_ok(family))
 		return 0;
 	if (bpf_probe_read_kernel(th, sizeof(th), (void *)thaddr))
@@ -105,8 +102,6 @@ static __always_inline int on_kfree_skb(unsigned long long *ctx, bool direct)
 	sport = ((__u16)th[0] << 8) | th[1];
 	dport = ((__u16)th[2] << 8) | th[3];
 
-	if (has_rx_sk)
-		sk = (struct sock *)ctx[3];
 	if (!sk)
 		sk = SKB_FIELD(direct, skb, sk);
 	lport = dport; /* received: the destination is local */
@@ -139,7 +134,7 @@ static __always_inline int on_kfree_skb(unsigned long long *ctx, bool direct)
 		return 0;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->skaddr = (__u64)sk;
-	e->location = ctx[1];
+	e->location = location;
 	e->owner = o;
 	e->stack_id = -1;
 	if (want_stack) {
@@ -168,6 +163,15 @@ static __always_inline int on_kfree_skb(unsigned long long *ctx, bool direct)
 	return 0;
 }
 
+/* ctx: the tracepoint's arguments (skb, location[, reason[, rx_sk]]) */
+static __always_inline int on_kfree_skb(unsigned long long *ctx, bool direct)
+{
+	__u32 reason = has_reason ? (__u32)ctx[2] : TCPDROP_NO_REASON;
+	struct sock *sk = has_rx_sk ? (struct sock *)ctx[3] : NULL;
+
+	return on_drop(ctx, (struct sk_buff *)ctx[0], sk, reason, ctx[1], direct);
+}
+
 SEC("tp_btf/kfree_skb")
 int tcpdrop_drop__btf(unsigned long long *ctx)
 {
@@ -178,6 +182,21 @@ SEC("raw_tp/kfree_skb")
 int tcpdrop_drop__raw(unsigned long long *ctx)
 {
 	return on_kfree_skb(ctx, false);
+}
+
+/* Before Linux 5.17 (kfree_skb without a reason), TCP dropped what it received through tcp_drop(), which
+ * frees with __kfree_skb: no tracepoint. There (and only there: user space leaves these out when kfree_skb
+ * has its reason, since tcp_drop then frees through it) the function itself, by fentry or a kprobe. */
+SEC("fentry/tcp_drop")
+int BPF_PROG(opt_tcpdrop_tcp_drop__fentry, struct sock *sk, struct sk_buff *skb)
+{
+	return on_drop(ctx, skb, sk, TCPDROP_NO_REASON, 0, true);
+}
+
+SEC("kprobe/tcp_drop")
+int BPF_KPROBE(opt_tcpdrop_tcp_drop__kprobe, struct sock *sk, struct sk_buff *skb)
+{
+	return on_drop(ctx, skb, sk, TCPDROP_NO_REASON, 0, false);
 }
 
 /* the socket-owner records kept with the sockets' state changes */

@@ -528,19 +528,17 @@ fn live_rows_into_a_file() {
 /// drops each copy (TCP_OLD_DATA, or TCP_OLD_SEQUENCE once its window moved past it; 6.1 names that
 /// one TCP_INVALID_SEQUENCE), counted in its DelayedACKLost. The socket is the connection's (rx_sk,
 /// Linux 6.12+: owned by the listener's process until one reads it, ESTABLISHED); before 6.12 the
-/// tracepoint has no socket for it and the owner is shown unknown (0), never guessed. 5.10 frees such
-/// data without the tracepoint (tcp_drop): not run there.
+/// tracepoint has no socket for it and the owner is shown unknown (0), never guessed. Before 5.17 TCP
+/// frees such data in tcp_drop(), without the tracepoint: the tool hooks tcp_drop() there (fentry, else a
+/// kprobe), which has the socket, and shows no reason.
 #[test]
 fn old_data_dropped_by_its_socket() {
     if !require_bpf() {
         return;
     }
-    if !has_reasons() {
-        eprintln!("note: Linux 5.10's tcp_drop() frees without the kfree_skb tracepoint");
-        return;
-    }
     let _serial = serial();
-    let with_sk = kfree_skb_format().contains(" rx_sk;");
+    let reasons = has_reasons();
+    let with_sk = kfree_skb_format().contains(" rx_sk;") || !reasons;
     let pair = VethPair::new();
     let port = pick_port();
     let p = port.to_string();
@@ -590,16 +588,25 @@ fn old_data_dropped_by_its_socket() {
     std::thread::sleep(SETTLE);
     let trace = t.stop();
     drop(lsn);
+    if !reasons && trace.stderr.contains("tcp_drop() is out of reach") {
+        // Debian's 5.10 inlines tcp_drop(): the tool says so at start (checked), and nothing else can
+        eprintln!("note: tcp_drop() is inlined in this kernel: TCP's own drops are not visible");
+        return;
+    }
     let rows: Vec<&Value> = trace
         .rows
         .iter()
         .filter(|r| {
             u(r, "dport") == port as u64
                 && r["sport"] == c["lport"]
-                && matches!(
-                    s(r, "reason"),
-                    "TCP_OLD_DATA" | "TCP_OLD_SEQUENCE" | "TCP_INVALID_SEQUENCE"
-                )
+                && if reasons {
+                    matches!(
+                        s(r, "reason"),
+                        "TCP_OLD_DATA" | "TCP_OLD_SEQUENCE" | "TCP_INVALID_SEQUENCE"
+                    )
+                } else {
+                    r["reason"].is_null()
+                }
         })
         .collect();
     assert_eq!(

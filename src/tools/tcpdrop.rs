@@ -1,8 +1,9 @@
 //! tcpdrop: TCP packets the kernel dropped, with the socket's owner, the kernel's drop reason by name and
 //! the kernel stack that dropped them (BCC's tcpdrop, on the skb:kfree_skb tracepoint).
-//! Hooks: skb:kfree_skb (tp_btf, else raw_tp) and the socket-owner component's (sock:inet_sock_set_state
-//! and its refresh). Reason names from the running kernel's BTF (`enum skb_drop_reason`: the numbers
-//! differ between kernels); stacks named from /proc/kallsyms (src/symbolize.rs).
+//! Hooks: skb:kfree_skb (tp_btf, else raw_tp), before Linux 5.17 also tcp_drop() (fentry, else a kprobe),
+//! and the socket-owner component's (sock:inet_sock_set_state and its refresh). Reason names from the
+//! running kernel's BTF (`enum skb_drop_reason`: the numbers differ between kernels); stacks named from
+//! /proc/kallsyms (src/symbolize.rs).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -253,7 +254,15 @@ fn event_fields(
                 Value::Null
             },
         ),
-        ("location", Value::Hex(e.location)),
+        (
+            "location",
+            // tcp_drop()'s hook has no location of its own: its caller is the stack's first frame
+            if e.location != 0 {
+                Value::Hex(e.location)
+            } else {
+                Value::Null
+            },
+        ),
     ]);
     if table {
         f.extend([
@@ -319,6 +328,17 @@ fn is_tracing_frame(frame: &str) -> bool {
         "__traceiter_",
         "trace_kfree_skb",
         "0x",
+        // fentry's trampoline, a kprobe's handlers (tcp_drop() on kernels before 5.17)
+        "bpf_trampoline_",
+        "kprobe_",
+        "aggr_pre_handler",
+        "opt_pre_handler",
+        "trace_call_bpf",
+        "ftrace_",
+        "arch_ftrace_",
+        "optimized_callback",
+        "exc_int3",
+        "asm_exc_int3",
     ]
     .iter()
     .any(|p| frame.starts_with(p))
@@ -365,8 +385,34 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             ro.want_stack = (!a.no_stack) as u8;
             ro.reason_bits = bits;
             ro.reason_high_ok = high_ok as u8;
-        }
+        },
+        // tcp_drop() (fentry, else a kprobe) only where TCP's own drops miss the tracepoint
+        |prog: &str| has_reason && prog.starts_with("opt_tcpdrop_tcp_drop__")
     );
+    if !has_reason {
+        let hooked = skel
+            .object()
+            .progs()
+            .find(|p| {
+                p.name()
+                    .to_string_lossy()
+                    .starts_with("opt_tcpdrop_tcp_drop__")
+                    && p.autoload()
+            })
+            .map(|p| p.name().to_string_lossy().into_owned());
+        match hooked {
+            Some(p) => cli::debug(format_args!(
+                "tcpdrop: TCP's own drops: {p} (tcp_drop() frees without the tracepoint before Linux 5.17)"
+            )),
+            // said always: an empty screen would otherwise read as "no drops"
+            None => eprintln!(
+                "tcpdrop: note: this kernel frees what TCP itself drops (old or out-of-window data, a full \
+                 receive queue, ...) in tcp_drop(), without the skb:kfree_skb tracepoint (Linux 5.17+ has \
+                 it), and tcp_drop() is out of reach here (inlined: no fentry or kprobe on it); those drops \
+                 are not shown, the ones freed through kfree_skb() are (a SYN to a closed port, a bad checksum)"
+            ),
+        }
+    }
     cli::debug(format_args!(
         "tcpdrop: skb:kfree_skb {}; the socket: {}; reasons shown: {}",
         if has_reason {
@@ -376,8 +422,10 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         },
         if has_rx_sk {
             "rx_sk (Linux 6.12+), else skb->sk"
-        } else {
+        } else if has_reason {
             "skb->sk"
+        } else {
+            "skb->sk; TCP's own drops (tcp_drop(), which frees without the tracepoint) from fentry/kprobe tcp_drop with its socket, where one loads"
         },
         if !has_reason {
             "all".to_string()
