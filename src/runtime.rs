@@ -351,12 +351,23 @@ pub fn place_sock_records(obj: &mut OpenObject, chosen: &[Choice]) -> bool {
     // the size bpf/common.bpf.h declares (SOCK_MAP_ENTRIES) is the floor; with socket-local storage
     // the hash map takes only the seeding walk's records (sockets that exist now, whose slot is taken),
     // and a smaller floor does: its bucket array is allocated and zeroed at start (65,536: ~1 ms)
+    // without it, the hash map takes every record that finds no slot, sockets that come after the
+    // start too: at least what the kernel itself sized for the machine (net.ipv4.tcp_max_orphans,
+    // scaled with memory at boot: 131,072 on a 24 GiB machine), when the map is not preallocated (see
+    // prealloc_maps_if_needed, which goes back to the declared floor where it preallocates)
+    let declared = u64::from(map.max_entries());
     let floor = if storage {
         SEEDED_ONLY_FLOOR
     } else {
-        u64::from(map.max_entries())
+        declared.max(tcp_max_orphans().unwrap_or(0).min(1 << 20))
     };
     let entries = sock_map_entries(MAX_SOCKETS.get().copied(), floor, machine, mem);
+    let _ = SOCK_OWNERS_PREALLOCATED.set(sock_map_entries(
+        MAX_SOCKETS.get().copied(),
+        if storage { SEEDED_ONLY_FLOOR } else { declared },
+        machine,
+        mem,
+    ));
     if let Err(e) = map.set_max_entries(entries) {
         crate::cli::debug(format_args!("sock_owners: cannot size to {entries}: {e}"));
     }
@@ -507,6 +518,20 @@ fn mem_total_kib(meminfo: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// `sock_owners`'s size when it is preallocated (no floor from net.ipv4.tcp_max_orphans: every entry
+/// would cost its ~90 bytes at start).
+static SOCK_OWNERS_PREALLOCATED: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// net.ipv4.tcp_max_orphans: the kernel's own figure for how many TCP sockets this machine may hold
+/// without a process (scaled with its memory at boot).
+fn tcp_max_orphans() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_max_orphans")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Before the BPF memory allocator (Linux 6.1), the verifier warns once per boot, tainting the kernel
 /// ("trace type BPF program uses run-time allocation"), when a kprobe, tracepoint or raw_tp program uses
 /// a hash map created with BPF_F_NO_PREALLOC. On such kernels, and only when such a program is to be
@@ -536,6 +561,13 @@ pub fn prealloc_maps_if_needed(obj: &mut OpenObject) {
         // socket-local storage is never preallocated (and is not a hash map)
         if flags & no_prealloc != 0 && m.map_type() != libbpf_rs::MapType::SkStorage {
             let name = m.name().to_string_lossy().into_owned();
+            if name == "sock_owners"
+                && let Some(&n) = SOCK_OWNERS_PREALLOCATED.get()
+                && n < m.max_entries()
+                && m.set_max_entries(n).is_ok()
+            {
+                crate::cli::debug(format_args!("sock_owners: {n} entries, preallocated"));
+            }
             match m.set_map_flags(flags & !no_prealloc) {
                 Ok(()) => crate::cli::debug(format_args!(
                     "{name}: preallocated (this kernel has no BPF memory allocator)"
