@@ -138,3 +138,65 @@ fn default_subnets() {
         );
     }
 }
+
+/// A person watching: each interval's line for the subnet appears on its tick while the tool keeps
+/// running, at a trickle of 100 bytes every 100 ms across the veth pair, and the intervals add up to
+/// every byte the client sent.
+#[test]
+fn live_intervals_at_a_trickle() {
+    if !length_hooks_run("tcpsubnet") {
+        return;
+    }
+    let _serial = serial();
+    let v = VethPair::new();
+    let t = Tracer::start("tcpsubnet", &["10.77.0.2/32", "-i", "1"]);
+    let started = std::time::Instant::now();
+    let g = Gen::spawn(
+        &v.a,
+        &gen_args(&[
+            "transfer",
+            "--addr",
+            VETH_B4,
+            "--server-netns",
+            &v.b.name,
+            "--send",
+            "4000",
+            "--write-size",
+            "100",
+            "--gap-ms",
+            "100",
+            "--client-comm",
+            "ts-trickle",
+        ]),
+    );
+    // two intervals of the client's bytes while it still sends (it takes ~4 s)
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 2 {
+        let (tick, _) = t.wait_line(
+            "an interval of the trickle",
+            std::time::Duration::from_millis(2500),
+            |l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v["subnet"] == "10.77.0.2/32" && !seen.contains(&v["tick"].as_u64()?))
+                    .then(|| v["tick"].as_u64())?
+            },
+        );
+        seen.insert(tick);
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(3800),
+        "the intervals came late: {:?}",
+        started.elapsed()
+    );
+    let lines = g.finish(std::time::Duration::from_secs(30));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let trace = t.stop();
+    let cli = lines.iter().find(|l| l["role"] == "client").unwrap();
+    assert_eq!(
+        sums(&trace.rows).get("10.77.0.2/32").copied(),
+        Some(u(cli, "sent")),
+        "{:?}",
+        trace.rows
+    );
+    assert_eq!(u(cli, "sent"), 4000);
+}
