@@ -30,6 +30,10 @@
 //!   traced intervals (its start-up is not counted);
 //! - sockray's lost-event count (its `{"lost": N}` record) over all of its runs.
 //!
+//! `--load transfer` replaces the connection flood with one loopback connection carrying 1 KiB writes
+//! (the worst case for a hook per send, receive or segment: tcptop, tcpsubnet, tcprtt, measured under
+//! it by default), marked every 10,000 writes; rates and BPF time are then per write.
+//!
 //! Figures are ratios against baselines run in the same invocation; nothing here asserts timings.
 
 use std::io::Read;
@@ -56,6 +60,8 @@ pub struct Options {
     pub starts: usize,
     /// the start-up measurement only
     pub startup_only: bool,
+    /// what the load generator does while the tracers come and go
+    pub load: Load,
 }
 
 impl Default for Options {
@@ -66,18 +72,77 @@ impl Default for Options {
             verbose: false,
             starts: 11,
             startup_only: false,
+            load: Load::Connections,
         }
     }
 }
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
-pub const TOOLS: [&str; 5] = [
+pub const TOOLS: [&str; 8] = [
     "tcplife",
     "tcpstates",
     "tcpconnect",
     "tcpretrans",
     "tcpsynbl",
+    "tcptop",
+    "tcpsubnet",
+    "tcprtt",
 ];
+
+/// The tools on the data path (a hook per send, receive or segment), measured by default under the
+/// transfer load (`--load transfer`); the others by default under the connection flood.
+pub const DATA_PATH_TOOLS: [&str; 3] = ["tcptop", "tcpsubnet", "tcprtt"];
+
+/// The load the tracers are measured under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// sequential loopback connections (connect, 1 byte, accept, read, close): per-connection hooks
+    Connections,
+    /// one loopback connection carrying 1 KiB writes (the worst case for per-send hooks)
+    Transfer,
+}
+
+impl Load {
+    pub fn parse(s: &str) -> Option<Load> {
+        match s {
+            "conn" | "connections" => Some(Load::Connections),
+            "transfer" | "xfer" => Some(Load::Transfer),
+            _ => None,
+        }
+    }
+
+    /// `__load`'s argument
+    fn arg(self) -> &'static str {
+        match self {
+            Load::Connections => "conn",
+            Load::Transfer => "transfer",
+        }
+    }
+
+    /// Operations per mark: ~25 ms at this machine's rate (~10,000 connections/s; ~400,000 writes/s),
+    /// fine enough for intervals of half a second.
+    fn mark_every(self) -> u32 {
+        match self {
+            Load::Connections => 250,
+            Load::Transfer => 10_000,
+        }
+    }
+
+    /// the unit of the rate and of the per-operation figures
+    fn unit(self) -> &'static str {
+        match self {
+            Load::Connections => "CONN",
+            Load::Transfer => "WRITE",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Load::Connections => "a running loopback connection load",
+            Load::Transfer => "a running loopback transfer in 1 KiB writes",
+        }
+    }
+}
 
 unsafe extern "C" {
     safe fn kill(pid: i32, sig: i32) -> i32;
@@ -525,16 +590,14 @@ fn mono_ns() -> u64 {
 /// network namespace of its own, pinned to the last CPU, reporting the time of every W-th connection.
 struct Generator {
     child: Child,
-    /// the times (mono_ns) at which it had made 0, W, 2W, ... connections
+    /// the times (mono_ns) at which it had made 0, W, 2W, ... connections (or writes)
     marks: thread::JoinHandle<Vec<u64>>,
+    every: u32,
     _ns: Netns,
 }
 
-/// Connections per mark: ~25 ms at this machine's rate, fine enough for intervals of half a second.
-const MARK_EVERY: u32 = 250;
-
 impl Generator {
-    fn start(max_s: u64) -> Result<Generator, String> {
+    fn start(max_s: u64, load: Load) -> Result<Generator, String> {
         let ns = Netns::new()?;
         let exe = env::current_exe().map_err(|e| e.to_string())?;
         // pinned to one CPU: cross-CPU wake-ups between the generator's client and server threads made
@@ -543,7 +606,12 @@ impl Generator {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns.0, "taskset", "-c", &cpu])
             .arg(exe)
-            .args(["__load", &MARK_EVERY.to_string(), &max_s.to_string()])
+            .args([
+                "__load",
+                &load.mark_every().to_string(),
+                &max_s.to_string(),
+                load.arg(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -559,6 +627,7 @@ impl Generator {
         Ok(Generator {
             child,
             marks,
+            every: load.mark_every(),
             _ns: ns,
         })
     }
@@ -574,21 +643,21 @@ impl Generator {
         if !status.success() {
             return Err(format!("load generator failed ({status})"));
         }
-        Ok(Marks(marks))
+        Ok(Marks(marks, self.every))
     }
 }
 
-/// The generator's marks: the times at which it had made 0, W, 2W, ... connections.
-struct Marks(Vec<u64>);
+/// The generator's marks: the times at which it had made 0, W, 2W, ... operations; and W.
+struct Marks(Vec<u64>, u32);
 
 impl Marks {
-    /// Connections made within [a, b) (whole windows of MARK_EVERY only) and the seconds they took.
+    /// Operations made within [a, b) (whole windows of W only) and the seconds they took.
     fn within(&self, a: u64, b: u64) -> Option<(u64, f64)> {
         let first = self.0.iter().position(|&t| t >= a)?;
         let last = self.0.iter().rposition(|&t| t <= b)?;
         (last > first).then(|| {
             (
-                (last - first) as u64 * MARK_EVERY as u64,
+                (last - first) as u64 * self.1 as u64,
                 (self.0[last] - self.0[first]) as f64 / 1e9,
             )
         })
@@ -609,6 +678,7 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
             .ok_or("__load W MAX_S")
     };
     let (every, max_s) = (arg(0)?, arg(1)?);
+    let transfer = args.get(2).and_then(|a| a.to_str()) == Some("transfer");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -620,6 +690,9 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
     }
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if transfer {
+        return transfer_load(listener, every, max_s, &stop);
+    }
     thread::spawn(move || {
         loop {
             let Ok((mut s, _)) = listener.accept() else {
@@ -649,6 +722,44 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
     }
     // the server thread is blocked in accept(): leave without joining it
     std::process::exit(0)
+}
+
+/// `__load W MAX_S transfer`: one loopback connection, the client writing 1 KiB at a time (one write()
+/// each) until stdin closes (or MAX_S seconds), the server reading 64 KiB at a time; prints the time at
+/// the start and after every W writes.
+fn transfer_load(
+    listener: TcpListener,
+    every: u64,
+    max_s: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = vec![0u8; 65536];
+        while matches!(s.read(&mut buf), Ok(k) if k > 0) {}
+    });
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let chunk = [b'x'; 1024];
+    let deadline = Instant::now() + Duration::from_secs(max_s);
+    println!("{}", mono_ns());
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        std::io::Write::write_all(&mut s, &chunk).map_err(|e| e.to_string())?;
+        n += 1;
+        if n.is_multiple_of(every) {
+            println!("{}", mono_ns());
+        }
+    }
+    let _ = s.shutdown(Shutdown::Both);
+    let _ = server.join();
+    Ok(())
 }
 
 /// A round is steady when its two intervals without a tracer agree within this fraction of their mean:
@@ -984,8 +1095,9 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
         );
     } else {
         println!(
-            "sockray bench: {rounds} traced intervals of {} ms per tracer under a running loopback connection load, {} starts per tracer",
+            "sockray bench: {rounds} traced intervals of {} ms per tracer under {}, {} starts per tracer",
             SPAN.as_millis(),
+            opts.load.describe(),
             opts.starts
         );
     }
@@ -1018,7 +1130,7 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
     let mut lost: Vec<Option<u64>> = vec![None; configs.len()];
     let mut intervals: Vec<Interval> = Vec::new();
     let mut bpf_intervals: Vec<Interval> = Vec::new();
-    let generator = Generator::start(max_s)?;
+    let generator = Generator::start(max_s, opts.load)?;
     thread::sleep(WARM_UP);
     {
         // the rates are measured as users run the tools: without kernel.bpf_stats_enabled, which
@@ -1049,7 +1161,8 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
     }
     let marks = generator.stop()?;
 
-    let stalled = || "an interval without a whole window of connections: the generator stalled";
+    let stalled = || "an interval without a whole window of operations: the generator stalled";
+    let unit = opts.load.unit();
     let mut cpu: Vec<f64> = vec![0.0; configs.len()];
     let mut conns: Vec<u64> = vec![0; configs.len()];
     let mut history: Vec<(usize, f64)> = Vec::new();
@@ -1066,7 +1179,7 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
     }
     let slowdowns = paired_slowdowns(&history, configs.len());
     if opts.verbose {
-        println!("\nINTERVAL {:<24} CONN/s", "TRACER");
+        println!("\nINTERVAL {:<24} {unit}/s", "TRACER");
         for (k, (i, r)) in history.iter().enumerate() {
             println!("{k:>8} {:<24} {r:.0}", configs[*i].name);
         }
@@ -1078,11 +1191,11 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
         "TRACER",
         "START(ms)",
         "PEAK_RSS(MiB)",
-        "CONN/s",
+        format!("{unit}/s"),
         "SLOWDOWN",
         "STEADY",
         "ROUNDS_RANGE",
-        "BPF_NS/CONN",
+        format!("BPF_NS/{unit}"),
         "CPU_MS/1K",
         "LOST"
     );
@@ -1197,9 +1310,9 @@ mod tests {
 
     #[test]
     fn connections_within_an_interval_count_whole_windows() {
-        let w = MARK_EVERY as u64;
+        let w = 250;
         // marks at 0, 100, 200, 300, 400 ms
-        let m = Marks((0..5).map(|k| k * 100_000_000).collect());
+        let m = Marks((0..5).map(|k| k * 100_000_000).collect(), 250);
         // [50, 350] ms holds the windows 100-200 and 200-300
         assert_eq!(m.within(50_000_000, 350_000_000), Some((2 * w, 0.2)));
         // bounds on marks count the windows they close

@@ -26,12 +26,16 @@ commands:
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test --release
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
   bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose] [--starts N] [--startup-only]
-                                       start-up, RSS and connection-rate cost vs libbpf-tools
-                                       (20 rounds; T: tcplife, tcpstates, tcpconnect, tcpretrans or
-                                       tcpsynbl; CMD: any
+        [--load conn|transfer]
+                                       start-up, RSS and the cost under a load vs libbpf-tools
+                                       (20 rounds; T: tcplife, tcpstates, tcpconnect, tcpretrans,
+                                       tcpsynbl, tcptop, tcpsubnet or tcprtt; CMD: any
                                        other tracer command line to compare, e.g. a variant;
                                        --verbose: every interval's rate; --starts: timed starts
-                                       per tracer, 11; --startup-only: no connection-rate runs)
+                                       per tracer, 11; --startup-only: no load runs; --load:
+                                       a loopback connection flood (conn, the default: every
+                                       tool but tcptop, tcpsubnet, tcprtt) or a loopback transfer
+                                       in 1 KiB writes (transfer: those three))
   bench --scale [--conns N] [--close-rate R]
                                        a server's worth of sockets: N connections (500,000: a
                                        million sockets) held, then closed at R a second (25,000;
@@ -317,6 +321,11 @@ fn cmd_bench(args: &[OsString]) -> Res {
                     })?;
             }
             "--startup-only" => opts.startup_only = true,
+            "--load" => {
+                let v = value()?;
+                opts.load = bench::Load::parse(&v)
+                    .ok_or_else(|| usage_err(format!("bench: --load {v:?}: conn or transfer")))?;
+            }
             "--scale" => {
                 scale.get_or_insert_with(Default::default);
             }
@@ -363,6 +372,10 @@ fn cmd_bench(args: &[OsString]) -> Res {
             )));
         }
         tools.retain(|t| only.contains(t));
+    } else {
+        // by default the tools whose hooks run per operation of that load
+        let data_path = opts.load == bench::Load::Transfer;
+        tools.retain(|t| bench::DATA_PATH_TOOLS.contains(&t.as_str()) == data_path);
     }
     // the bench itself (its output readers) shares CPU 0 with the tracers
     let _ = Command::new("taskset")
