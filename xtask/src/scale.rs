@@ -4,7 +4,7 @@
 //! `sockray tcplife --json --max-sockets 2N` writing to a file, as a person would run it on such a
 //! server. Reported: the time to open and to close them with and without the tool, the session ends
 //! it printed against the 2N there were, what it said it lost (by cause), its peak RSS, and the
-//! kernel memory of its BPF maps (`memlock` of each map fd) with every socket open.
+//! kernel memory of its BPF maps (`memlock` of each map, once) with every socket open.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -198,21 +198,24 @@ fn finish_tracer(t: Child, out: &Path, map_kib: u64) -> Result<Traced, String> {
     })
 }
 
-/// Kernel memory of a process's BPF maps: the sum of `memlock` over its map fds.
+/// Kernel memory of a process's BPF maps: the sum of `memlock` over its maps, each map once (a map the
+/// tool shares between its objects, as with its nested twins, is reached through several fds).
 fn bpf_map_kib(pid: u32) -> u64 {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return 0;
     };
-    dir.flatten()
+    let field = |info: &str, name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    let maps: std::collections::BTreeMap<u64, u64> = dir
+        .flatten()
         .filter_map(|e| fs::read_to_string(e.path()).ok())
         .filter(|info| info.contains("map_type:"))
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .sum::<u64>()
-        / 1024
+        .filter_map(|info| Some((field(&info, "map_id:")?, field(&info, "memlock:")?)))
+        .collect();
+    maps.values().sum::<u64>() / 1024
 }
 
 /// Waits (bounded) until no TCP socket of the namespace is open or closing: `inuse` of its
