@@ -171,10 +171,15 @@ impl Accounts {
     }
 }
 
-/// Every live record, each read whole (seq even and unchanged across the read).
+/// Every live record, each read whole (seq even and unchanged across the read), each once (a walk
+/// over a hash map that loses a key meanwhile starts again from its first key).
 fn read_live(map: &impl libbpf_rs::MapCore) -> Result<Vec<types::tcpcong_conn>> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     for key in map.keys() {
+        if !seen.insert(key.clone()) {
+            continue;
+        }
         for _ in 0..8 {
             let Some(v) = map.lookup(&key, MapFlags::ANY)? else {
                 break; // closed meanwhile: its close record comes through the ring buffer
