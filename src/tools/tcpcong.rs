@@ -471,7 +471,6 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         ticks += 1;
         interval_print(ticks)?;
     }
-    drop(interval_print);
     runtime::report_lost(&mut printer, "tcpcong", runtime::lost_events(obj))
 }
 
