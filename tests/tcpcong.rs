@@ -185,6 +185,28 @@ fn outage(v6: bool, env: &[(&str, &str)], args: &[&str]) {
     std::thread::sleep(SETTLE);
     let trace = t.stop();
 
+    // the hook the kernel and the forced path call for
+    let forced = env
+        .iter()
+        .find(|(k, _)| *k == "SOCKRAY_ATTACH")
+        .map(|(_, v)| v.to_string())
+        .or_else(|| std::env::var("SOCKRAY_ATTACH").ok())
+        .unwrap_or_default();
+    let hook = if forced == "fentry" || !has_cong_tracepoint() {
+        "fexit/tcp_fastretrans_alert"
+    } else if forced == "raw_tp" {
+        "raw_tp/tcp_cong_state_set"
+    } else {
+        "tp_btf/tcp_cong_state_set"
+    };
+    assert!(
+        trace
+            .stderr
+            .contains(&format!("tcpcong_change: using {hook}")),
+        "not {hook}: {}",
+        trace.stderr
+    );
+
     let cli = role(&lossy, "client");
     let rows = rows_of(&trace.rows, &cli);
     check_rows(&rows, &cli);
