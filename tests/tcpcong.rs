@@ -477,3 +477,74 @@ fn dist_histograms() {
     });
     assert!(long, "{periods:?}");
 }
+
+/// A connection older than the tool: counted from when the tool first sees it (its first congestion
+/// state change, made here by an outage), never from before the tool started; its owner from the
+/// socket-owner seeding walk.
+#[test]
+fn first_seen_mid_life() {
+    if !require_bpf() || refused_without_tracepoint(&[]) {
+        return;
+    }
+    let _serial = serial();
+    let pair = VethPair::new();
+    let port = pick_port().to_string();
+    let mut lsn = Gen::spawn(
+        &pair.b,
+        &gen_args(&[
+            "listen",
+            "--addr",
+            VETH_B4,
+            "--port",
+            &port,
+            "--comm",
+            "tg-cong-lsn",
+            "--hold-ms",
+            "20000",
+        ]),
+    );
+    lsn.wait_role("listen", LIMIT);
+    let mut cli = Gen::spawn(
+        &pair.a,
+        &gen_args(&[
+            "stall",
+            "--addr",
+            VETH_B4,
+            "--port",
+            &port,
+            "--comm",
+            "tg-cong-old",
+            "--send",
+            "20000",
+        ]),
+    );
+    let c = cli.wait_role("stall", LIMIT);
+    // established well before the tool starts
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Tracer::start("tcpcong", &[]);
+    let started = Instant::now();
+    pair.b_down();
+    cli.step();
+    cli.wait_role("sent", LIMIT);
+    std::thread::sleep(OUTAGE);
+    pair.b_up();
+    cli.finish(LIMIT); // closed with a reset
+    let took = started.elapsed();
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    let rows = rows_of(&trace.rows, &c);
+    check_rows(&rows, &c);
+    let (d, changes) = sum(&rows);
+    eprintln!("{d:?} ns, {changes} changes, the tool ran {took:?} of it: {rows:?}");
+    assert!(changes >= 1, "{rows:?}");
+    assert!(d[2] + d[3] + d[4] > 0, "{rows:?}");
+    let total: u64 = d.iter().sum();
+    assert!(
+        total <= took.as_nanos() as u64 + 100_000_000,
+        "{total} ns counted, more than the {took:?} since the tool started: {rows:?}"
+    );
+    assert!(
+        total >= OUTAGE.as_nanos() as u64 * 8 / 10,
+        "{total} ns counted, less than the outage: {rows:?}"
+    );
+}
