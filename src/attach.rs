@@ -99,7 +99,16 @@ pub fn hook_hint(target: &str) -> &'static str {
         "sock_send_length" | "sock_recv_length" => {
             "tracepoint sock:sock_send_length/sock_recv_length, Linux 6.3+"
         }
-        "tcp_cong_state_set" => "tracepoint tcp:tcp_cong_state_set, Linux 5.19+",
+        "tcp_cong_state_set"
+        | "tcp_fastretrans_alert"
+        | "tcp_enter_cwr"
+        | "tcp_enter_loss"
+        | "tcp_enter_recovery"
+        | "tcp_process_tlp_ack" => {
+            "tracepoint tcp:tcp_cong_state_set, Linux 5.19+ (of the test matrix, 6.1+); else fexit \
+             (BPF trampolines, allowed by the kernel) on tcp_fastretrans_alert, tcp_enter_cwr, \
+             tcp_enter_loss, tcp_enter_recovery and tcp_process_tlp_ack"
+        }
         "kfree_skb" => "tracepoint skb:kfree_skb (drop reasons: Linux 5.17+)",
         "tcp_retransmit_skb" | "tcp_retransmit_synack" => {
             "tracepoints tcp:tcp_retransmit_skb/tcp_retransmit_synack, Linux 4.16+"

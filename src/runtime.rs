@@ -441,6 +441,8 @@ fn size_event_ring(obj: &mut OpenObject, tool: &str) {
 fn ring_bytes_per_socket(tool: &str) -> u64 {
     match tool {
         "tcpstates" => 3 * 128,
+        // one struct tcpcong_conn (160 bytes) and its header per connection
+        "tcpcong" => 176,
         "tcptop" | "tcpsubnet" => 0,
         _ => 128,
     }

@@ -258,3 +258,62 @@ fn tcptop_command_line() {
     let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));
     assert!(o.status.success() && text(&o.stdout).contains("tcptop"));
 }
+
+#[test]
+fn tcpcong_command_line() {
+    let o = sockray(&["tcpcong", "--help"]);
+    assert!(o.status.success(), "tcpcong --help: {}", o.status);
+    let out = text(&o.stdout);
+    for flag in [
+        "-L",
+        "--localport",
+        "-R",
+        "--remoteport",
+        "-T",
+        "-d",
+        "--dist",
+        "-u",
+        "--microseconds",
+        "--owner",
+        "-4",
+        "-6",
+        "--json",
+        "--ebpf",
+        "--verbose",
+        "INTERVAL",
+        "OUTPUTS",
+        "tcpcong -L 3000-3006 1",
+    ] {
+        assert!(out.contains(flag), "tcpcong --help lacks {flag}:\n{out}");
+    }
+    no_panic(&o);
+    let o = sockray(&["tcpcong", "--ebpf"]);
+    assert!(o.status.success(), "tcpcong --ebpf: {}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for want in [
+        "tp_btf/tcp_cong_state_set",
+        "raw_tp/tcp_cong_state_set",
+        "fexit/tcp_fastretrans_alert",
+        "inet_sock_set_state",
+    ] {
+        assert!(out.contains(want), "tcpcong --ebpf lacks {want}:\n{out}");
+    }
+    for bad in [
+        &["-L", "70000"][..],
+        &["-R", "9-3"][..],
+        &["0"][..],
+        &["1", "0"][..],
+    ] {
+        let mut args = vec!["tcpcong"];
+        args.extend_from_slice(bad);
+        let o = sockray(&args);
+        assert!(!o.status.success(), "tcpcong {bad:?} succeeded");
+        assert!(o.stdout.is_empty(), "stdout: {}", text(&o.stdout));
+        no_panic(&o);
+    }
+    let dir = TempDir::new();
+    let link = dir.0.join("tcpcong");
+    std::os::unix::fs::symlink(sockray_bin(), &link).unwrap();
+    let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));
+    assert!(o.status.success() && text(&o.stdout).contains("tcpcong"));
+}

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 
 pub mod solisten;
 pub mod tcpaccept;
+pub mod tcpcong;
 pub mod tcpconnect;
 pub mod tcpconnlat;
 pub mod tcpdrop;
@@ -32,6 +33,11 @@ pub const TOOLS: &[Tool] = &[
         name: "tcpaccept",
         about: "TCP connections accepted, named by the process that called accept()",
         run: tcpaccept::run,
+    },
+    Tool {
+        name: "tcpcong",
+        about: "time per TCP connection in each congestion state (open, disorder, cwr, recovery, loss)",
+        run: tcpcong::run,
     },
     Tool {
         name: "tcpconnect",

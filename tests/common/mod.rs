@@ -368,7 +368,21 @@ impl VethPair {
 
     /// `b`'s end goes down: every packet `a` sends is lost (its end has no carrier).
     pub fn b_down(&self) {
+        // its IPv6 address stays for b_up() (by default the kernel drops it with the link)
+        let keep = format!("/proc/sys/net/ipv6/conf/{}/keep_addr_on_down", self.dev_b);
+        let out = run_timeout(
+            self.b
+                .exec(&["sh", "-c", &format!("echo 1 > {keep}")])
+                .stdin(Stdio::null()),
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "{keep}: {out:?}");
         ip_ok(&["-n", &self.b.name, "link", "set", &self.dev_b, "down"]);
+    }
+
+    /// `b`'s end up again (after [`VethPair::b_down`]): `a`'s packets reach `b` once more.
+    pub fn b_up(&self) {
+        ip_ok(&["-n", &self.b.name, "link", "set", &self.dev_b, "up"]);
     }
 
     /// `b` sends whatever it sends to `a` to a MAC address nobody has: `a` drops those frames, while
