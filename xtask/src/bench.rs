@@ -78,7 +78,7 @@ impl Default for Options {
 }
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
-pub const TOOLS: [&str; 8] = [
+pub const TOOLS: [&str; 9] = [
     "tcplife",
     "tcpstates",
     "tcpconnect",
@@ -87,6 +87,7 @@ pub const TOOLS: [&str; 8] = [
     "tcptop",
     "tcpsubnet",
     "tcprtt",
+    "tcpcong",
 ];
 
 /// The tools on the data path (a hook per send, receive or segment), measured by default under the

@@ -29,7 +29,7 @@ commands:
         [--load conn|transfer]
                                        start-up, RSS and the cost under a load vs libbpf-tools
                                        (20 rounds; T: tcplife, tcpstates, tcpconnect, tcpretrans,
-                                       tcpsynbl, tcptop, tcpsubnet or tcprtt; CMD: any
+                                       tcpsynbl, tcptop, tcpsubnet, tcprtt or tcpcong; CMD: any
                                        other tracer command line to compare, e.g. a variant;
                                        --verbose: every interval's rate; --starts: timed starts
                                        per tracer, 11; --startup-only: no load runs; --load:
