@@ -314,6 +314,15 @@ pub fn widen_stdout_pipe() {
     }
 }
 
+/// A block of text (an interval's table or histograms, a count table at exit) written to stdout at once
+/// and flushed: a person watching sees it whole, on its tick.
+pub fn print_block(text: &str) -> io::Result<()> {
+    use io::Write as _;
+    let mut out = io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
 /// Writes what the printers have buffered to stdout.
 pub fn flush_batch() -> io::Result<()> {
     let pending = BATCH.with(|v| std::mem::take(&mut *v.borrow_mut()));

@@ -376,9 +376,7 @@ fn print_tick(
         text.push_str(&table(&v4, false, form));
         text.push_str(&table(&v6, true, form));
     }
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
+    crate::output::print_block(&text)?;
     Ok(())
 }
 

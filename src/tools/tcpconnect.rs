@@ -389,10 +389,7 @@ fn count_run(skel: &skel::TcpconnectSkel, mode: Mode, verbose: bool) -> Result<(
             ])?;
         }
     } else {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        out.write_all(count_table(&rows).as_bytes())?;
-        out.flush()?;
+        crate::output::print_block(&count_table(&rows))?;
     }
     runtime::report_lost(&mut printer, "tcpconnect", runtime::lost_events(obj))
 }

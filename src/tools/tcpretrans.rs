@@ -292,10 +292,7 @@ fn count_run(skel: &skel::TcpretransSkel, mode: Mode, verbose: bool) -> Result<(
             ])?;
         }
     } else {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        out.write_all(count_table(&rows).as_bytes())?;
-        out.flush()?;
+        crate::output::print_block(&count_table(&rows))?;
     }
     if lost.capacity > 0 {
         // counted per flow, with no record sent: what was lost are retransmits of flows the table had

@@ -291,9 +291,7 @@ fn print_tick(printer: &mut Printer, form: &Form, hists: &[Hist], tick: u64) -> 
         text.push('\n');
         text.push_str(&hist::log2_text(&h.slots, form.unit));
     }
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
+    crate::output::print_block(&text)?;
     Ok(())
 }
 

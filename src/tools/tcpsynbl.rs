@@ -224,9 +224,7 @@ fn print_tick(
         text.push('\n');
         text.push_str(&hist::log2_text(&h.slots, "backlog"));
     }
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
+    crate::output::print_block(&text)?;
     Ok(())
 }
 

@@ -221,9 +221,7 @@ fn print_interval(
         printer.flush()?;
         return Ok(());
     }
-    let mut out = std::io::stdout().lock();
-    out.write_all(screen(&flows, a, clear).as_bytes())?;
-    out.flush()?;
+    crate::output::print_block(&screen(&flows, a, clear))?;
     Ok(())
 }
 
