@@ -43,10 +43,10 @@ const EXAMPLES: &str = "examples:
     softirqs --per-cpu 1  # each CPU's time in a column of its own, every second
     softirqs --json 5     # one JSON object per softirq vector, every 5 seconds
 
-The time of a softirq is from irq:softirq_entry to irq:softirq_exit on its CPU: the vector's handler
-(net_rx_action, run_timer_softirq, ...), wherever it ran (on an interrupt's exit, in ksoftirqd, or at
-local_bh_enable). The totals are summed over the CPUs (over one with -c); --per-cpu shows each CPU's
-share too. -C counts entries, as /proc/softirqs does. Without an interval, one summary at Ctrl-C.";
+A softirq's time runs from irq:softirq_entry to irq:softirq_exit on its CPU: the vector's handler
+(net_rx_action, run_timer_softirq, ...), wherever it ran (on an interrupt's exit, in ksoftirqd, at
+local_bh_enable). Totals are summed over the CPUs (over one with -c); --per-cpu shows each CPU's
+share too. -C counts entries, as /proc/softirqs does. Without an interval: one summary at Ctrl-C.";
 
 /// Summarize soft irq event time as histograms.
 #[derive(Parser, Debug)]
