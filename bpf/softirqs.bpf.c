@@ -61,7 +61,7 @@ static __always_inline int on_exit(unsigned int vec)
 {
 	struct softirqs_cpu *c;
 	__u64 delta, v;
-	__u32 i;
+	__u32 i, idx;
 
 	c = this_cpu();
 	if (!c)
@@ -76,7 +76,12 @@ static __always_inline int on_exit(unsigned int vec)
 	c->time_ns[i] += delta;
 	if (mode == SOFTIRQS_DIST) {
 		v = nanos ? delta : delta / 1000;
-		c->slots[i][log2_slot(v, SOFTIRQS_SLOTS) & (SOFTIRQS_SLOTS - 1)]++;
+		/* one flat index, masked after an empty asm: older verifiers (5.10) lose the bounds of the
+		 * two-dimensional index clang builds otherwise */
+		idx = (i << 5) | log2_slot(v, SOFTIRQS_SLOTS);
+		asm volatile("" : "+r"(idx));
+		idx &= SOFTIRQS_VECS * SOFTIRQS_SLOTS - 1;
+		(&c->slots[0][0])[idx]++;
 	}
 	return 0;
 }
