@@ -66,9 +66,13 @@ static __always_inline int on_exit(unsigned int vec)
 	c = this_cpu();
 	if (!c)
 		return 0;
-	/* a run whose entry came before the hooks were attached is not counted */
-	if (!c->start_ns || c->vec != vec)
+	/* a run whose entry was not seen (it began before the hooks were attached, or the kernel did not
+	 * run the entry program) is left out, and counted */
+	if (!c->start_ns || c->vec != vec) {
+		c->unmatched++;
+		c->start_ns = 0;
 		return 0;
+	}
 	delta = bpf_ktime_get_ns() - c->start_ns;
 	c->start_ns = 0;
 	i = vec & (SOFTIRQS_VECS - 1);

@@ -19,6 +19,7 @@ struct softirqs_cpu {
 	__u64 start_ns;                /* the running softirq's entry (0: none seen) */
 	__u32 vec;                     /* its vector */
 	__u32 _pad;
+	__u64 unmatched;               /* exits whose entry was not seen: runs left out of the times */
 	__u64 count[SOFTIRQS_VECS];    /* entries (-C), or completed runs (time modes) */
 	__u64 time_ns[SOFTIRQS_VECS];  /* run time of the completed runs, ns */
 	__u64 slots[SOFTIRQS_VECS][SOFTIRQS_SLOTS]; /* -d: run times, log2 (usecs, or nsecs with -N) */

@@ -94,6 +94,7 @@ fn vec_name(v: usize) -> String {
 /// One CPU's counters (cumulative, or an interval's).
 #[derive(Clone, Default)]
 struct Cpu {
+    unmatched: u64,
     count: [u64; VECS],
     time_ns: [u64; VECS],
     slots: Vec<Vec<u64>>,
@@ -102,6 +103,7 @@ struct Cpu {
 impl Cpu {
     fn from_kernel(c: &types::softirqs_cpu) -> Cpu {
         Cpu {
+            unmatched: c.unmatched,
             count: c.count,
             time_ns: c.time_ns,
             slots: c.slots.iter().map(|s| s.to_vec()).collect(),
@@ -118,6 +120,7 @@ impl Cpu {
             o
         };
         Cpu {
+            unmatched: self.unmatched.saturating_sub(prev.unmatched),
             count: sub(&self.count, &prev.count),
             time_ns: sub(&self.time_ns, &prev.time_ns),
             slots: self
@@ -460,6 +463,15 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         if tick.is_none() || !r.is_empty() {
             print_tick(&mut printer, &form, &r, ticks)?;
         }
+    }
+    // runs whose entry was not seen: one per CPU may have begun before the attach; more are entries
+    // the kernel did not run the program for
+    let unmatched: u64 = read_cpus(map)?.iter().map(|c| c.unmatched).sum();
+    if kind != MODE_COUNT {
+        cli::debug(format_args!(
+            "softirqs: {unmatched} runs left out of the times, their entry not seen"
+        ));
+        printer.json_record(&vec![("unmatched_exits", Value::U(unmatched))])?;
     }
     runtime::report_lost(&mut printer, "softirqs", runtime::lost_events(obj))
 }
