@@ -424,8 +424,11 @@ fn totals_match_libbpf_tools() {
             }
             continue;
         }
+        // net_rx (~1 s of runs) came within 0.4% in 10 runs here; the timer's ~250 runs of a few usecs
+        // (~1.5 ms in all) within 0.4-5.4%: each tracer's window holds one of the other's programs
+        let tolerance = if name == "timer" { 0.10 } else { 0.05 };
         assert!(
-            off < 0.05,
+            off < tolerance,
             "{name}: ours {a} ns, libbpf-tools {b} ns ({:.1}% apart)\nours:\n{}\nlibbpf-tools:\n{theirs_text}",
             off * 100.0,
             mine.join("\n")
