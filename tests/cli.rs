@@ -317,3 +317,66 @@ fn tcpcong_command_line() {
     let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));
     assert!(o.status.success() && text(&o.stdout).contains("tcpcong"));
 }
+
+#[test]
+fn softirqs_command_line() {
+    let o = sockray(&["softirqs", "--help"]);
+    assert!(o.status.success(), "softirqs --help: {}", o.status);
+    let out = text(&o.stdout);
+    for flag in [
+        "-T",
+        "-N",
+        "-C",
+        "-d",
+        "-c",
+        "--per-cpu",
+        "--json",
+        "--ebpf",
+        "INTERVAL",
+        "COUNT",
+    ] {
+        assert!(out.contains(flag), "softirqs --help lacks {flag}:\n{out}");
+    }
+    no_panic(&o);
+    let o = sockray(&["softirqs", "--ebpf"]);
+    assert!(o.status.success(), "softirqs --ebpf: {}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for hook in [
+        "tp_btf/softirq_entry",
+        "raw_tp/softirq_entry",
+        "tp_btf/softirq_exit",
+        "raw_tp/softirq_exit",
+    ] {
+        assert!(out.contains(hook), "{out}");
+    }
+    assert!(
+        !out.contains("---- bpf/sockowner.bpf.h ----"),
+        "no socket-owner component"
+    );
+    // BCC refuses -C with the time options; a CPU that is not there, a zero interval
+    for bad in [
+        &["-C", "-d"][..],
+        &["-C", "-N"][..],
+        &["-c", "100000"][..],
+        &["-c", "x"][..],
+        &["0"][..],
+    ] {
+        let mut args = vec!["softirqs"];
+        args.extend_from_slice(bad);
+        let o = sockray(&args);
+        assert!(!o.status.success(), "softirqs {bad:?} succeeded");
+        assert!(o.stdout.is_empty(), "stdout: {}", text(&o.stdout));
+        no_panic(&o);
+    }
+    let o = sockray(&["softirqs", "-c", "100000"]);
+    assert!(
+        text(&o.stderr).contains("invalid CPU 100000"),
+        "{}",
+        text(&o.stderr)
+    );
+    let dir = TempDir::new();
+    let link = dir.0.join("softirqs");
+    std::os::unix::fs::symlink(sockray_bin(), &link).unwrap();
+    let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));
+    assert!(o.status.success() && text(&o.stdout).contains("softirqs"));
+}

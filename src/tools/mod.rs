@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 
+pub mod softirqs;
 pub mod solisten;
 pub mod tcpaccept;
 pub mod tcpcong;
@@ -24,6 +25,11 @@ pub struct Tool {
 }
 
 pub const TOOLS: &[Tool] = &[
+    Tool {
+        name: "softirqs",
+        about: "time in each softirq vector (net_rx, timer, ...): totals, counts, histograms, per CPU",
+        run: softirqs::run,
+    },
     Tool {
         name: "solisten",
         about: "listen() on TCP sockets: process, port (also kernel-picked), backlog, failures",
