@@ -175,7 +175,8 @@ fn resize_maps(obj: &mut OpenObject, sizes: &str) -> Result<()> {
             libbpf_rs::MapType::ArrayOfMaps | libbpf_rs::MapType::HashOfMaps
         ) {
             // an array of maps: the size of the maps it holds, to go with the same size given to those
-            // maps (named in the same list); its template is then a map made here like them
+            // maps (named in the same list); its template and those maps are then made here, alike
+            // (see below)
             map_in_map_sizes.push((name.to_string(), n));
             continue;
         }
@@ -200,11 +201,39 @@ fn resize_maps(obj: &mut OpenObject, sizes: &str) -> Result<()> {
             libbpf_rs::MapHandle::create(like.0, Some("tmpl"), like.1, like.2, n, &opts)?;
         // kept for the process's life: libbpf creates the array of maps at load with it
         let template: &'static libbpf_rs::MapHandle = Box::leak(Box::new(template));
+        // The maps it holds are made here too, like the template (no BTF): the kernel compares a map
+        // put in a slot with the template, and on some kernels that includes what their BTF says (6.1's
+        // timer offset: a libbpf-made map, with BTF, was refused with EINVAL).
+        use std::os::fd::AsFd;
+        for name in &sized {
+            let mut map = obj
+                .maps_mut()
+                .find(|m| m.name() == name.as_str())
+                .ok_or_else(|| anyhow!("SOCKRAY_MAP_ENTRIES: no map {name:?}"))?;
+            if (
+                map.map_type(),
+                map.key_size(),
+                map.value_size(),
+                map.map_flags(),
+            ) != like
+            {
+                continue;
+            }
+            let h = libbpf_rs::MapHandle::create(
+                like.0,
+                Some(name.as_str()),
+                like.1,
+                like.2,
+                n,
+                &opts,
+            )?;
+            let h: &'static libbpf_rs::MapHandle = Box::leak(Box::new(h));
+            map.reuse_fd(h.as_fd())?;
+        }
         let mut map = obj
             .maps_mut()
             .find(|m| m.name() == outer.as_str())
             .ok_or_else(|| anyhow!("SOCKRAY_MAP_ENTRIES: no map {outer:?}"))?;
-        use std::os::fd::AsFd;
         map.set_inner_map_fd(template.as_fd())?;
     }
     Ok(())
