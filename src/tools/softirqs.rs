@@ -336,9 +336,7 @@ fn print_tick(printer: &mut Printer, form: &Form, rows: &[Row], tick: u64) -> Re
     } else {
         text.push_str(&table_text(form, rows));
     }
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
+    crate::output::print_block(&text)?;
     Ok(())
 }
 
