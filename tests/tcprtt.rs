@@ -238,7 +238,7 @@ fn table_in_msecs() {
 /// A person watching: with -i 1 each interval's histogram appears as the interval ends, while the tool
 /// keeps running, at a trickle (one connection that sent its data and waits).
 #[test]
-fn intervals_appear_while_it_runs() {
+fn live_intervals_appear_while_it_runs() {
     if !require_bpf() {
         return;
     }
