@@ -7,6 +7,7 @@ mod filter;
 mod flows;
 mod format;
 mod hist;
+mod journal;
 mod ksym;
 mod output;
 mod runtime;

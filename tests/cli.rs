@@ -380,3 +380,143 @@ fn softirqs_command_line() {
     let o = run_timeout(Command::new(&link).arg("--help"), Duration::from_secs(20));
     assert!(o.status.success() && text(&o.stdout).contains("softirqs"));
 }
+
+/// BCC's and libbpf-tools' own usage examples (their `-h` texts), typed as is: every one is accepted.
+/// `--ebpf` stops each right after its flags are parsed (no BPF needed). Example values that name
+/// things on the authors' machines (a cgroup path, a pinned map) point at this machine's.
+#[test]
+fn bcc_usage_examples_parse() {
+    let cgroup = "/sys/fs/cgroup";
+    let examples = [
+        "softirqs",
+        "softirqs -C",
+        "softirqs -d",
+        "softirqs 1 10",
+        "softirqs -NT 1",
+        "softirqs -c 0",
+        "solisten",
+        "solisten -t",
+        "solisten -p 1216",
+        "tcpaccept",
+        "tcpaccept -t",
+        "tcpaccept -P 80,81",
+        "tcpaccept -p 181",
+        "tcpaccept -4",
+        "tcpaccept -6",
+        "tcpcong",
+        "tcpcong 1 10",
+        "tcpcong -L 3000-3006 1",
+        "tcpcong -R 5000-5005 1",
+        "tcpcong -uT 1",
+        "tcpcong -d",
+        "tcpconnect",
+        "tcpconnect -t",
+        "tcpconnect -d",
+        "tcpconnect -p 181",
+        "tcpconnect -P 80",
+        "tcpconnect -P 80,81",
+        "tcpconnect -4",
+        "tcpconnect -6",
+        "tcpconnect -U",
+        "tcpconnect -u 1000",
+        "tcpconnect -c",
+        "tcpconnect -L",
+        "tcpconnlat",
+        "tcpconnlat 1",
+        "tcpconnlat 0.1",
+        "tcpconnlat -t",
+        "tcpconnlat -p 181",
+        "tcpconnlat -L",
+        "tcpconnlat -4",
+        "tcpconnlat -6",
+        "tcpdrop",
+        "tcpdrop -4",
+        "tcpdrop -6",
+        "tcplife",
+        "tcplife -T",
+        "tcplife -w",
+        "tcplife -stT",
+        "tcplife -p 181",
+        "tcplife -L 80",
+        "tcplife -L 80,81",
+        "tcplife -D 80",
+        "tcplife -4",
+        "tcplife -6",
+        "tcplife -p 1215 -4",
+        "tcpretrans",
+        "tcpretrans -l",
+        "tcpretrans -4",
+        "tcpretrans -6",
+        "tcpretrans -s",
+        "tcpretrans -c",
+        "tcprtt",
+        "tcprtt -i 1 -d 10",
+        "tcprtt -m -T",
+        "tcprtt -p 80",
+        "tcprtt -P 80",
+        "tcprtt -a 10.0.0.1",
+        "tcprtt -A 10.0.0.2",
+        "tcprtt -b",
+        "tcprtt -B",
+        "tcprtt -e",
+        "tcprtt -4",
+        "tcprtt -6",
+        "tcpstates",
+        "tcpstates -t",
+        "tcpstates -T",
+        "tcpstates -w",
+        "tcpstates -stT",
+        "tcpstates -Y",
+        "tcpstates -L 80",
+        "tcpstates -L 80,81",
+        "tcpstates -D 80",
+        "tcpstates -4",
+        "tcpstates -6",
+        "tcpsubnet",
+        "tcpsubnet -f K",
+        "tcpsubnet 10.80.0.0/24",
+        "tcpsubnet -J",
+        "tcpsynbl",
+        "tcpsynbl -4",
+        "tcpsynbl -6",
+        "tcpsynbl 1 10",
+        "tcpsynbl -T 1",
+        "tcptop",
+        "tcptop -C",
+        "tcptop -p 181",
+        "tcptop -4",
+        "tcptop -6",
+        "tcptop 5 10",
+        "tcptop -c CGROUP",
+        "tcptop -C -S 1 2",
+        "tcptop -r 10 -s sent",
+        "tcptracer",
+        "tcptracer -t",
+        "tcptracer -p 181",
+        "tcptracer -U",
+        "tcptracer -u 1000",
+        "tcptracer -v",
+        "tcptracer -N 4026531840",
+    ];
+    for ex in examples {
+        let mut args: Vec<&str> = ex
+            .split_whitespace()
+            .map(|a| if a == "CGROUP" { cgroup } else { a })
+            .collect();
+        args.push("--ebpf");
+        let o = sockray(&args);
+        no_panic(&o);
+        assert!(
+            o.status.success() && text(&o.stdout).contains("SEC("),
+            "`{ex}` as BCC's help types it is refused: {}",
+            text(&o.stderr)
+        );
+    }
+    // BCC tcprtt's -D: the BPF program
+    let o = sockray(&["tcprtt", "-D"]);
+    assert!(
+        o.status.success() && text(&o.stdout).contains("tcp_probe"),
+        "tcprtt -D: {}",
+        text(&o.stderr)
+    );
+}

@@ -312,3 +312,107 @@ live_tests!("tcpstates", "ts", |out: &SessionOut| {
             .col("newstate", 9, "CLOSE"),
     ]
 });
+
+/// BCC's `-Y`: each state change also goes to the systemd journal, in its native protocol (here a
+/// socket of the test's own standing in for journald's), with BCC's fields and message; the rows are
+/// printed as well.
+#[test]
+fn journal_entries_match_the_rows() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("sockray-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("socket");
+    let journald = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    journald
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let ns = Netns::new();
+    let mut spec = session("::1", "ts-Y-srv", "ts-Y-cli");
+    spec.hold_ms = 100;
+    let port = spec.port.to_string();
+    let tracer = Tracer::start_env(
+        "tcpstates",
+        &["-Y", "-L", &port],
+        &[("SOCKRAY_JOURNAL_SOCKET", path.to_str().unwrap())],
+    );
+    let out = spec.run(&ns);
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while let Ok(n) = journald.recv(&mut buf) {
+        entries.push(String::from_utf8(buf[..n].to_vec()).unwrap());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!trace.rows.is_empty(), "no rows: {}", trace.stderr);
+    assert_eq!(
+        entries.len(),
+        trace.rows.len(),
+        "one journal entry per row: {entries:#?}\nrows: {:#?}",
+        trace.rows
+    );
+    let sv = &out.servers[0];
+    for (e, r) in entries.iter().zip(&trace.rows) {
+        let field = |k: &str| {
+            e.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {e:?}"))
+                .to_string()
+        };
+        assert_eq!(field("SYSLOG_IDENTIFIER"), "tcpstates");
+        assert_eq!(field("PRIORITY"), "5");
+        assert_eq!(field("OBJECT_TCP_SOURCE_PORT"), port);
+        assert_eq!(
+            field("OBJECT_TCP_OLD_STATE"),
+            r["oldstate"].as_str().unwrap()
+        );
+        assert_eq!(
+            field("OBJECT_TCP_NEW_STATE"),
+            r["newstate"].as_str().unwrap()
+        );
+        assert_eq!(field("OBJECT_PID"), u(r, "pid").to_string());
+        assert_eq!(field("OBJECT_IPV6_SOURCE_ADDRESS"), "::1");
+        let msg = field("MESSAGE");
+        assert!(
+            msg.contains(&format!(
+                "::1 {port} → {} {} {} → {}",
+                r["raddr"].as_str().unwrap(),
+                u(r, "rport"),
+                r["oldstate"].as_str().unwrap(),
+                r["newstate"].as_str().unwrap()
+            )),
+            "message {msg:?} for row {r}"
+        );
+    }
+    // the accepted socket's changes name the server process
+    let est = trace
+        .rows
+        .iter()
+        .find(|r| u(r, "rport") == sv.rport && r["newstate"] == "ESTABLISHED")
+        .expect("the server end's ESTABLISHED");
+    assert_eq!(u(est, "pid"), sv.pid, "{est}");
+}
+
+/// `-Y` where no journal listens: a clear error, before tracing.
+#[test]
+fn journal_missing_is_an_error() {
+    if !require_bpf() {
+        return;
+    }
+    let out = std::process::Command::new(sockray_bin())
+        .args(["tcpstates", "-Y"])
+        .env("SOCKRAY_JOURNAL_SOCKET", "/nonexistent/journal/socket")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("-Y: cannot reach the systemd journal at /nonexistent/journal/socket"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

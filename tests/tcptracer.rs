@@ -228,6 +228,8 @@ fn filters() {
     let spid = server_pid.to_string();
     let ino_s = ino.to_string();
     let root_s = root_ino.to_string();
+    // SAFETY: geteuid never fails.
+    let my_uid = unsafe { libc::geteuid() }.to_string();
     let filters: Vec<(&str, Vec<&str>)> = vec![
         ("pid-server", vec!["-p", &spid]),
         ("pid-other", vec!["-p", &me]),
@@ -237,6 +239,8 @@ fn filters() {
         ("netns-other", vec!["-N", &root_s]),
         ("cgroup-client", vec!["--cgroup", &cg.path]),
         ("cgroup-empty", vec!["--cgroup", &empty.path]),
+        ("uid-mine", vec!["-u", &my_uid]),
+        ("uid-other", vec!["-u", "12345"]),
     ];
     let tracers: Vec<(&str, Tracer)> = filters
         .iter()
@@ -273,7 +277,15 @@ fn filters() {
                 }
                 assert_eq!(rows.len(), 2 * out4.servers.len(), "-p: {rows:#?}");
             }
-            "pid-other" | "cgroup-empty" => {
+            "uid-mine" => {
+                assert!(
+                    rows.iter().all(|r| r["uid"].to_string() == my_uid),
+                    "-u {my_uid}: {rows:#?}"
+                );
+                check_session(rows, &out4, ino, win);
+                check_session(rows, &out6, ino, win);
+            }
+            "pid-other" | "cgroup-empty" | "uid-other" => {
                 assert!(rows.is_empty(), "{name}: {rows:#?}");
             }
             "v4" => {
@@ -339,7 +351,7 @@ fn table_output() {
     let ino_s = ino.to_string();
 
     let mut out = None;
-    let text = traced_text("tcptracer", &["-N", &ino_s], || {
+    let text = traced_text("tcptracer", &["-N", &ino_s, "-U"], || {
         let mut s = session("127.0.0.1", "tt-tab-srv", "tt-tab-cli", Closer::Client);
         s.count = 1;
         out = Some(s.run(&ns));
@@ -348,13 +360,13 @@ fn table_output() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "T  PID    COMM             IP SADDR            DADDR            SPORT  DPORT"
+        "UID    T  PID    COMM             IP SADDR            DADDR            SPORT  DPORT"
     );
     let (c, sv) = (&out.clients[0], &out.servers[0]);
     let row = |t: &str, e: &Conn| {
         format!(
-            "{:<2} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {}",
-            t, e.pid, e.comm, 4, e.laddr, e.raddr, e.lport, e.rport
+            "{:<6} {:<2} {:<6} {:<16} {:<2} {:<16} {:<16} {:<6} {}",
+            e.uid, t, e.pid, e.comm, 4, e.laddr, e.raddr, e.lport, e.rport
         )
     };
     let want = [row("C", c), row("A", sv), row("X", c), row("X", sv)];

@@ -43,6 +43,7 @@ const EXAMPLES: &str = "examples:
     tcprtt -6             # trace only IPv6 family
     tcprtt --by-process   # one histogram per process owning the socket
     tcprtt --by-rport     # one histogram per remote port
+    tcprtt -D             # show the BPF program (also --ebpf)
     tcprtt --json -i 5    # one JSON object per histogram, every 5 seconds
 
 The RTT is the socket's smoothed round-trip time (srtt, as TCP_INFO's tcpi_rtt) when a segment
@@ -53,7 +54,12 @@ lists and ranges (80,443,8000-8010); -a/-A an IPv4 address also matches IPv4-map
 
 /// Summarize TCP RTT as a histogram
 #[derive(Parser, Debug)]
-#[command(name = "tcprtt", after_help = EXAMPLES)]
+#[command(
+    name = "tcprtt",
+    after_help = EXAMPLES,
+    // BCC's -D: show debug bpf text
+    mut_arg("ebpf", |a| a.short('D')),
+)]
 struct Args {
     /// summary interval, seconds
     #[arg(short = 'i', long = "interval", value_parser = clap::value_parser!(u64).range(1..))]

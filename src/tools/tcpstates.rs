@@ -25,6 +25,7 @@ const EXAMPLES: &str = "examples:
     tcpstates -T        # include time column (HH:MM:SS)
     tcpstates -w        # wider columns (fit IPv6)
     tcpstates -stT      # csv output, with times & timestamps
+    tcpstates -Y        # log events to the systemd journal
     tcpstates -L 80     # only trace local port 80
     tcpstates -L 80,81  # only trace local ports 80 and 81
     tcpstates -D 80     # only trace remote port 80
@@ -52,6 +53,9 @@ struct Args {
     /// comma separated values output
     #[arg(short = 's', long)]
     csv: bool,
+    /// log session state changes to the systemd journal
+    #[arg(short = 'Y', long = "journal")]
+    journal: bool,
     /// comma-separated list of local ports to trace
     #[arg(short = 'L', long = "localport", value_parser = parse_ports)]
     localport: Option<PortList>,
@@ -115,6 +119,11 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         },
     );
 
+    let mut journal = if a.journal {
+        Some(crate::journal::Journal::connect()?)
+    } else {
+        None
+    };
     let mut storage = MaybeUninit::uninit();
     let (skel, _links) = load_tool!(
         TcpstatesSkelBuilder,
@@ -124,7 +133,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         &filters,
         |_| {}
     );
-    runtime::print_events(
+    let r = runtime::print_events(
         skel.object(),
         "tcpstates",
         a.common.verbose,
@@ -144,7 +153,55 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
                 ("newstate", Value::S(tcp_state(e.newstate).into())),
                 ("ms", Value::F(e.delta_ns as f64 / 1e6, 3)),
             ]);
+            if let Some(j) = journal.as_mut() {
+                j.send(&journal_fields(e));
+            }
             Some((e.ts_ns, f))
         },
-    )
+    );
+    if let Some(j) = &journal {
+        j.report("tcpstates");
+    }
+    r
+}
+
+/// BCC's journal entry: its fields and message (`COMM SADDR SPORT → DADDR DPORT OLD → NEW`).
+fn journal_fields(e: &types::tcpstates_event) -> Vec<(&'static str, String)> {
+    let v = if ip_version(e.family) == 6 {
+        "IPV6"
+    } else {
+        "IPV4"
+    };
+    let (src, dst) = (ip_addr(e.family, &e.laddr), ip_addr(e.family, &e.raddr));
+    let comm = if e.owner.pid == 0 {
+        "?".to_string()
+    } else {
+        crate::format::comm(&e.owner.comm)
+    };
+    let (old, new) = (tcp_state(e.oldstate), tcp_state(e.newstate));
+    let message = format!("{comm} {src} {} → {dst} {} {old} → {new}", e.lport, e.rport);
+    let src_key = if v == "IPV6" {
+        "OBJECT_IPV6_SOURCE_ADDRESS"
+    } else {
+        "OBJECT_IPV4_SOURCE_ADDRESS"
+    };
+    let dst_key = if v == "IPV6" {
+        "OBJECT_IPV6_DESTINATION_ADDRESS"
+    } else {
+        "OBJECT_IPV4_DESTINATION_ADDRESS"
+    };
+    vec![
+        ("MESSAGE", message),
+        ("SYSLOG_IDENTIFIER", "tcpstates".into()),
+        ("PRIORITY", "5".into()),
+        ("OBJECT_PID", e.owner.pid.to_string()),
+        ("OBJECT_COMM", comm),
+        (src_key, src.to_string()),
+        ("OBJECT_TCP_SOURCE_PORT", e.lport.to_string()),
+        (dst_key, dst.to_string()),
+        ("OBJECT_TCP_DESTINATION_PORT", e.rport.to_string()),
+        ("OBJECT_TCP_OLD_STATE", old.to_string()),
+        ("OBJECT_TCP_NEW_STATE", new.to_string()),
+        ("OBJECT_TCP_SPAN_TIME", (e.delta_ns / 1000).to_string()),
+    ]
 }

@@ -28,7 +28,7 @@ const EXAMPLES: &str = "examples:
     tcptop -4         # trace IPv4 family only
     tcptop -6         # trace IPv6 family only
     tcptop --json 1   # one JSON object per flow per interval (exact bytes)
-    tcptop --cgroup /sys/fs/cgroup/system.slice/nginx.service  # only this cgroup
+    tcptop -c /sys/fs/cgroup/system.slice/nginx.service  # only this cgroup (also --cgroup)
 
 RX_KB/TX_KB: payload bytes the process received/sent on the connection in the interval (what its
 recv/send calls returned, sendfile and splice to a socket included), in KiB. PID/COMM: the process
@@ -63,7 +63,7 @@ struct Args {
     #[arg(short = 's', long = "sort", value_enum, default_value = "all")]
     sort: Sort,
     /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
-    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
+    #[arg(short = 'c', long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
     cgroup: Option<u64>,
     /// output interval, in seconds
     #[arg(default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]

@@ -27,6 +27,8 @@ const EXAMPLES: &str = "examples:
     tcptracer -v               # long type names (connect/accept/close) and the NETNS column
     tcptracer -t               # include timestamp (seconds since the first event; -v: ns)
     tcptracer -p 181           # only trace PID 181
+    tcptracer -U               # include UID
+    tcptracer -u 1000          # only trace UID 1000 (the socket owner's)
     tcptracer -N 4026531840    # only this network namespace (its inode number)
     tcptracer -N /run/netns/blue  # ... or a namespace file: /run/netns/NAME, /proc/PID/ns/net
     tcptracer -4               # only trace IPv4 family
@@ -67,6 +69,12 @@ struct Args {
     /// trace this PID only
     #[arg(short = 'p', long, value_parser = parse_id)]
     pid: Option<u32>,
+    /// include UID on output
+    #[arg(short = 'U', long = "print-uid")]
+    print_uid: bool,
+    /// trace this UID only
+    #[arg(short = 'u', long, value_parser = parse_id)]
+    uid: Option<u32>,
     /// trace this network namespace only: its inode number, or a namespace file
     #[arg(short = 'N', long, value_parser = parse_netns)]
     netns: Option<u32>,
@@ -84,12 +92,16 @@ struct Args {
     common: Common,
 }
 
-fn columns(long: bool, timestamp: bool, netns_col: bool) -> Vec<Col> {
+fn columns(long: bool, timestamp: bool, netns_col: bool, uid: bool) -> Vec<Col> {
     let mut cols = Vec::new();
+    if long && timestamp {
+        cols.push(Col::left("TIME(ns)", "time_rel_ns", 14));
+    }
+    // libbpf-tools' -U: UID after the time, before the type
+    if uid {
+        cols.push(Col::left("UID", "uid", 6));
+    }
     if long {
-        if timestamp {
-            cols.push(Col::left("TIME(ns)", "time_rel_ns", 14));
-        }
         cols.push(Col::left("TYPE", "type", 12));
     } else {
         cols.push(Col::left("T", "t", 2));
@@ -127,6 +139,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     }
     let filters = Filters {
         pid: a.pid,
+        uid: a.uid,
         family: a.family.family(),
         cgroup_id: a.cgroup,
         ..Default::default()
@@ -137,7 +150,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     // BCC: TIME(s) with 3 decimals; with -v integer nanoseconds (a column of our own, below)
     let mut printer = Printer::new(
         mode,
-        columns(long, a.timestamp, a.netns.is_none()),
+        columns(long, a.timestamp, a.netns.is_none(), a.print_uid),
         TimeCols {
             hms: false,
             secs: a.timestamp && !long,
@@ -211,17 +224,24 @@ mod tests {
     fn bcc_headers() {
         let titles = |cols: Vec<Col>| -> Vec<&str> { cols.iter().map(|c| c.title).collect() };
         assert_eq!(
-            titles(columns(false, false, true)),
+            titles(columns(false, false, true, false)),
             ["T", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT"]
         );
         assert_eq!(
-            titles(columns(true, true, true)),
+            titles(columns(true, true, true, false)),
             [
                 "TIME(ns)", "TYPE", "PID", "COMM", "IP", "SADDR", "DADDR", "SPORT", "DPORT",
                 "NETNS"
             ]
         );
-        assert_eq!(titles(columns(true, false, false)).last(), Some(&"DPORT"));
+        assert_eq!(
+            titles(columns(true, false, false, false)).last(),
+            Some(&"DPORT")
+        );
+        assert_eq!(
+            titles(columns(false, false, true, true))[..3],
+            ["UID", "T", "PID"]
+        );
         assert_eq!(type_names(1), ("C", "connect"));
         assert_eq!(type_names(2), ("A", "accept"));
         assert_eq!(type_names(3), ("X", "close"));
