@@ -279,7 +279,7 @@ fn filters() {
             }
             "uid-mine" => {
                 assert!(
-                    rows.iter().all(|r| r["uid"].to_string() == my_uid),
+                    rows.iter().all(|r| u(r, "uid").to_string() == my_uid),
                     "-u {my_uid}: {rows:#?}"
                 );
                 check_session(rows, &out4, ino, win);
