@@ -24,7 +24,16 @@ const volatile __u8 filter_lport_on = 0;      /* local ports: bit per port */
 const volatile __u8 filter_lports[8192] = {};
 const volatile __u8 filter_rport_on = 0;      /* remote ports: bit per port */
 const volatile __u8 filter_rports[8192] = {};
-const volatile __u64 filter_cgroup_id = 0;    /* 0: any cgroup (v2 id) */
+const volatile __u64 filter_cgroup_id = 0;    /* SCOPE_CGROUP: this cgroup (v2 id) */
+/* Which processes a tool watches by where they run: SCOPE_ANY; SCOPE_CGROUP (--cgroup PATH: one
+ * cgroup, filter_cgroup_id); SCOPE_CGROUP_SET (--cgroupmap: the cgroup ids that are keys of BCC's pinned
+ * map, cgroup_set); SCOPE_MNTNS_SET (--mntnsmap: the mount namespace ids that are keys of mntns_set).
+ * The maps are the user's own pinned ones (user space reuses them before load), read live as BCC does. */
+#define SCOPE_ANY 0
+#define SCOPE_CGROUP 1
+#define SCOPE_CGROUP_SET 2
+#define SCOPE_MNTNS_SET 3
+const volatile __u8 filter_scope = SCOPE_ANY;
 /* sockray's own process: its socket-owner seeding walk holds file references for a moment, so a
  * close() racing with it can end in sockray; never record sockray as a socket's owner. */
 const volatile __u32 self_tgid = 0;
@@ -74,9 +83,58 @@ static __always_inline bool uid_ok(__u32 uid)
 	return !filter_uid_on || filter_uid == uid;
 }
 
-static __always_inline bool cgroup_ok(__u64 cgroup_id)
+/* --cgroupmap/--mntnsmap: the user's pinned hash map (BCC's: keys u64 ids, values of any size) goes in
+ * slot 0 after load; user space makes the template like it (src/filter.rs). A map of maps rather than
+ * the user's map in place of one of ours: a libbpf skeleton knows its maps by name. */
+struct scope_ids {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, __u64);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct scope_ids);
+} scope_sets SEC(".maps");
+
+/* The scope id of the current task (0 when no scope filter is set: the verifier drops the reads). */
+static __always_inline __u64 scope_id_current(void)
 {
-	return !filter_cgroup_id || filter_cgroup_id == cgroup_id;
+	if (filter_scope == SCOPE_MNTNS_SET) {
+		struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+
+		return BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
+	}
+	if (filter_scope != SCOPE_ANY)
+		return bpf_get_current_cgroup_id();
+	return 0;
+}
+
+/* The same of another task (the seeding walk's). */
+static __always_inline __u64 scope_id_task(struct task_struct *t)
+{
+	if (filter_scope == SCOPE_MNTNS_SET)
+		return BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
+	if (filter_scope != SCOPE_ANY)
+		return BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+	return 0;
+}
+
+/* Does a scope id (scope_id_current(), scope_id_task()) pass --cgroup, --cgroupmap or --mntnsmap? */
+static __always_inline bool scope_ok(__u64 id)
+{
+	__u32 zero = 0;
+	void *set;
+
+	if (filter_scope == SCOPE_ANY)
+		return true;
+	if (filter_scope == SCOPE_CGROUP)
+		return filter_cgroup_id == id;
+	set = bpf_map_lookup_elem(&scope_sets, &zero);
+	return set && bpf_map_lookup_elem(set, &id);
 }
 
 /* Per-socket state maps: entries are allocated when used (memory follows the number of live sockets) and

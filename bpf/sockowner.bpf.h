@@ -384,24 +384,24 @@ struct {
 } listen_owners SEC(".maps");
 
 /* The owner of a socket found in task's fd table. The uid is the socket's (sk_uid: its creator's), which
- * spares a CO-RE relocation against struct cred; the cgroup only when asked (sockseed_cg in bpf/sockseed.bpf.c). */
+ * spares a CO-RE relocation against struct cred; the scope (cgroup or mount namespace) only when asked (sockseed_cg in bpf/sockseed.bpf.c). */
 static __always_inline void owner_from_task(struct sock_owner *o, struct task_struct *task,
-					    const struct sock *sk, bool with_cgroup)
+					    const struct sock *sk, bool with_scope)
 {
 	o->pid = BPF_CORE_READ(task, tgid);
 	o->uid = SK_R(sk, sk_uid.val);
-	if (with_cgroup)
-		o->cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	if (with_scope)
+		o->scope = scope_id_task(task);
 	BPF_CORE_READ_STR_INTO(&o->comm, task, comm);
 }
 
-/* The current task as owner: pid is the tgid; comm is the thread's name (as BCC prints it); the cgroup
- * only for --cgroup (nothing prints it; the verifier drops the call when the filter is off). */
+/* The current task as owner: pid is the tgid; comm is the thread's name (as BCC prints it); the scope
+ * only for --cgroup/--cgroupmap/--mntnsmap (nothing prints it; the verifier drops the reads when off). */
 static __always_inline void owner_from_current_id(struct sock_owner *o, __u64 pid_tgid)
 {
 	o->pid = pid_tgid >> 32;
 	o->uid = (__u32)bpf_get_current_uid_gid();
-	o->cgroup = filter_cgroup_id ? bpf_get_current_cgroup_id() : 0;
+	o->scope = scope_id_current();
 	bpf_get_current_comm(&o->comm, sizeof(o->comm));
 }
 
@@ -634,10 +634,10 @@ static __always_inline void owner_of_listener(__u32 rec_flags, const struct sock
 	listener_owner(&k, o);
 }
 
-/* Does an owner pass the process filters (-p, -u, --cgroup)? */
+/* Does an owner pass the process filters (-p, -u, --cgroup, --cgroupmap, --mntnsmap)? */
 static __always_inline bool owner_ok(const struct sock_owner *o)
 {
-	return tgid_ok(o->pid) && uid_ok(o->uid) && cgroup_ok(o->cgroup);
+	return tgid_ok(o->pid) && uid_ok(o->uid) && scope_ok(o->scope);
 }
 
 /* ---- accept(): the returned fd names the socket the calling process now owns ---- */

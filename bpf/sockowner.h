@@ -6,7 +6,7 @@
 struct sock_owner {
 	__u32 pid;      /* tgid of the owning process; 0 when unknown */
 	__u32 uid;
-	__u64 cgroup;   /* cgroup v2 id */
+	__u64 scope;    /* for --cgroup/--cgroupmap: its cgroup v2 id; --mntnsmap: its mount namespace (scope_id_*) */
 	char comm[16];
 };
 

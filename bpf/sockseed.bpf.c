@@ -78,7 +78,8 @@ static __always_inline int seed_one(struct sockray_iter_task_file *ctx, bool wit
 }
 
 /* Four variants; user space loads one (src/runtime.rs): the task's cgroup costs three more CO-RE
- * relocations at start-up (css_set, cgroup, kernfs_node; ~1 ms each) and is needed only for --cgroup;
+ * relocations at start-up (css_set, cgroup, kernfs_node; ~1 ms each) and is needed only for --cgroup and
+ * --cgroupmap (the `_cg` ones, which read the mount namespace instead for --mntnsmap: filter_scope);
  * the `_file` ones need bpf_sock_from_file() (Linux 5.11+), the others are the fallback before. */
 SEC("iter/task_file")
 int sockseed_plain_file(struct sockray_iter_task_file *ctx)

@@ -79,7 +79,7 @@ int solisten_exit_listen(struct trace_event_raw_sys_exit *ctx)
 	if (filter_netns && netns != filter_netns)
 		return 0;
 	uid = (__u32)bpf_get_current_uid_gid();
-	if (!uid_ok(uid) || !cgroup_ok(bpf_get_current_cgroup_id()))
+	if (!uid_ok(uid) || !scope_ok(scope_id_current()))
 		return 0;
 
 	e = event_reserve(sizeof(*e));

@@ -69,7 +69,7 @@ static __always_inline int emit_accept(long newfd, long lfd)
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		return 0;
 	uid = (__u32)bpf_get_current_uid_gid();
-	if (!uid_ok(uid) || !cgroup_ok(bpf_get_current_cgroup_id()))
+	if (!uid_ok(uid) || !scope_ok(scope_id_current()))
 		return 0;
 
 	e = event_reserve(sizeof(*e));

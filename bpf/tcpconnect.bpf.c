@@ -58,7 +58,7 @@ static __always_inline void owner_current(struct sock_owner *o)
 {
 	o->pid = bpf_get_current_pid_tgid() >> 32;
 	o->uid = (__u32)bpf_get_current_uid_gid();
-	o->cgroup = bpf_get_current_cgroup_id();
+	o->scope = scope_id_current();
 	bpf_get_current_comm(&o->comm, sizeof(o->comm));
 }
 
@@ -109,7 +109,7 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 	if (!family_ok(t.family) || !ports_ok(t.lport, t.rport))
 		return 0;
 	owner_current(&o);
-	if (!tgid_ok(o.pid) || !uid_ok(o.uid) || !cgroup_ok(o.cgroup))
+	if (!tgid_ok(o.pid) || !uid_ok(o.uid) || !scope_ok(o.scope))
 		return 0;
 
 	p = emit_at_syn_sent ? NULL : bpf_map_lookup_elem(&connecting, &id);

@@ -52,9 +52,9 @@ static __always_inline int handle_set_state(const struct sock *sk, int oldstate,
 			return 0;
 		st.owner.pid = bpf_get_current_pid_tgid() >> 32;
 		st.owner.uid = (__u32)bpf_get_current_uid_gid();
-		st.owner.cgroup = bpf_get_current_cgroup_id();
+		st.owner.scope = scope_id_current();
 		bpf_get_current_comm(&st.owner.comm, sizeof(st.owner.comm));
-		if (!tgid_ok(st.owner.pid) || !uid_ok(st.owner.uid) || !cgroup_ok(st.owner.cgroup))
+		if (!tgid_ok(st.owner.pid) || !uid_ok(st.owner.uid) || !scope_ok(st.owner.scope))
 			return 0;
 		map_update_counted(&starts, &key, &st, BPF_ANY);
 		return 0;

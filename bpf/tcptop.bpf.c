@@ -74,7 +74,7 @@ static __always_inline void count_bytes(const struct sock *sk, int bytes, bool r
 	pid_tgid = bpf_get_current_pid_tgid();
 	if (!tgid_ok(pid_tgid >> 32) || (pid_tgid >> 32) == self_tgid)
 		return;
-	if (filter_cgroup_id && !cgroup_ok(bpf_get_current_cgroup_id()))
+	if (filter_scope && !scope_ok(scope_id_current()))
 		return;
 
 	__builtin_memset(&key, 0, sizeof(key));

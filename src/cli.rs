@@ -43,6 +43,34 @@ pub struct SocketTable {
     pub max_sockets: Option<u32>,
 }
 
+/// Which processes, by where they run: `--cgroup PATH`, and BCC's `--cgroupmap` / `--mntnsmap`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ScopeArgs {
+    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
+    #[arg(long = "cgroup", value_name = "PATH", value_parser = crate::filter::cgroup_id,
+          conflicts_with_all = ["cgroupmap", "mntnsmap"])]
+    pub cgroup: Option<u64>,
+    /// trace cgroups in this BPF map only (a pinned hash map whose keys are cgroup v2 ids, as BCC's)
+    #[arg(long = "cgroupmap", value_name = "MAP", conflicts_with = "mntnsmap")]
+    pub cgroupmap: Option<std::path::PathBuf>,
+    /// trace mount namespaces in this BPF map only (a pinned hash map whose keys are mount namespace
+    /// ids, as BCC's)
+    #[arg(long = "mntnsmap", value_name = "MAP")]
+    pub mntnsmap: Option<std::path::PathBuf>,
+}
+
+impl ScopeArgs {
+    pub fn scope(&self) -> crate::filter::Scope {
+        use crate::filter::Scope;
+        match (&self.cgroup, &self.cgroupmap, &self.mntnsmap) {
+            (Some(id), _, _) => Scope::Cgroup(*id),
+            (_, Some(p), _) => Scope::CgroupSet(p.clone()),
+            (_, _, Some(p)) => Scope::MntnsSet(p.clone()),
+            _ => Scope::Any,
+        }
+    }
+}
+
 /// BCC's `-4` / `-6` (one or the other).
 #[derive(Args, Debug, Clone, Default)]
 pub struct FamilyArgs {
@@ -133,7 +161,7 @@ macro_rules! load_tool {
             $crate::cli::open_prepared!($builder, $storage, $tool, $common, $filters, $setup, $skip);
         // the socket-owner seeding object loads on a second thread meanwhile, sharing the owner maps
         // (the thread opens its object while the maps are created)
-        let mut seeder = $crate::runtime::Seeder::spawn(open.open_object(), $filters.cgroup_id.is_some());
+        let mut seeder = $crate::runtime::Seeder::spawn(open.open_object(), $filters.scope.code());
         let shared = $crate::runtime::SharedOwnerMaps::create(open.open_object_mut())?;
         if let (Some(seeder), Some(s)) = (&seeder, &shared) {
             seeder.share(s)?;
@@ -150,7 +178,7 @@ macro_rules! load_tool {
                 // socket-local storage the hash map takes every record that finds no slot); the first
                 // seeding thread ends when its Seeder is dropped
                 drop(shared);
-                seeder = $crate::runtime::Seeder::spawn(open.open_object(), $filters.cgroup_id.is_some());
+                seeder = $crate::runtime::Seeder::spawn(open.open_object(), $filters.scope.code());
                 let shared = $crate::runtime::SharedOwnerMaps::create(open.open_object_mut())?;
                 if let (Some(seeder), Some(s)) = (&seeder, &shared) {
                     seeder.share(s)?;
@@ -160,6 +188,7 @@ macro_rules! load_tool {
             }
             Err(e) => return Err($crate::runtime::load_error(e, $tool)),
         };
+        $crate::filter::fill_scope_map(skel.object())?;
         let links = $crate::runtime::attach_all(skel.object(), &chosen)?;
         $crate::runtime::UnseenCount::start(skel.object());
         if let Some(seeder) = seeder {
@@ -195,6 +224,7 @@ macro_rules! open_prepared {
             .ok_or_else(|| anyhow::anyhow!("no rodata"))?;
         $crate::filter::apply_filters!(&mut *ro, $filters);
         ($setup)(ro);
+        $filters.scope.prepare_scope_map(open.open_object_mut())?;
         $crate::runtime::skip_programs(open.open_object_mut(), $skip);
         let chosen = $crate::runtime::prepare(open.open_object_mut(), $tool, $common)?;
         let storage = $crate::runtime::place_sock_records(open.open_object_mut(), &chosen);

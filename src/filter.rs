@@ -67,6 +67,110 @@ pub fn cgroup_id(path: &str) -> Result<u64, String> {
     Ok(md.ino())
 }
 
+/// Where the watched processes run: `--cgroup PATH` (one cgroup), or BCC's `--cgroupmap` /
+/// `--mntnsmap` (a pinned BPF hash map whose keys are cgroup v2 ids / mount namespace ids, kept up to
+/// date by whoever pinned it: read live by the kernel programs).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Scope {
+    #[default]
+    Any,
+    Cgroup(u64),
+    CgroupSet(std::path::PathBuf),
+    MntnsSet(std::path::PathBuf),
+}
+
+impl Scope {
+    /// SCOPE_* of bpf/common.bpf.h.
+    pub fn code(&self) -> u8 {
+        match self {
+            Scope::Any => 0,
+            Scope::Cgroup(_) => 1,
+            Scope::CgroupSet(_) => 2,
+            Scope::MntnsSet(_) => 3,
+        }
+    }
+
+    /// --cgroupmap/--mntnsmap, before load: opens the user's pinned map (kept for after the load,
+    /// [`fill_scope_map`]) and makes the template of `scope_sets` like it.
+    pub fn prepare_scope_map(&self, obj: &mut libbpf_rs::OpenObject) -> anyhow::Result<()> {
+        use libbpf_rs::MapCore as _;
+        use std::os::fd::AsFd as _;
+        let (path, flag) = match self {
+            Scope::CgroupSet(p) => (p, "--cgroupmap"),
+            Scope::MntnsSet(p) => (p, "--mntnsmap"),
+            _ => return Ok(()),
+        };
+        let pinned = match PINNED.get() {
+            Some(m) => m,
+            None => {
+                let map = libbpf_rs::MapHandle::from_pinned_path(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{flag} {}: not a pinned BPF map ({e}); pin a hash map with 8-byte keys \
+                         there first (e.g. bpftool map create {} type hash key 8 value 8 \
+                         entries 128 name ids)",
+                        path.display(),
+                        path.display()
+                    )
+                })?;
+                if map.map_type() != libbpf_rs::MapType::Hash || map.key_size() != 8 {
+                    anyhow::bail!(
+                        "{flag} {}: a {:?} map with {}-byte keys; expected a hash map with 8-byte \
+                         keys (ids)",
+                        path.display(),
+                        map.map_type(),
+                        map.key_size()
+                    );
+                }
+                let _ = PINNED.set(map);
+                PINNED.get().expect("set")
+            }
+        };
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: pinned.info()?.info.map_flags,
+            ..Default::default()
+        };
+        let template = libbpf_rs::MapHandle::create(
+            libbpf_rs::MapType::Hash,
+            Some("scope_tmpl"),
+            8,
+            pinned.value_size(),
+            1,
+            &opts,
+        )?;
+        let mut outer = obj
+            .maps_mut()
+            .find(|m| m.name() == "scope_sets")
+            .ok_or_else(|| anyhow::anyhow!("no map scope_sets in the BPF object"))?;
+        // libbpf creates the array of maps at load with it: kept until then
+        outer.set_inner_map_fd(Box::leak(Box::new(template)).as_fd())?;
+        Ok(())
+    }
+}
+
+static PINNED: std::sync::OnceLock<libbpf_rs::MapHandle> = std::sync::OnceLock::new();
+
+/// --cgroupmap/--mntnsmap, after load: the user's map into `scope_sets` (before the programs attach).
+pub fn fill_scope_map(obj: &libbpf_rs::Object) -> anyhow::Result<()> {
+    use libbpf_rs::MapCore as _;
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let Some(pinned) = PINNED.get() else {
+        return Ok(());
+    };
+    let outer = obj
+        .maps()
+        .find(|m| m.name() == "scope_sets")
+        .ok_or_else(|| anyhow::anyhow!("no map scope_sets in the BPF object"))?;
+    let fd = pinned.as_fd().as_raw_fd() as u32;
+    outer
+        .update(
+            &0u32.to_ne_bytes(),
+            &fd.to_ne_bytes(),
+            libbpf_rs::MapFlags::ANY,
+        )
+        .map_err(|e| anyhow::anyhow!("the pinned id map could not be used: {e}"))
+}
+
 /// What a tool filters on; unset fields match everything.
 #[derive(Clone, Debug, Default)]
 pub struct Filters {
@@ -76,7 +180,7 @@ pub struct Filters {
     pub family: Option<u16>,
     pub lports: Option<PortList>,
     pub rports: Option<PortList>,
-    pub cgroup_id: Option<u64>,
+    pub scope: Scope,
 }
 
 /// Writes [`Filters`] into a skeleton's `rodata` (every tool's rodata has the same `filter_*` fields).
@@ -96,7 +200,11 @@ macro_rules! apply_filters {
             r.filter_rport_on = 1;
             r.filter_rports = p.bitmap();
         }
-        r.filter_cgroup_id = f.cgroup_id.unwrap_or(0);
+        r.filter_scope = f.scope.code();
+        r.filter_cgroup_id = match f.scope {
+            $crate::filter::Scope::Cgroup(id) => id,
+            _ => 0,
+        };
         r.self_tgid = std::process::id();
         r.sock_slot_mask = $crate::runtime::sock_slot_mask();
     }};

@@ -815,9 +815,10 @@ pub struct Seeder {
 
 impl Seeder {
     /// Starts the seeding thread when the tool's object has the socket-owner maps (else None): it opens
-    /// the seeding object while the tool creates the maps ([`Seeder::share`]), then loads it. `cgroup`:
-    /// the variant that records each owner's cgroup (for --cgroup; three more CO-RE relocations).
-    pub fn spawn(obj: &OpenObject, cgroup: bool) -> Option<Seeder> {
+    /// the seeding object while the tool creates the maps ([`Seeder::share`]), then loads it. `scope`:
+    /// the tool's filter_scope; when set, the variant that records each owner's cgroup or mount
+    /// namespace (for --cgroup, --cgroupmap, --mntnsmap; more CO-RE relocations).
+    pub fn spawn(obj: &OpenObject, scope: u8) -> Option<Seeder> {
         if NO_OWNERS.load(Ordering::Relaxed) {
             return None;
         }
@@ -834,13 +835,7 @@ impl Seeder {
         std::thread::spawn(move || {
             let (mut first, mut fallback) = (MaybeUninit::uninit(), MaybeUninit::uninit());
             let mut skel = None;
-            let r = Self::seed(
-                [&mut first, &mut fallback],
-                &mut skel,
-                cgroup,
-                maps_rx,
-                wait,
-            );
+            let r = Self::seed([&mut first, &mut fallback], &mut skel, scope, maps_rx, wait);
             // said before the object is closed: its teardown is not the tool's wait
             let _ = done_tx.send(r);
             drop(skel);
@@ -852,11 +847,13 @@ impl Seeder {
     fn open_variant<'a>(
         storage: &'a mut MaybeUninit<OpenObject>,
         wanted: &str,
+        scope: u8,
     ) -> Result<seedskel::OpenSockseedSkel<'a>> {
         use libbpf_rs::skel::{OpenSkel as _, SkelBuilder as _};
         let mut open = seedskel::SockseedSkelBuilder::default().open(storage)?;
         if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
             ro.sock_slot_mask = sock_slot_mask();
+            ro.filter_scope = scope;
         }
         if let Some(mut events) = open
             .open_object_mut()
@@ -876,18 +873,18 @@ impl Seeder {
     fn seed<'a>(
         [first, fallback]: [&'a mut MaybeUninit<OpenObject>; 2],
         skel: &mut Option<seedskel::SockseedSkel<'a>>,
-        cgroup: bool,
+        scope: u8,
         maps: std::sync::mpsc::Receiver<Vec<(String, std::os::fd::OwnedFd)>>,
         wait: std::sync::mpsc::Receiver<()>,
     ) -> Result<Duration> {
         use libbpf_rs::skel::{OpenSkel as _, Skel as _};
         // the variant with bpf_sock_from_file() (Linux 5.11+: one CO-RE type fewer), else the fallback
-        let (wanted, older) = if cgroup {
+        let (wanted, older) = if scope != 0 {
             ("sockseed_cg_file", "sockseed_cg")
         } else {
             ("sockseed_plain_file", "sockseed_plain")
         };
-        let mut open = Self::open_variant(first, wanted)?;
+        let mut open = Self::open_variant(first, wanted, scope)?;
         let Ok(fds) = maps.recv() else {
             return Ok(Duration::ZERO); // the tool did not get to create the maps
         };
@@ -898,7 +895,7 @@ impl Seeder {
                 crate::cli::debug(format_args!(
                     "seeding: {wanted} not loaded ({e}); loading {older} (before Linux 5.11)"
                 ));
-                let mut open = Self::open_variant(fallback, older)?;
+                let mut open = Self::open_variant(fallback, older, scope)?;
                 reuse_maps(open.open_object_mut(), &fds)?;
                 (skel.insert(open.load()?), older)
             }

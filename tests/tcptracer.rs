@@ -224,6 +224,15 @@ fn filters() {
     let client_pid = u(&g.wait_role("client-ready", Duration::from_secs(10)), "pid");
     cg.add(client_pid);
 
+    // BCC's pinned id maps: the client's cgroup; the generator's mount namespace (`ip netns exec`
+    // makes one of its own), and this test's
+    let cg_set = PinnedIds::new("tt-cg", &[cgroup_id_of(&cg.path)]);
+    let gen_mntns = mntns_of(server_pid);
+    let my_mntns = mntns_of(std::process::id() as u64);
+    assert_ne!(gen_mntns, my_mntns, "ip netns exec makes a mount namespace");
+    assert_eq!(mntns_of(client_pid), gen_mntns);
+    let mnt_gen = PinnedIds::new("tt-mnt", &[gen_mntns]);
+    let mnt_mine = PinnedIds::new("tt-mnt-mine", &[my_mntns]);
     let me = std::process::id().to_string();
     let spid = server_pid.to_string();
     let ino_s = ino.to_string();
@@ -240,6 +249,9 @@ fn filters() {
         ("cgroup-client", vec!["--cgroup", &cg.path]),
         ("cgroup-empty", vec!["--cgroup", &empty.path]),
         ("uid-mine", vec!["-u", &my_uid]),
+        ("cgroupmap-client", vec!["--cgroupmap", &cg_set.path]),
+        ("mntnsmap-gen", vec!["-M", &mnt_gen.path]),
+        ("mntnsmap-mine", vec!["--mntnsmap", &mnt_mine.path]),
         ("uid-other", vec!["-u", "12345"]),
     ];
     let tracers: Vec<(&str, Tracer)> = filters
@@ -323,7 +335,20 @@ fn filters() {
                     "-N {root_ino}: rows of the test: {mine:#?}"
                 );
             }
-            "cgroup-client" => {
+            "mntnsmap-gen" => {
+                // only the generator's processes run in its mount namespace
+                assert!(
+                    rows.iter().all(|r| ours.contains(&u(r, "pid"))),
+                    "--mntnsmap: rows of other processes: {rows:#?}"
+                );
+                check_session(rows, &out4, ino, win);
+                check_session(rows, &out6, ino, win);
+                assert_eq!(rows.len(), 4 * conns, "--mntnsmap: {rows:#?}");
+            }
+            "mntnsmap-mine" => {
+                assert!(mine.is_empty(), "--mntnsmap (the test's): {mine:#?}");
+            }
+            "cgroup-client" | "cgroupmap-client" => {
                 assert!(
                     rows.iter().all(|r| u(r, "pid") == client_pid),
                     "only the client is in {}: {rows:#?}",
@@ -332,7 +357,7 @@ fn filters() {
                 for c in &out4.clients {
                     check_end(rows, c, &["connect", "close"], ino, win);
                 }
-                assert_eq!(rows.len(), 2 * out4.clients.len(), "--cgroup: {rows:#?}");
+                assert_eq!(rows.len(), 2 * out4.clients.len(), "{name}: {rows:#?}");
             }
             _ => unreachable!(),
         }
@@ -444,3 +469,36 @@ live_tests!("tcptracer", "tt", |out: &SessionOut| {
         row("the server's close", "X", s),
     ]
 });
+
+/// --cgroupmap/--mntnsmap given something that is not a pinned hash map of ids: a one-line error
+/// naming the flag and the path.
+#[test]
+fn scope_map_errors() {
+    if !require_bpf() {
+        return;
+    }
+    let ids = PinnedIds::new("tt-err", &[]);
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(sockray_bin())
+            .arg("tcptracer")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let err = run(&["--cgroupmap", "/nonexistent/map"]);
+    assert!(
+        err.contains("--cgroupmap /nonexistent/map: not a pinned BPF map"),
+        "{err}"
+    );
+    let err = run(&["--mntnsmap", "/etc/hostname"]);
+    assert!(
+        err.contains("--mntnsmap /etc/hostname: not a pinned BPF map"),
+        "{err}"
+    );
+    let err = run(&["--cgroupmap", &ids.path, "--mntnsmap", &ids.path]);
+    assert!(err.contains("cannot be used with"), "{err}");
+}

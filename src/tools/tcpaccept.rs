@@ -9,8 +9,8 @@ use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
 use crate::attach;
-use crate::cli::{self, Common, FamilyArgs, load_tool};
-use crate::filter::{Filters, PortList, cgroup_id, parse_id, parse_ports};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs, load_tool};
+use crate::filter::{Filters, PortList, parse_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Printer, TimeCols, Value};
 use crate::runtime;
@@ -31,6 +31,8 @@ const EXAMPLES: &str = "examples:
     tcpaccept -B         # show the listener's accept queue (BACKLOG current/max)
     tcpaccept --json     # one JSON object per accepted connection
     tcpaccept --cgroup /sys/fs/cgroup/system.slice/nginx.service  # only this cgroup
+    tcpaccept --cgroupmap mappath  # only trace cgroups in this BPF map
+    tcpaccept --mntnsmap mappath   # only trace mount namespaces in the map
 
 PID and COMM are the process (COMM: the thread) that called accept() or accept4() and got the
 connection, never the client, also on loopback where the handshake runs in the client's context.
@@ -63,9 +65,8 @@ struct Args {
     port: Option<PortList>,
     #[command(flatten)]
     family: FamilyArgs,
-    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
-    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
-    cgroup: Option<u64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     /// show the listener's accept queue after each accept: BACKLOG as current/max
     #[arg(short = 'B', long = "backlog")]
     backlog: bool,
@@ -98,7 +99,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         pid: a.pid,
         family: a.family.family(),
         lports: a.port.clone(),
-        cgroup_id: a.cgroup,
+        scope: a.scope.scope(),
         ..Default::default()
     };
     let json = a.common.json;

@@ -15,8 +15,8 @@ use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
 use crate::attach::{self, Kind};
-use crate::cli::{self, Common, FamilyArgs, load_tool};
-use crate::filter::{Filters, PortList, cgroup_id, parse_id, parse_ports};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs, load_tool};
+use crate::filter::{Filters, PortList, parse_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Fields, Mode, Printer, TimeCols, Value};
 use crate::runtime;
@@ -43,6 +43,8 @@ const EXAMPLES: &str = "examples:
     tcpconnect -c        # count connects per source address and destination address/port
     tcpconnect -L        # include LPORT on output
     tcpconnect --cgroup /sys/fs/cgroup/system.slice/nginx.service  # only this cgroup
+    tcpconnect --cgroupmap mappath  # only trace cgroups in this BPF map
+    tcpconnect --mntnsmap mappath   # only trace mount namespaces in the map
     tcpconnect --json    # one JSON object per connect, with connect()'s result as ret
 
 Every connect that sent a SYN is shown, refused or unanswered ones too; with --json, ret is what
@@ -61,11 +63,18 @@ On Linux 6.3+ the answers come from sock:sock_recv_length (read, recvfrom, recvm
 kernels from the recvfrom and recvmsg syscall tracepoints (glibc's resolver uses recvfrom; answers
 read with read() are not seen there), which every such syscall on the machine then passes through.
 
---cgroupmap and --mntnsmap (BCC) are not supported; --cgroup takes the cgroup directory itself.";
+--cgroup takes the cgroup directory itself; --cgroupmap and --mntnsmap (BCC's, -C/-M as libbpf-tools)
+a pinned BPF hash map whose keys are the cgroup v2 ids or mount namespace ids to trace, read as it
+changes (e.g. bpftool map create /sys/fs/bpf/cg type hash key 8 value 8 entries 128 name cgroupset).";
 
 /// Trace TCP connects
 #[derive(Parser, Debug)]
-#[command(name = "tcpconnect", after_help = EXAMPLES)]
+#[command(
+    name = "tcpconnect", after_help = EXAMPLES,
+    // libbpf-tools' -C/-M
+    mut_arg("cgroupmap", |a| a.short('C')),
+    mut_arg("mntnsmap", |a| a.short('M')),
+)]
 struct Args {
     /// include timestamp on output (seconds since the first event)
     #[arg(short = 't', long = "timestamp")]
@@ -93,9 +102,8 @@ struct Args {
     /// include the likely DNS query of each destination (QUERY column)
     #[arg(short = 'd', long)]
     dns: bool,
-    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
-    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
-    cgroup: Option<u64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     /// send events at SYN_SENT (LPORT 0, ret null), as without syscall tracepoints (for testing)
     #[arg(long = "at-syn-sent", hide = true)]
     at_syn_sent: bool,
@@ -157,7 +165,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         uid: a.uid,
         family: a.family.family(),
         rports: a.port.clone(),
-        cgroup_id: a.cgroup,
+        scope: a.scope.scope(),
         ..Default::default()
     };
     let mode = a.common.mode(false);

@@ -9,8 +9,8 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, load_tool};
-use crate::filter::{Filters, cgroup_id, parse_id};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs, load_tool};
+use crate::filter::{Filters, parse_id};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Printer, TimeCols, Value};
 use crate::runtime;
@@ -53,9 +53,8 @@ struct Args {
     lport: bool,
     #[command(flatten)]
     family: FamilyArgs,
-    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
-    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
-    cgroup: Option<u64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     /// minimum latency to show, in ms (fractions allowed: 0.1 = 100 us)
     #[arg(value_name = "min_ms", value_parser = parse_min_ms)]
     min_ms: Option<f64>,
@@ -104,7 +103,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let filters = Filters {
         pid: a.pid,
         family: a.family.family(),
-        cgroup_id: a.cgroup,
+        scope: a.scope.scope(),
         ..Default::default()
     };
     let mode = a.common.mode(false);

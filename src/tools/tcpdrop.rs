@@ -15,8 +15,8 @@ use libbpf_rs::skel::Skel as _;
 use libbpf_rs::{MapCore as _, MapFlags};
 
 use crate::attach;
-use crate::cli::{self, Common, FamilyArgs, SocketTable, load_tool};
-use crate::filter::{Filters, PortList, cgroup_id, parse_id, parse_ports};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs, SocketTable, load_tool};
+use crate::filter::{Filters, PortList, parse_id, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields, tcp_state};
 use crate::output::{Col, Fields, Mode, Printer, TimeCols, Value};
 use crate::runtime;
@@ -58,9 +58,8 @@ struct Args {
     /// comma-separated list of remote ports to trace
     #[arg(short = 'D', long = "remoteport", value_parser = parse_ports)]
     remoteport: Option<PortList>,
-    /// trace only sockets owned by processes in this cgroup v2 directory
-    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
-    cgroup: Option<u64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     /// only these drop reasons (comma-separated, e.g. NO_SOCKET,TCP_CSUM; Linux 5.17+)
     #[arg(long, value_name = "NAME[,NAME]", value_delimiter = ',')]
     reason: Vec<String>,
@@ -360,7 +359,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         family: a.family.family(),
         lports: a.localport.clone(),
         rports: a.remoteport.clone(),
-        cgroup_id: a.cgroup,
+        scope: a.scope.scope(),
         ..Default::default()
     };
     let mode = a.common.mode(false);

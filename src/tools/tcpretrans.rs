@@ -13,8 +13,8 @@ use libbpf_rs::MapCore as _;
 use libbpf_rs::skel::Skel as _;
 
 use crate::attach;
-use crate::cli::{self, Common, FamilyArgs, SocketTable, load_tool};
-use crate::filter::{Filters, PortList, cgroup_id, parse_id, parse_ports};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs, SocketTable, load_tool};
+use crate::filter::{Filters, PortList, parse_id, parse_ports};
 use crate::format::{AF_INET, ip_addr, ip_version, owner_fields, tcp_state};
 use crate::output::{Col, Fields, Mode, Printer, TimeCols, Value};
 use crate::runtime;
@@ -65,9 +65,8 @@ struct Args {
     remoteport: Option<PortList>,
     #[command(flatten)]
     family: FamilyArgs,
-    /// trace only sockets owned by processes in this cgroup v2 directory
-    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
-    cgroup: Option<u64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     /// include time column (HH:MM:SS); always shown, as in BCC's tcpretrans
     #[arg(short = 'T', long = "time")]
     time: bool,
@@ -163,7 +162,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         family: a.family.family(),
         lports: a.localport.clone(),
         rports: a.remoteport.clone(),
-        cgroup_id: a.cgroup,
+        scope: a.scope.scope(),
         ..Default::default()
     };
     let mode = a.common.mode(false);

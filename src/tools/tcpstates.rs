@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, SocketTable, load_tool};
-use crate::filter::{Filters, PortList, cgroup_id, parse_ports};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs, SocketTable, load_tool};
+use crate::filter::{Filters, PortList, parse_ports};
 use crate::format::{ip_addr, ip_version, owner_fields, tcp_state};
 use crate::output::{Col, Printer, TimeCols, Value};
 use crate::runtime;
@@ -64,9 +64,8 @@ struct Args {
     remoteport: Option<PortList>,
     #[command(flatten)]
     family: FamilyArgs,
-    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
-    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
-    cgroup: Option<u64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     #[command(flatten)]
     sockets: SocketTable,
     #[command(flatten)]
@@ -106,7 +105,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         family: a.family.family(),
         lports: a.localport.clone(),
         rports: a.remoteport.clone(),
-        cgroup_id: a.cgroup,
+        scope: a.scope.scope(),
         ..Default::default()
     };
     let mode = a.common.mode(a.csv);

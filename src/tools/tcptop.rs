@@ -12,8 +12,8 @@ use anyhow::Result;
 use clap::{Parser, ValueEnum};
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, load_tool};
-use crate::filter::{Filters, cgroup_id, parse_id};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs, load_tool};
+use crate::filter::{Filters, parse_id};
 use crate::flows::{Flow, FlowCounter, TcptopSkelBuilder};
 use crate::format::{AF_INET6, comm, hms, ip_addr, ip_version, owner_fields};
 use crate::output::{Fields, Mode, Printer, TimeCols, Value};
@@ -29,6 +29,8 @@ const EXAMPLES: &str = "examples:
     tcptop -6         # trace IPv6 family only
     tcptop --json 1   # one JSON object per flow per interval (exact bytes)
     tcptop -c /sys/fs/cgroup/system.slice/nginx.service  # only this cgroup (also --cgroup)
+    tcptop --cgroupmap mappath  # only trace cgroups in this BPF map
+    tcptop --mntnsmap mappath   # only trace mount namespaces in the map
 
 RX_KB/TX_KB: payload bytes the process received/sent on the connection in the interval (what its
 recv/send calls returned, sendfile and splice to a socket included), in KiB. PID/COMM: the process
@@ -43,7 +45,12 @@ enum Sort {
 
 /// Summarize TCP send/recv throughput by host
 #[derive(Parser, Debug)]
-#[command(name = "tcptop", after_help = EXAMPLES)]
+#[command(
+    name = "tcptop",
+    after_help = EXAMPLES,
+    // libbpf-tools' -c CGROUPPATH
+    mut_arg("cgroup", |a| a.short('c')),
+)]
 struct Args {
     /// don't clear the screen
     #[arg(short = 'C', long = "noclear")]
@@ -62,9 +69,8 @@ struct Args {
     /// sort rows by: all (received + sent), sent, received
     #[arg(short = 's', long = "sort", value_enum, default_value = "all")]
     sort: Sort,
-    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
-    #[arg(short = 'c', long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
-    cgroup: Option<u64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     /// output interval, in seconds
     #[arg(default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     interval: u64,
@@ -239,7 +245,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let filters = Filters {
         pid: a.pid,
         family: a.family.family(),
-        cgroup_id: a.cgroup,
+        scope: a.scope.scope(),
         ..Default::default()
     };
     let nargs = crate::flows::recvmsg_nargs();

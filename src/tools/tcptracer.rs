@@ -10,8 +10,8 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, SocketTable, load_tool};
-use crate::filter::{Filters, cgroup_id, parse_id};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs, SocketTable, load_tool};
+use crate::filter::{Filters, parse_id};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Printer, TimeCols, Value};
 use crate::runtime;
@@ -35,6 +35,8 @@ const EXAMPLES: &str = "examples:
     tcptracer -6               # only trace IPv6 family
     tcptracer --json           # one JSON object per event (\"type\": connect, accept or close)
     tcptracer --cgroup /sys/fs/cgroup/system.slice/nginx.service  # only this cgroup
+    tcptracer --cgroupmap mappath  # only trace cgroups in this BPF map
+    tcptracer --mntnsmap mappath   # only trace mount namespaces in the map
 
 T is C (connect: an active open reached ESTABLISHED), A (accept() returned the connection) or X (an
 established connection closed: its socket reached CLOSE). SADDR/SPORT are the local end and
@@ -61,6 +63,9 @@ says which kernel hooks were chosen, on stderr, as in every sockray tool.";
     after_help = EXAMPLES,
     // -v is BCC's long output here; diagnostics keep --verbose
     mut_arg("verbose", |a| a.short(None)),
+    // libbpf-tools' -C/-M
+    mut_arg("cgroupmap", |a| a.short('C')),
+    mut_arg("mntnsmap", |a| a.short('M')),
 )]
 struct Args {
     /// include timestamp on output (seconds; with -v nanoseconds)
@@ -78,9 +83,8 @@ struct Args {
     /// trace this network namespace only: its inode number, or a namespace file
     #[arg(short = 'N', long, value_parser = parse_netns)]
     netns: Option<u32>,
-    /// trace only processes in this cgroup v2 directory (e.g. /sys/fs/cgroup/system.slice/nginx.service)
-    #[arg(long = "cgroup", value_name = "PATH", value_parser = cgroup_id)]
-    cgroup: Option<u64>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     #[command(flatten)]
     family: FamilyArgs,
     /// long type names (connect, accept, close) and the network namespace column (BCC's -v)
@@ -141,7 +145,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         pid: a.pid,
         uid: a.uid,
         family: a.family.family(),
-        cgroup_id: a.cgroup,
+        scope: a.scope.scope(),
         ..Default::default()
     };
     let json = a.common.json;

@@ -2270,3 +2270,79 @@ macro_rules! live_tests {
         }
     };
 }
+
+// ---------------------------------------------------------------------------------------------------
+// BCC's --cgroupmap / --mntnsmap: a pinned hash map of ids
+
+/// A BPF hash map with 8-byte keys (cgroup v2 ids or mount namespace ids), pinned on a bpffs of the
+/// test's own (mounted in a temporary directory), as BCC's users pin theirs. Unpinned and unmounted
+/// on drop.
+pub struct PinnedIds {
+    pub path: String,
+    dir: String,
+    pub map: libbpf_rs::MapHandle,
+}
+
+impl PinnedIds {
+    pub fn new(tag: &str, ids: &[u64]) -> PinnedIds {
+        let n = NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = format!("/tmp/sockray-bpffs-{}-{tag}-{n}", std::process::id());
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = run_timeout(
+            Command::new("mount").args(["-t", "bpf", "bpf", &dir]),
+            Duration::from_secs(10),
+        );
+        assert!(
+            st.status.success(),
+            "mount -t bpf {dir}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let mut map =
+            libbpf_rs::MapHandle::create(libbpf_rs::MapType::Hash, Some("ids"), 8, 8, 128, &opts)
+                .expect("create a hash map");
+        let path = format!("{dir}/ids");
+        map.pin(&path).expect("pin the map");
+        let p = PinnedIds { path, dir, map };
+        for id in ids {
+            p.add(*id);
+        }
+        p
+    }
+
+    pub fn add(&self, id: u64) {
+        use libbpf_rs::MapCore as _;
+        self.map
+            .update(
+                &id.to_ne_bytes(),
+                &1u64.to_ne_bytes(),
+                libbpf_rs::MapFlags::ANY,
+            )
+            .expect("map update");
+    }
+}
+
+impl Drop for PinnedIds {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The mount namespace id of a process (the inode of /proc/PID/ns/mnt), as --mntnsmap keys it.
+pub fn mntns_of(pid: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/mnt: {e}"))
+        .ino()
+}
+
+/// The cgroup v2 id of a cgroup directory (its inode), as --cgroupmap keys it.
+pub fn cgroup_id_of(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).unwrap().ino()
+}
