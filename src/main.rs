@@ -25,10 +25,29 @@ fn usage() -> String {
         "sockray: Linux TCP tracing on eBPF (BCC's network tools, on stable tracepoints)\n\n\
          usage: sockray <tool> [flags]    (or run a symlink named after the tool)\n\
          \x20      sockray <tool> --help     the tool's flags and examples\n\n\
-         tools:\n",
+         tools, by the question they answer:\n",
     );
-    for t in tools::TOOLS {
-        s.push_str(&format!("  {:<12} {}\n", t.name, t.about));
+    let mut shown = Vec::new();
+    for (question, names) in tools::GROUPS {
+        let group: Vec<&tools::Tool> = names.iter().filter_map(|n| tools::find(n)).collect();
+        if group.is_empty() {
+            continue;
+        }
+        s.push_str(&format!("\n  {question}?\n"));
+        for t in group {
+            s.push_str(&format!("    {:<12} {}\n", t.name, t.about));
+            shown.push(t.name);
+        }
+    }
+    let rest: Vec<&tools::Tool> = tools::TOOLS
+        .iter()
+        .filter(|t| !shown.contains(&t.name))
+        .collect();
+    if !rest.is_empty() {
+        s.push_str("\n  more:\n");
+        for t in rest {
+            s.push_str(&format!("    {:<12} {}\n", t.name, t.about));
+        }
     }
     s.push_str(
         "\nevery tool: --json (one JSON object per line), --ebpf (print its BPF program), --verbose\n",

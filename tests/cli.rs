@@ -30,8 +30,18 @@ fn top_level_help_lists_the_tools() {
     let o = sockray(&["--help"]);
     assert!(o.status.success(), "sockray --help: {}", o.status);
     let out = text(&o.stdout);
-    assert!(out.contains("tcplife"), "{out}");
-    assert!(out.contains("tcpstates"), "{out}");
+    let listed = sockray(&["--list-tools"]);
+    let names: Vec<String> = text(&listed.stdout).lines().map(str::to_string).collect();
+    assert!(names.len() >= 15, "--list-tools: {names:?}");
+    // each tool once, under a question
+    for n in &names {
+        let lines = out
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(n.as_str()))
+            .count();
+        assert_eq!(lines, 1, "{n} listed {lines} times:\n{out}");
+    }
+    assert!(out.contains("who connects where, and when?"), "{out}");
     no_panic(&o);
 }
 

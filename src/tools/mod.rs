@@ -102,6 +102,49 @@ pub const TOOLS: &[Tool] = &[
     },
 ];
 
+/// `sockray --help`: the tools grouped by the question they answer. A tool in no group is listed
+/// under the last heading (the unit test below keeps every tool in exactly one).
+pub const GROUPS: &[(&str, &[&str])] = &[
+    (
+        "who connects where, and when",
+        &[
+            "tcpconnect",
+            "tcpaccept",
+            "tcptracer",
+            "tcplife",
+            "tcpstates",
+            "solisten",
+        ],
+    ),
+    ("how slowly", &["tcpconnlat", "tcprtt"]),
+    (
+        "what is lost, resent or queued",
+        &["tcpretrans", "tcpdrop", "tcpsynbl"],
+    ),
+    ("who is talking most", &["tcptop", "tcpsubnet"]),
+    (
+        "how is the network stack itself doing",
+        &["tcpcong", "softirqs", "netqtop"],
+    ),
+    ("who hands sockets and files to whom", &["sofdsnoop"]),
+];
+
 pub fn find(name: &str) -> Option<&'static Tool> {
     TOOLS.iter().find(|t| t.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_in_one_group() {
+        for t in TOOLS {
+            let n = GROUPS
+                .iter()
+                .filter(|(_, tools)| tools.contains(&t.name))
+                .count();
+            assert_eq!(n, 1, "{} is in {n} groups", t.name);
+        }
+    }
 }
