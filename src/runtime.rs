@@ -1349,6 +1349,39 @@ pub fn read_event<T: Copy>(data: &[u8]) -> Option<T> {
 /// output within this bound, and an idle tracer wakes 20 times a second.
 pub const MAX_EVENT_DELAY: Duration = Duration::from_millis(50);
 
+/// The loop of the interval tools (softirqs, tcpsynbl, tcprtt, tcpcong, tcptop, ...): `on_tick(n, last)`
+/// every `every` (none: only at the end) until `count` ticks or the `duration`; then, when it stopped
+/// for another reason (Ctrl-C, SIGTERM, SIGHUP, the duration, no interval), once more with `last` set,
+/// for what came since the last tick (the tool decides whether a partial interval is printed).
+/// `on_event` gets the ring buffer's records, as [`event_loop`]'s.
+pub fn interval_loop(
+    obj: &Object,
+    on_event: impl FnMut(&[u8]) -> std::io::Result<()>,
+    every: Option<Duration>,
+    count: Option<u64>,
+    duration: Option<Duration>,
+    mut on_tick: impl FnMut(u64, bool) -> Result<()>,
+) -> Result<()> {
+    let mut ticks = 0u64;
+    let mut counted_out = false;
+    event_loop(
+        obj,
+        on_event,
+        every,
+        || {
+            ticks += 1;
+            on_tick(ticks, false)?;
+            counted_out = count.is_some_and(|c| ticks >= c);
+            Ok(!counted_out)
+        },
+        duration,
+    )?;
+    if !counted_out {
+        on_tick(ticks + 1, true)?;
+    }
+    Ok(())
+}
+
 /// Polls the `events` ring buffer until SIGINT/SIGTERM/SIGHUP, the optional duration, or a closed
 /// pipe; every record is handled, and its output flushed, within [`MAX_EVENT_DELAY`].
 /// `on_event` gets each record; `on_tick` runs every `tick` (interval tools), and returns false to stop.

@@ -424,8 +424,6 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     }
     let tick = a.interval.map(Duration::from_secs);
     let mut printed: Vec<Cpu> = Vec::new();
-    let mut ticks = 0u64;
-    let mut last_printed = false;
     let take = |printed: &mut Vec<Cpu>| -> Result<Vec<Row>> {
         let now = read_cpus(map)?;
         let delta: Vec<Cpu> = now
@@ -439,29 +437,21 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         *printed = now;
         Ok(rows(&delta))
     };
-    let result = runtime::event_loop(
+    runtime::interval_loop(
         obj,
         |_| Ok(()),
         tick,
-        || {
-            ticks += 1;
-            let r = take(&mut printed)?;
-            print_tick(&mut printer, &form, &r, ticks)?;
-            let more = a.count.is_none_or(|c| ticks < c);
-            last_printed = !more;
-            Ok(more)
-        },
+        a.count,
         None,
-    );
-    result?;
-    if !last_printed {
-        // Ctrl-C, SIGTERM, SIGHUP: what came since the last interval (everything, without one)
-        ticks += 1;
-        let r = take(&mut printed)?;
-        if tick.is_none() || !r.is_empty() {
-            print_tick(&mut printer, &form, &r, ticks)?;
-        }
-    }
+        |n, last| {
+            let r = take(&mut printed)?;
+            // at Ctrl-C: what came since the last interval (everything, without one)
+            if !last || tick.is_none() || !r.is_empty() {
+                print_tick(&mut printer, &form, &r, n)?;
+            }
+            Ok(())
+        },
+    )?;
     // runs whose entry was not seen: one per CPU may have begun before the attach; more are entries
     // the kernel did not run the program for
     let unmatched: u64 = read_cpus(map)?.iter().map(|c| c.unmatched).sum();

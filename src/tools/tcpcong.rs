@@ -430,8 +430,6 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     }
     let accounts = std::cell::RefCell::new(Accounts::default());
     let mut deltas = hist::Deltas::default();
-    let mut ticks = 0u64;
-    let mut last_printed = false;
     let mut interval_print = |ticks: u64| -> Result<()> {
         let now = ktime_now();
         let live = read_live(&skel.maps.conns)?;
@@ -446,7 +444,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         print_tick(&mut printer, &form, &rows, &hists, ticks)
     };
     let tick = a.interval.map(Duration::from_secs);
-    runtime::event_loop(
+    // at Ctrl-C, SIGTERM, SIGHUP: what came since the last interval too (everything, without one), as BCC
+    runtime::interval_loop(
         obj,
         |data| {
             if let Some(c) = runtime::read_event::<types::tcpcong_conn>(data) {
@@ -455,20 +454,10 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             Ok(())
         },
         tick,
-        || {
-            ticks += 1;
-            interval_print(ticks)?;
-            let more = a.outputs.is_none_or(|n| ticks < n);
-            last_printed = !more;
-            Ok(more)
-        },
+        a.outputs,
         None,
+        |n, _| interval_print(n),
     )?;
-    if !last_printed {
-        // Ctrl-C, SIGTERM, SIGHUP: what came since the last interval (everything, without one), as BCC
-        ticks += 1;
-        interval_print(ticks)?;
-    }
     runtime::report_lost(&mut printer, "tcpcong", runtime::lost_events(obj))
 }
 

@@ -388,30 +388,21 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         .filter(|_| a.interval.is_none())
         .map(Duration::from_secs);
     let mut deltas = hist::Deltas::default();
-    let mut ticks = 0u64;
-    let mut last_printed = false;
-    runtime::event_loop(
+    runtime::interval_loop(
         obj,
         |_| Ok(()),
         tick,
-        || {
-            ticks += 1;
-            let now = take_deltas(&mut deltas, read_hists(map)?);
-            print_tick(&mut printer, &form, &now, ticks)?;
-            let more = max_ticks.is_none_or(|m| ticks < m);
-            last_printed = !more;
-            Ok(more)
-        },
+        max_ticks,
         duration,
+        |n, last| {
+            let now = take_deltas(&mut deltas, read_hists(map)?);
+            // at Ctrl-C or -d's end: what came since the last interval (everything, without one)
+            if !last || tick.is_none() || !now.is_empty() {
+                print_tick(&mut printer, &form, &now, n)?;
+            }
+            Ok(())
+        },
     )?;
-    if !last_printed {
-        // Ctrl-C, SIGTERM, SIGHUP, -d's end: what came since the last interval (everything, without one)
-        ticks += 1;
-        let now = take_deltas(&mut deltas, read_hists(map)?);
-        if tick.is_none() || !now.is_empty() {
-            print_tick(&mut printer, &form, &now, ticks)?;
-        }
-    }
     runtime::report_lost(&mut printer, "tcprtt", runtime::lost_events(obj))
 }
 

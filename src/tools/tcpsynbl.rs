@@ -346,32 +346,22 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         out.flush()?;
     }
     let mut deltas = Deltas::default();
-    let mut ticks = 0u64;
-    let mut last_printed = false;
     let tick = a.interval.map(Duration::from_secs);
-    let result = runtime::event_loop(
+    runtime::interval_loop(
         obj,
         |_| Ok(()),
         tick,
-        || {
-            ticks += 1;
-            let now = deltas.take(read_hists(map)?);
-            print_tick(&mut printer, mode, a.timestamp, &now, ticks)?;
-            let more = a.count.is_none_or(|c| ticks < c);
-            last_printed = !more;
-            Ok(more)
-        },
+        a.count,
         None,
-    );
-    result?;
-    if !last_printed {
-        // Ctrl-C, SIGTERM, SIGHUP: what came since the last interval (everything, without one)
-        ticks += 1;
-        let now = deltas.take(read_hists(map)?);
-        if tick.is_none() || !now.is_empty() {
-            print_tick(&mut printer, mode, a.timestamp, &now, ticks)?;
-        }
-    }
+        |n, last| {
+            let now = deltas.take(read_hists(map)?);
+            // at Ctrl-C: what came since the last interval (everything, without one)
+            if !last || tick.is_none() || !now.is_empty() {
+                print_tick(&mut printer, mode, a.timestamp, &now, n)?;
+            }
+            Ok(())
+        },
+    )?;
     runtime::report_lost(&mut printer, "tcpsynbl", runtime::lost_events(obj))
 }
 
