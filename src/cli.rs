@@ -71,6 +71,18 @@ impl ScopeArgs {
     }
 }
 
+/// BCC's `-L` / `-D` port lists (tcplife, tcpstates; sockray's tcpretrans and tcpdrop; tcpcong with
+/// `-R` for the remote ports, as BCC's).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PortArgs {
+    /// comma-separated list of local ports to trace (ranges too: 8000-8010)
+    #[arg(short = 'L', long = "localport", value_parser = crate::filter::parse_ports)]
+    pub localport: Option<crate::filter::PortList>,
+    /// comma-separated list of remote ports to trace (ranges too)
+    #[arg(short = 'D', long = "remoteport", value_parser = crate::filter::parse_ports)]
+    pub remoteport: Option<crate::filter::PortList>,
+}
+
 /// BCC's `-4` / `-6` (one or the other).
 #[derive(Args, Debug, Clone, Default)]
 pub struct FamilyArgs {

@@ -16,8 +16,8 @@ use clap::Parser;
 use libbpf_rs::MapFlags;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, SocketTable, load_tool};
-use crate::filter::{Filters, PortList, parse_ports};
+use crate::cli::{self, Common, FamilyArgs, PortArgs, SocketTable, load_tool};
+use crate::filter::Filters;
 use crate::format::{AF_INET6, comm, hms, ip_addr, ip_version, owner_fields, wall_now_ns};
 use crate::hist;
 use crate::output::{Fields, Mode, Printer, TimeCols, Value};
@@ -48,14 +48,15 @@ take lists (80,443,3000-3006). -d: a histogram per state of how long each period
 
 /// Summarize tcp socket congestion control status duration
 #[derive(Parser, Debug)]
-#[command(name = "tcpcong", after_help = EXAMPLES)]
+#[command(
+    name = "tcpcong",
+    after_help = EXAMPLES,
+    // BCC's -R for the remote ports
+    mut_arg("remoteport", |a| a.short('R')),
+)]
 struct Args {
-    /// trace local ports only (also a list or range: 3000-3006)
-    #[arg(short = 'L', long = "localport", value_parser = parse_ports)]
-    localport: Option<PortList>,
-    /// trace the dest ports only (also a list or range)
-    #[arg(short = 'R', long = "remoteport", value_parser = parse_ports)]
-    remoteport: Option<PortList>,
+    #[command(flatten)]
+    ports: PortArgs,
     /// include timestamp on output
     #[arg(short = 'T', long = "timestamp")]
     timestamp: bool,
@@ -388,8 +389,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     }
     let filters = Filters {
         family: a.family.family(),
-        lports: a.localport.clone(),
-        rports: a.remoteport.clone(),
+        lports: a.ports.localport.clone(),
+        rports: a.ports.remoteport.clone(),
         ..Default::default()
     };
     let mode = a.common.mode(false);

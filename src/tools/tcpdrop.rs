@@ -15,8 +15,8 @@ use libbpf_rs::skel::Skel as _;
 use libbpf_rs::{MapCore as _, MapFlags};
 
 use crate::attach;
-use crate::cli::{self, Common, FamilyArgs, ScopeArgs, SocketTable, load_tool};
-use crate::filter::{Filters, PortList, parse_id, parse_ports};
+use crate::cli::{self, Common, FamilyArgs, PortArgs, ScopeArgs, SocketTable, load_tool};
+use crate::filter::{Filters, parse_id};
 use crate::format::{ip_addr, ip_version, owner_fields, tcp_state};
 use crate::output::{Col, Fields, Mode, Printer, TimeCols, Value};
 use crate::runtime;
@@ -52,12 +52,8 @@ struct Args {
     /// trace this PID only (the socket's owner)
     #[arg(short = 'p', long, value_parser = parse_id)]
     pid: Option<u32>,
-    /// comma-separated list of local ports to trace (ranges: 8000-8010)
-    #[arg(short = 'L', long = "localport", value_parser = parse_ports)]
-    localport: Option<PortList>,
-    /// comma-separated list of remote ports to trace
-    #[arg(short = 'D', long = "remoteport", value_parser = parse_ports)]
-    remoteport: Option<PortList>,
+    #[command(flatten)]
+    ports: PortArgs,
     #[command(flatten)]
     scope: ScopeArgs,
     /// only these drop reasons (comma-separated, e.g. NO_SOCKET,TCP_CSUM; Linux 5.17+)
@@ -357,8 +353,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let filters = Filters {
         pid: a.pid,
         family: a.family.family(),
-        lports: a.localport.clone(),
-        rports: a.remoteport.clone(),
+        lports: a.ports.localport.clone(),
+        rports: a.ports.remoteport.clone(),
         scope: a.scope.scope(),
         ..Default::default()
     };

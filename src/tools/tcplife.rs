@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::Parser;
 use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, ScopeArgs, SocketTable, load_tool};
-use crate::filter::{Filters, PortList, parse_id, parse_ports};
+use crate::cli::{self, Common, FamilyArgs, PortArgs, ScopeArgs, SocketTable, load_tool};
+use crate::filter::{Filters, parse_id};
 use crate::format::{ip_addr, ip_version, owner_fields};
 use crate::output::{Col, Printer, TimeCols, Value};
 use crate::runtime;
@@ -56,12 +56,8 @@ struct Args {
     /// trace this PID only
     #[arg(short = 'p', long, value_parser = parse_id)]
     pid: Option<u32>,
-    /// comma-separated list of local ports to trace
-    #[arg(short = 'L', long = "localport", value_parser = parse_ports)]
-    localport: Option<PortList>,
-    /// comma-separated list of remote ports to trace
-    #[arg(short = 'D', long = "remoteport", value_parser = parse_ports)]
-    remoteport: Option<PortList>,
+    #[command(flatten)]
+    ports: PortArgs,
     #[command(flatten)]
     family: FamilyArgs,
     #[command(flatten)]
@@ -110,8 +106,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let filters = Filters {
         pid: a.pid,
         family: a.family.family(),
-        lports: a.localport.clone(),
-        rports: a.remoteport.clone(),
+        lports: a.ports.localport.clone(),
+        rports: a.ports.remoteport.clone(),
         scope: a.scope.scope(),
         ..Default::default()
     };
