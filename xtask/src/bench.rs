@@ -963,8 +963,12 @@ fn summary(rounds: &[Round]) -> (String, String, String) {
 /// Adds a sockray run's `{"lost": N}` (its last line) to the tracer's count.
 fn add_lost(lost: &mut Option<u64>, t: &Tracer, last: Option<String>) -> Result<(), String> {
     if t.sockray {
-        let n = lost_of(last)
+        let n = lost_of(last.clone())
             .ok_or_else(|| format!("{}: no {{\"lost\": N}} record at exit", t.name))?;
+        if n > 0 {
+            // by cause (ring buffer, skipped runs, full tables), to know where to look
+            eprintln!("bench: {}: {}", t.name, last.unwrap_or_default().trim());
+        }
         *lost = Some(lost.unwrap_or(0) + n);
     }
     Ok(())
