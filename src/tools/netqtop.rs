@@ -35,24 +35,30 @@ const MAX_QUEUES: u32 = 4096;
 const EXAMPLES: &str = "examples:
     netqtop -n eth0              # per-queue packet sizes of eth0, every second
     netqtop -n eth0 -i 5         # every 5 seconds
-    netqtop -n eth0 -t           # with BPS and PPS (bytes and packets per second) per queue
+    netqtop -n eth0 -t           # with BPS and PPS (bytes, packets per second) per queue
     netqtop -n eth0 -i 1 10      # 1 second summaries, 10 times, then exit
-    netqtop -n eth0 --json       # one JSON object per queue and direction per interval (exact counts)
+    netqtop -n eth0 --json       # one JSON object per queue, direction and interval
     ip netns exec NS netqtop -n veth0   # an interface of another network namespace
 
-TX counts packets as the driver gets them (net:net_dev_start_xmit, the queue the stack chose), RX as
-they enter the stack (net:netif_receive_skb, the queue the driver recorded; 0 when it records none).
-Sizes are frame lengths, link-layer header included, as `ip -s link` counts them (BCC's RX sizes leave
-out the header); a GSO packet counts once, at its full size. The interface is looked up in netqtop's
-own network namespace and only its packets are counted, in the kernel.";
+TX counts packets as the driver gets them (net:net_dev_start_xmit, on the queue the stack
+chose), RX as they enter the stack (net:netif_receive_skb, on the queue the driver recorded;
+0 when it records none). Sizes are frame lengths with the link-layer header, as veth and most
+drivers count them for `ip -s link` (BCC's RX sizes leave the header out); a GSO packet counts
+once, at its full size. Only the interface's packets are counted, filtered in the kernel by its
+index and network namespace (netqtop's own).";
 
 /// Per-queue packet statistics of one network interface.
 #[derive(Parser, Debug)]
 #[command(name = "netqtop", after_help = EXAMPLES)]
 struct Args {
     /// the network interface
-    #[arg(short = 'n', long = "name", value_name = "NAME", required = true)]
-    name: String,
+    #[arg(
+        short = 'n',
+        long = "name",
+        value_name = "NAME",
+        required_unless_present = "ebpf"
+    )]
+    name: Option<String>,
     /// output interval, in seconds
     #[arg(
         short = 'i',
@@ -386,7 +392,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     if !(a.interval.is_finite() && a.interval > 0.0) {
         bail!("print interval must be a positive number of seconds");
     }
-    let nic = find_nic(&a.name)?;
+    let nic = find_nic(a.name.as_deref().unwrap_or_default())?;
     let nq = slots(&nic);
     let mode = a.common.mode(false);
     runtime::preflight("netqtop")?;
