@@ -453,3 +453,168 @@ fn missing_nic_is_an_error() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// A veth pair with 4 queues each way and 8 flows (sockets) from a to b: the TX queue is picked per
+/// flow, so several queues carry packets, and every one is counted in its own row. Then the same with
+/// netqtop entered into the namespace by `nsenter --net` alone: sysfs shows the host's devices, not
+/// this one's queues, so netqtop keeps one slot and counts the packets of the higher queues together
+/// (`>=1`, "beyond": true), none lost.
+#[test]
+fn queues_each_and_beyond() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let (a, b) = (Netns::new(), Netns::new());
+    let n = std::process::id() % 100_000;
+    let (dev_a, dev_b) = (format!("srqa{n}"), format!("srqb{n}"));
+    let ip = |args: &[&str]| {
+        let out = run_timeout(Command::new("ip").args(args), Duration::from_secs(10));
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&[
+        "link",
+        "add",
+        &dev_a,
+        "netns",
+        &a.name,
+        "numtxqueues",
+        "4",
+        "numrxqueues",
+        "4",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &dev_b,
+        "netns",
+        &b.name,
+        "numtxqueues",
+        "4",
+        "numrxqueues",
+        "4",
+    ]);
+    for (ns, dev, addr) in [(&a, &dev_a, VETH_A4), (&b, &dev_b, VETH_B4)] {
+        sh_ok(ns, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+        ip(&[
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            dev,
+        ]);
+        ip(&["-n", &ns.name, "link", "set", dev, "up"]);
+    }
+    // no ARP: b's MAC, permanent
+    ip(&[
+        "-n",
+        &b.name,
+        "link",
+        "set",
+        &dev_b,
+        "address",
+        "02:00:00:00:77:02",
+    ]);
+    ip(&[
+        "-n",
+        &a.name,
+        "neigh",
+        "replace",
+        VETH_B4,
+        "lladdr",
+        "02:00:00:00:77:02",
+        "dev",
+        &dev_a,
+        "nud",
+        "permanent",
+    ]);
+    thread::sleep(Duration::from_millis(200));
+    let flows = |count: usize| {
+        let rx = in_ns(&b, || UdpSocket::bind(format!("{VETH_B4}:0")).unwrap());
+        let dest = rx.local_addr().unwrap();
+        in_ns(&a, move || {
+            for _ in 0..8 {
+                let s = UdpSocket::bind(format!("{VETH_A4}:0")).unwrap();
+                for _ in 0..count {
+                    s.send_to(&[3u8; 100], dest).unwrap();
+                    thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        thread::sleep(Duration::from_millis(50));
+        drop(rx);
+    };
+    let ns_path = format!("/run/netns/{}", a.name);
+    let nsenter = format!("--net={ns_path}");
+    for wrapped in [false, true] {
+        let args = ["-n", dev_a.as_str(), "-i", "1"];
+        let t = if wrapped {
+            Tracer::launch_wrapped(
+                &["nsenter", &nsenter],
+                "netqtop",
+                &args,
+                &[],
+                true,
+                Sink::Pipe,
+            )
+        } else {
+            Tracer::launch_in(Some(&a), "netqtop", &args, &[], true, Sink::Pipe)
+        };
+        let (s0, _) = link_stats(&a, &dev_a);
+        flows(10);
+        let (s1, _) = link_stats(&a, &dev_a);
+        thread::sleep(SETTLE);
+        let trace = t.stop();
+        let tx: Vec<&Value> = trace
+            .rows
+            .iter()
+            .filter(|r| r["dir"] == "tx" && u(r, "packets") > 0)
+            .collect();
+        let total: u64 = tx.iter().map(|r| u(r, "packets")).sum();
+        assert_eq!(total, 80, "8 flows of 10: {tx:?}");
+        assert_eq!(total, s1[0] - s0[0], "ip -s link");
+        assert_eq!(
+            tx.iter().map(|r| u(r, "bytes")).sum::<u64>(),
+            s1[1] - s0[1],
+            "ip -s link"
+        );
+        let mut queues: Vec<(u64, bool)> = tx
+            .iter()
+            .map(|r| (u(r, "queue"), r["beyond"] == Value::Bool(true)))
+            .collect();
+        queues.sort();
+        queues.dedup();
+        eprintln!("wrapped {wrapped}: TX queues {queues:?}");
+        if wrapped {
+            // one slot: queue 0, and the others together as ">= 1"
+            assert!(
+                queues
+                    .iter()
+                    .all(|&(q, beyond)| (q, beyond) == (0, false) || (q, beyond) == (1, true)),
+                "{queues:?}"
+            );
+            assert!(
+                queues.contains(&(1, true)),
+                "no packet of a queue above 0: {tx:?}"
+            );
+        } else {
+            assert!(queues.len() >= 2, "8 flows on one of 4 queues: {tx:?}");
+            assert!(
+                queues.iter().all(|&(q, beyond)| q < 4 && !beyond),
+                "{queues:?}"
+            );
+            // every queue of the interface has its row, BCC's way, used or not
+            for q in 0..4 {
+                assert!(
+                    trace
+                        .rows
+                        .iter()
+                        .any(|r| r["dir"] == "tx" && u(r, "queue") == q),
+                    "no row of TX queue {q}"
+                );
+            }
+        }
+    }
+}

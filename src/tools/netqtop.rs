@@ -421,9 +421,11 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let map = &skel.maps.queues;
     let mut printer = Printer::new(mode, Vec::new(), TimeCols::default());
     let clear = mode != Mode::Json && crate::output::stdout_is_tty();
-    runtime::say_ready(a.common.verbose);
-    let mut printed: Vec<Counts> = read_slots(map)?;
+    // the counters start at zero (a new map): everything after the attach is in the first interval,
+    // packets between "ready" and the first read too
+    let mut printed: Vec<Counts> = Vec::new();
     let mut since = Instant::now();
+    runtime::say_ready(a.common.verbose);
     let mut ticks = 0u64;
     let mut last_printed = false;
     let take = |printed: &mut Vec<Counts>, since: &mut Instant| -> Result<(Vec<Counts>, f64)> {

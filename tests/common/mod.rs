@@ -743,11 +743,34 @@ impl Tracer {
         json: bool,
         sink: Sink,
     ) -> Tracer {
+        match ns {
+            Some(ns) => Self::launch_wrapped(
+                &["ip", "netns", "exec", &ns.name],
+                tool,
+                args,
+                env,
+                json,
+                sink,
+            ),
+            None => Self::launch_wrapped(&[], tool, args, env, json, sink),
+        }
+    }
+
+    /// As [`Tracer::launch`], the tool run by `wrapper` (a command that execs its arguments, e.g.
+    /// `nsenter --net=PATH`: its PID is the tool's).
+    pub fn launch_wrapped(
+        wrapper: &[&str],
+        tool: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        json: bool,
+        sink: Sink,
+    ) -> Tracer {
         let bin = sockray_bin();
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", &ns.name, &bin]);
+        let mut cmd = match wrapper.split_first() {
+            Some((exe, rest)) => {
+                let mut c = Command::new(exe);
+                c.args(rest).arg(&bin);
                 c
             }
             None => Command::new(&bin),
@@ -761,7 +784,7 @@ impl Tracer {
         let env_desc: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         let desc = format!(
             "{env_desc}{}sockray {tool}{} --verbose {} (stdout: {sink:?})",
-            ns.map_or(String::new(), |ns| format!("ip netns exec {} ", ns.name)),
+            wrapper.iter().map(|w| format!("{w} ")).collect::<String>(),
             if json { " --json" } else { "" },
             args.join(" ")
         );
