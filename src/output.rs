@@ -314,6 +314,12 @@ pub fn widen_stdout_pipe() {
     }
 }
 
+/// Is stdout a terminal (a screen to redraw each interval)?
+pub fn stdout_is_tty() -> bool {
+    // SAFETY: isatty on fd 1.
+    unsafe { libc::isatty(1) == 1 }
+}
+
 /// A block of text (an interval's table or histograms, a count table at exit) written to stdout at once
 /// and flushed: a person watching sees it whole, on its tick.
 pub fn print_block(text: &str) -> io::Result<()> {

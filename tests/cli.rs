@@ -329,6 +329,53 @@ fn tcpcong_command_line() {
 }
 
 #[test]
+fn netqtop_command_line() {
+    let o = sockray(&["netqtop", "--help"]);
+    assert!(o.status.success(), "netqtop --help: {}", o.status);
+    let out = text(&o.stdout);
+    for flag in [
+        "-n, --name",
+        "-i, --interval",
+        "-t, --throughput",
+        "--json",
+        "--ebpf",
+        "COUNT",
+        "examples:",
+    ] {
+        assert!(out.contains(flag), "netqtop --help lacks {flag}:\n{out}");
+    }
+    no_panic(&o);
+    let o = sockray(&["netqtop", "--ebpf"]);
+    assert!(o.status.success(), "netqtop --ebpf: {}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for hook in [
+        "tp_btf/net_dev_start_xmit",
+        "raw_tp/net_dev_start_xmit",
+        "tp_btf/netif_receive_skb",
+        "raw_tp/netif_receive_skb",
+        "struct netqtop_queue",
+    ] {
+        assert!(out.contains(hook), "{out}");
+    }
+    // no interface, a bad interval, a name no interface can have, one that is not there
+    for bad in [
+        &[][..],
+        &["-n", "lo", "-i", "0"][..],
+        &["-n", "lo", "-i", "-1"][..],
+        &["-n", "lo", "0"][..],
+        &["-n", "a/b"][..],
+        &["-n", "srnosuchnic0"][..],
+    ] {
+        let mut args = vec!["netqtop"];
+        args.extend_from_slice(bad);
+        let o = sockray(&args);
+        assert!(!o.status.success(), "netqtop {bad:?} succeeded");
+        assert!(o.stdout.is_empty(), "stdout: {}", text(&o.stdout));
+        no_panic(&o);
+    }
+}
+
+#[test]
 fn softirqs_command_line() {
     let o = sockray(&["softirqs", "--help"]);
     assert!(o.status.success(), "softirqs --help: {}", o.status);

@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 
+pub mod netqtop;
 pub mod softirqs;
 pub mod solisten;
 pub mod tcpaccept;
@@ -25,6 +26,11 @@ pub struct Tool {
 }
 
 pub const TOOLS: &[Tool] = &[
+    Tool {
+        name: "netqtop",
+        about: "packets, bytes and packet sizes per TX and RX queue of one network interface, every interval",
+        run: netqtop::run,
+    },
     Tool {
         name: "softirqs",
         about: "time in each softirq vector (net_rx, timer, ...): totals, counts, histograms, per CPU",

@@ -231,11 +231,6 @@ fn print_interval(
     Ok(())
 }
 
-fn stdout_is_tty() -> bool {
-    // SAFETY: isatty on fd 1.
-    unsafe { libc::isatty(1) == 1 }
-}
-
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     a.flows.apply();
@@ -261,7 +256,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let obj = skel.object();
     let mode = a.common.mode(false);
     let mut printer = Printer::new(mode, Vec::new(), TimeCols::default());
-    let clear = !a.noclear && stdout_is_tty();
+    let clear = !a.noclear && crate::output::stdout_is_tty();
     let mut counter = FlowCounter::new();
     runtime::say_ready(a.common.verbose);
     if mode != Mode::Json {

@@ -279,7 +279,9 @@ impl Drop for Netns {
 pub struct VethPair {
     pub a: Netns,
     pub b: Netns,
-    dev_b: String,
+    /// the interfaces: `dev_a` in `a`, `dev_b` in `b`
+    pub dev_a: String,
+    pub dev_b: String,
 }
 
 pub const VETH_A4: &str = "10.77.0.1";
@@ -363,7 +365,7 @@ impl VethPair {
                 ]);
             }
         }
-        VethPair { a, b, dev_b }
+        VethPair { a, b, dev_a, dev_b }
     }
 
     /// `b`'s end goes down: every packet `a` sends is lost (its end has no carrier).
@@ -728,8 +730,51 @@ impl Tracer {
         json: bool,
         sink: Sink,
     ) -> Tracer {
+        Self::launch_in(None, tool, args, env, json, sink)
+    }
+
+    /// As [`Tracer::launch`], run in the network namespace `ns` (`ip netns exec NS sockray ...`, which
+    /// execs the tool: its PID is the tool's), for tools that look an interface up by name (netqtop).
+    pub fn launch_in(
+        ns: Option<&Netns>,
+        tool: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        json: bool,
+        sink: Sink,
+    ) -> Tracer {
+        match ns {
+            Some(ns) => Self::launch_wrapped(
+                &["ip", "netns", "exec", &ns.name],
+                tool,
+                args,
+                env,
+                json,
+                sink,
+            ),
+            None => Self::launch_wrapped(&[], tool, args, env, json, sink),
+        }
+    }
+
+    /// As [`Tracer::launch`], the tool run by `wrapper` (a command that execs its arguments, e.g.
+    /// `nsenter --net=PATH`: its PID is the tool's).
+    pub fn launch_wrapped(
+        wrapper: &[&str],
+        tool: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        json: bool,
+        sink: Sink,
+    ) -> Tracer {
         let bin = sockray_bin();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match wrapper.split_first() {
+            Some((exe, rest)) => {
+                let mut c = Command::new(exe);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg(tool);
         if json {
             cmd.arg("--json");
@@ -738,7 +783,8 @@ impl Tracer {
         cmd.envs(env.iter().copied());
         let env_desc: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
         let desc = format!(
-            "{env_desc}sockray {tool}{} --verbose {} (stdout: {sink:?})",
+            "{env_desc}{}sockray {tool}{} --verbose {} (stdout: {sink:?})",
+            wrapper.iter().map(|w| format!("{w} ")).collect::<String>(),
             if json { " --json" } else { "" },
             args.join(" ")
         );

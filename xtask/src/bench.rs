@@ -34,6 +34,10 @@
 //! (the worst case for a hook per send, receive or segment: tcptop, tcpsubnet, tcprtt, measured under
 //! it by default), marked every 10,000 writes; rates and BPF time are then per write.
 //!
+//! `--load packets` replaces it with a UDP packet flood over a veth pair between two namespaces of the
+//! bench (64-byte datagrams from the first to the second, marked every 10,000): the load of netqtop,
+//! which runs in the first namespace watching its end of the pair.
+//!
 //! Figures are ratios against baselines run in the same invocation; nothing here asserts timings.
 
 use std::io::Read;
@@ -78,7 +82,7 @@ impl Default for Options {
 }
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
-pub const TOOLS: [&str; 9] = [
+pub const TOOLS: [&str; 10] = [
     "tcplife",
     "tcpstates",
     "tcpconnect",
@@ -88,7 +92,12 @@ pub const TOOLS: [&str; 9] = [
     "tcpsubnet",
     "tcprtt",
     "tcpcong",
+    "netqtop",
 ];
+
+/// The tools on the packet path (a hook per packet of a device), measured by default under the veth
+/// packet flood (`--load packets`), and only there.
+pub const PACKET_TOOLS: [&str; 1] = ["netqtop"];
 
 /// The tools on the data path (a hook per send, receive or segment), measured by default under the
 /// transfer load (`--load transfer`); the others by default under the connection flood.
@@ -101,6 +110,8 @@ pub enum Load {
     Connections,
     /// one loopback connection carrying 1 KiB writes (the worst case for per-send hooks)
     Transfer,
+    /// 64-byte UDP datagrams over a veth pair between two namespaces (per-packet device hooks)
+    Packets,
 }
 
 impl Load {
@@ -108,6 +119,7 @@ impl Load {
         match s {
             "conn" | "connections" => Some(Load::Connections),
             "transfer" | "xfer" => Some(Load::Transfer),
+            "packets" | "veth" => Some(Load::Packets),
             _ => None,
         }
     }
@@ -117,6 +129,7 @@ impl Load {
         match self {
             Load::Connections => "conn",
             Load::Transfer => "transfer",
+            Load::Packets => "packets",
         }
     }
 
@@ -126,6 +139,7 @@ impl Load {
         match self {
             Load::Connections => 250,
             Load::Transfer => 10_000,
+            Load::Packets => 10_000,
         }
     }
 
@@ -134,6 +148,7 @@ impl Load {
         match self {
             Load::Connections => "CONN",
             Load::Transfer => "WRITE",
+            Load::Packets => "PKT",
         }
     }
 
@@ -141,6 +156,7 @@ impl Load {
         match self {
             Load::Connections => "a running loopback connection load",
             Load::Transfer => "a running loopback transfer in 1 KiB writes",
+            Load::Packets => "a running UDP packet flood over a veth pair",
         }
     }
 }
@@ -250,14 +266,21 @@ fn tracers(sockray: &Path, tools: &[String]) -> Vec<Tracer> {
         if !tools.iter().any(|t| t == tool) {
             continue;
         }
+        let mut argv = vec![
+            sockray.display().to_string(),
+            tool.into(),
+            "--json".into(),
+            "--verbose".into(),
+        ];
+        if PACKET_TOOLS.contains(&tool) {
+            // in the flood's first namespace, watching its end of the veth pair
+            let (ns, dev) = PacketLink::names();
+            argv.splice(0..0, ["ip".into(), "netns".into(), "exec".into(), ns]);
+            argv.extend(["-n".into(), dev]);
+        }
         v.push(Tracer {
             name: format!("sockray {tool}"),
-            argv: Some(vec![
-                sockray.display().to_string(),
-                tool.into(),
-                "--json".into(),
-                "--verbose".into(),
-            ]),
+            argv: Some(argv),
             sockray: true,
         });
         let libbpf = Path::new("/usr/sbin").join(tool);
@@ -574,6 +597,76 @@ impl Drop for Netns {
     }
 }
 
+/// The packet flood's link (`--load packets`): namespaces `sockray-bench-PID` (the generator, 10.99.0.1)
+/// and `sockray-bench-PID-b` (10.99.0.2) joined by a veth pair, the neighbour entry permanent (no ARP),
+/// IPv6 off; made before the start-up runs (netqtop looks the device up at start), deleted on drop.
+pub(crate) struct PacketLink {
+    _a: Netns,
+    _b: Netns,
+}
+
+impl PacketLink {
+    /// The first namespace and its device.
+    fn names() -> (String, String) {
+        let pid = std::process::id();
+        (
+            format!("sockray-bench-{pid}"),
+            format!("sbq{}a", pid % 1_000_000),
+        )
+    }
+
+    fn new() -> Result<PacketLink, String> {
+        let a = Netns::new()?;
+        let b = Netns(format!("{}-b", a.0));
+        let (_, dev_a) = Self::names();
+        let dev_b = dev_a.replace('a', "b");
+        let mac_b = "02:00:00:00:99:02";
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &b.0],
+            vec![
+                "link", "add", &dev_a, "netns", &a.0, "type", "veth", "peer", "name", &dev_b,
+                "netns", &b.0,
+            ],
+            vec!["-n", &b.0, "link", "set", &dev_b, "address", mac_b],
+            vec!["-n", &a.0, "addr", "add", "10.99.0.1/24", "dev", &dev_a],
+            vec!["-n", &b.0, "addr", "add", "10.99.0.2/24", "dev", &dev_b],
+            vec!["-n", &a.0, "link", "set", &dev_a, "up"],
+            vec!["-n", &b.0, "link", "set", &dev_b, "up"],
+            vec![
+                "-n",
+                &a.0,
+                "neigh",
+                "replace",
+                "10.99.0.2",
+                "lladdr",
+                mac_b,
+                "dev",
+                &dev_a,
+                "nud",
+                "permanent",
+            ],
+        ];
+        for args in &steps {
+            let ok = Command::new("ip")
+                .args(args)
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                return Err(format!("packet link: ip {} failed", args.join(" ")));
+            }
+        }
+        for ns in [&a.0, &b.0] {
+            let _ = Command::new("ip")
+                .args(["netns", "exec", ns, "sysctl", "-qw"])
+                .arg("net.ipv6.conf.all.disable_ipv6=1")
+                .status();
+        }
+        Ok(PacketLink { _a: a, _b: b })
+    }
+}
+
 /// The monotonic clock in ns: CLOCK_MONOTONIC, the same clock in the bench and in the generator.
 fn mono_ns() -> u64 {
     let mut ts = Timespec {
@@ -594,18 +687,25 @@ struct Generator {
     /// the times (mono_ns) at which it had made 0, W, 2W, ... connections (or writes)
     marks: thread::JoinHandle<Vec<u64>>,
     every: u32,
-    _ns: Netns,
+    /// its own namespace (the packet flood's is the [`PacketLink`]'s)
+    _ns: Option<Netns>,
 }
 
 impl Generator {
     fn start(max_s: u64, load: Load) -> Result<Generator, String> {
-        let ns = Netns::new()?;
+        let ns = match load {
+            Load::Packets => None,
+            _ => Some(Netns::new()?),
+        };
+        let ns_name = ns
+            .as_ref()
+            .map_or_else(|| PacketLink::names().0, |n| n.0.clone());
         let exe = env::current_exe().map_err(|e| e.to_string())?;
         // pinned to one CPU: cross-CPU wake-ups between the generator's client and server threads made
         // the unpinned rate swing 3x between identical runs; the tracers' user space runs on CPU 0
         let cpu = (online_cpus() - 1).to_string();
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "taskset", "-c", &cpu])
+            .args(["netns", "exec", &ns_name, "taskset", "-c", &cpu])
             .arg(exe)
             .args([
                 "__load",
@@ -679,7 +779,8 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
             .ok_or("__load W MAX_S")
     };
     let (every, max_s) = (arg(0)?, arg(1)?);
-    let transfer = args.get(2).and_then(|a| a.to_str()) == Some("transfer");
+    let kind = args.get(2).and_then(|a| a.to_str());
+    let transfer = kind == Some("transfer");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -688,6 +789,9 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         });
+    }
+    if kind == Some("packets") {
+        return packet_load(every, max_s, &stop);
     }
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -723,6 +827,29 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
     }
     // the server thread is blocked in accept(): leave without joining it
     std::process::exit(0)
+}
+
+/// `__load W MAX_S packets`: 64-byte UDP datagrams from 10.99.0.1 to 10.99.0.2 (the [`PacketLink`]),
+/// as fast as one thread sends them, until stdin closes (or MAX_S seconds); prints the time at the start
+/// and after every W datagrams. Nothing listens there: the far end drops them (its ICMP errors are
+/// rate-limited by the kernel).
+fn packet_load(every: u64, max_s: u64, stop: &std::sync::atomic::AtomicBool) -> Result<(), String> {
+    let s = std::net::UdpSocket::bind("10.99.0.1:0").map_err(|e| e.to_string())?;
+    let to: std::net::SocketAddr = "10.99.0.2:9".parse().map_err(|e| format!("{e}"))?;
+    let buf = [b'x'; 64];
+    let deadline = Instant::now() + Duration::from_secs(max_s);
+    println!("{}", mono_ns());
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        // a full socket buffer (ENOBUFS) or an ICMP error reported back: not sent, not counted
+        if s.send_to(&buf, to).is_ok() {
+            n += 1;
+            if n.is_multiple_of(every) {
+                println!("{}", mono_ns());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `__load W MAX_S transfer`: one loopback connection, the client writing 1 KiB at a time (one write()
@@ -986,6 +1113,11 @@ fn startup_times(configs: &[Tracer], starts: usize) -> Vec<(String, Vec<f64>)> {
         .filter_map(|t| {
             let mut argv = t.argv.clone()?;
             argv.retain(|a| a != "--json" && a != "--verbose");
+            if argv.iter().any(|a| PACKET_TOOLS.contains(&a.as_str())) {
+                // netqtop prints nothing before its first interval (as BCC's): a 1 ms one, so that
+                // its first line comes as soon as it is attached
+                argv.extend(["-i".into(), "0.001".into()]);
+            }
             Some((t.name.clone(), argv, Vec::new()))
         })
         .collect();
@@ -1093,6 +1225,11 @@ pub fn run(sockray: &Path, tools: &[String], opts: &Options) -> Result<(), Strin
         });
     }
     pin_to_cpu0();
+    // the packet flood's link exists before the start-up runs: netqtop looks its device up at start
+    let _link = match opts.load {
+        Load::Packets => Some(PacketLink::new()?),
+        _ => None,
+    };
     if opts.startup_only {
         println!(
             "sockray bench: start-up only, {} starts per tracer",

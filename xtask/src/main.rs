@@ -26,16 +26,17 @@ commands:
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test --release
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
   bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose] [--starts N] [--startup-only]
-        [--load conn|transfer]
+        [--load conn|transfer|packets]
                                        start-up, RSS and the cost under a load vs libbpf-tools
                                        (20 rounds; T: tcplife, tcpstates, tcpconnect, tcpretrans,
-                                       tcpsynbl, tcptop, tcpsubnet, tcprtt or tcpcong; CMD: any
+                                       tcpsynbl, tcptop, tcpsubnet, tcprtt, tcpcong or netqtop; CMD: any
                                        other tracer command line to compare, e.g. a variant;
                                        --verbose: every interval's rate; --starts: timed starts
                                        per tracer, 11; --startup-only: no load runs; --load:
                                        a loopback connection flood (conn, the default: every
                                        tool but tcptop, tcpsubnet, tcprtt) or a loopback transfer
-                                       in 1 KiB writes (transfer: those three))
+                                       in 1 KiB writes (transfer: those three) or a UDP packet
+                                       flood over a veth pair (packets: netqtop))
   bench --scale [--conns N] [--close-rate R]
                                        a server's worth of sockets: N connections (500,000: a
                                        million sockets) held, then closed at R a second (25,000;
@@ -323,8 +324,9 @@ fn cmd_bench(args: &[OsString]) -> Res {
             "--startup-only" => opts.startup_only = true,
             "--load" => {
                 let v = value()?;
-                opts.load = bench::Load::parse(&v)
-                    .ok_or_else(|| usage_err(format!("bench: --load {v:?}: conn or transfer")))?;
+                opts.load = bench::Load::parse(&v).ok_or_else(|| {
+                    usage_err(format!("bench: --load {v:?}: conn, transfer or packets"))
+                })?;
             }
             "--scale" => {
                 scale.get_or_insert_with(Default::default);
@@ -375,7 +377,11 @@ fn cmd_bench(args: &[OsString]) -> Res {
     } else {
         // by default the tools whose hooks run per operation of that load
         let data_path = opts.load == bench::Load::Transfer;
-        tools.retain(|t| bench::DATA_PATH_TOOLS.contains(&t.as_str()) == data_path);
+        let packets = opts.load == bench::Load::Packets;
+        tools.retain(|t| {
+            bench::PACKET_TOOLS.contains(&t.as_str()) == packets
+                && (packets || bench::DATA_PATH_TOOLS.contains(&t.as_str()) == data_path)
+        });
     }
     // the bench itself (its output readers) shares CPU 0 with the tracers
     let _ = Command::new("taskset")
