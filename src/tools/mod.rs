@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 
 pub mod softirqs;
+pub mod sofdsnoop;
 pub mod solisten;
 pub mod tcpaccept;
 pub mod tcpcong;
@@ -25,6 +26,11 @@ pub struct Tool {
 }
 
 pub const TOOLS: &[Tool] = &[
+    Tool {
+        name: "sofdsnoop",
+        about: "file descriptors passed over Unix sockets (SCM_RIGHTS), sent and received, with their names",
+        run: sofdsnoop::run,
+    },
     Tool {
         name: "softirqs",
         about: "time in each softirq vector (net_rx, timer, ...): totals, counts, histograms, per CPU",
