@@ -193,6 +193,9 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         }
     );
     let duration = a.duration.map(Duration::from_secs);
+    // records that reached user space: with --verbose, said at exit (the filters work in the kernel, so
+    // this is the number of rows)
+    let mut records = 0u64;
     runtime::print_events(
         skel.object(),
         "sofdsnoop",
@@ -200,6 +203,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         &mut printer,
         duration,
         |e: &types::sofdsnoop_event| {
+            records += 1;
             let depth = (e.depth as usize).min(e.comps.len());
             let comps: Vec<String> = e.comps[..depth]
                 .iter()
@@ -233,6 +237,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             Some((e.ts_ns, f))
         },
     )?;
+    cli::debug(format_args!("sofdsnoop: {records} records from the kernel"));
     let sum = |slot: u32| -> u64 {
         skel.maps
             .unseen
