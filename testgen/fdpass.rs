@@ -5,6 +5,7 @@
 //! acknowledges it with one byte, so messages never merge. With --mmsg, the same two messages go in
 //! one sendmmsg() and come in one recvmmsg() (a SOCK_SEQPACKET pair, which keeps their boundaries).
 //!
+//! The thread first sends one plain byte (no fds), which the child waits for before its first receive.
 //! Lines (JSON): {"role":"ready"} (parent pid, sender thread's tid, child pid; with --wait-go it then
 //! waits for a go line), one {"role":"sent"} per message (pid, tid, comm, sock_fd, sock, fds:
 //! [{fd, name}] with names as /proc/self/fd shows them), one {"role":"received"} per message from the
@@ -18,7 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{IO_TIMEOUT, emit, fork_role, getpid, set_comm, set_rcvtimeo, wait_children, wait_for_go};
+use crate::{
+    IO_TIMEOUT, emit, fork_role, getpid, set_comm, set_rcvtimeo, wait_children, wait_for_go,
+};
 
 #[derive(clap::Args)]
 pub struct FdPassArgs {
@@ -112,6 +115,13 @@ fn child(a: &FdPassArgs, sock: OwnedFd) -> Result<()> {
     set_rcvtimeo(fd, IO_TIMEOUT)?;
     let (pid, tid) = (getpid(), gettid());
     let sock_name = link(fd);
+    // the parent's start byte first: the first recvmsg() then begins after the test's go (a tracer
+    // started meanwhile sees it whole; one already blocked when it starts is not seen)
+    let mut start = [0u8; 1];
+    // SAFETY: one byte into a valid buffer (the socket has a receive timeout)
+    if unsafe { libc::recv(fd, start.as_mut_ptr().cast(), 1, 0) } != 1 {
+        return Err(io::Error::last_os_error()).context("waiting for the start byte");
+    }
     let report = |fds: &[RawFd]| {
         emit(&json!({
             "role": "received", "pid": pid, "tid": tid, "comm": a.child_comm,
@@ -145,7 +155,13 @@ fn child(a: &FdPassArgs, sock: OwnedFd) -> Result<()> {
         let got = if a.mmsg {
             // SAFETY: two valid mmsghdrs; waits for both (MSG_WAITFORONE would return after one)
             let n = unsafe {
-                libc::recvmmsg(fd, hdrs.as_mut_ptr(), 2, libc::MSG_WAITALL as _, std::ptr::null_mut())
+                libc::recvmmsg(
+                    fd,
+                    hdrs.as_mut_ptr(),
+                    2,
+                    libc::MSG_WAITALL as _,
+                    std::ptr::null_mut(),
+                )
             };
             if n < 0 {
                 return Err(io::Error::last_os_error()).context("recvmmsg");
@@ -244,7 +260,9 @@ pub fn fd_pass(a: &FdPassArgs) -> Result<()> {
     };
     let mut sv = [0; 2];
     // SAFETY: a socketpair into a two-int array
-    if unsafe { libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) } != 0 {
+    if unsafe { libc::socketpair(libc::AF_UNIX, kind | libc::SOCK_CLOEXEC, 0, sv.as_mut_ptr()) }
+        != 0
+    {
         return Err(io::Error::last_os_error()).context("socketpair");
     }
     // SAFETY: fresh fds we own
@@ -278,9 +296,25 @@ pub fn fd_pass(a: &FdPassArgs) -> Result<()> {
             if a.wait_go {
                 wait_for_go()?;
             }
+            // SAFETY: one byte from a valid buffer
+            if unsafe {
+                libc::send(
+                    mine.as_raw_fd(),
+                    b"s".as_ptr().cast(),
+                    1,
+                    libc::MSG_NOSIGNAL,
+                )
+            } != 1
+            {
+                return Err(io::Error::last_os_error()).context("start byte");
+            }
             let f = file.as_raw_fd();
             for r in 0..a.rounds {
-                send_round(a, mine.as_raw_fd(), &[&[f], &[udp.as_raw_fd(), f, pr.as_raw_fd()]])?;
+                send_round(
+                    a,
+                    mine.as_raw_fd(),
+                    &[&[f], &[udp.as_raw_fd(), f, pr.as_raw_fd()]],
+                )?;
                 emit(&json!({"role": "round", "round": r}));
                 std::thread::sleep(Duration::from_millis(a.interval_ms));
             }

@@ -2,8 +2,8 @@
 
 use std::ffi::OsString;
 
-pub mod softirqs;
 pub mod sofdsnoop;
+pub mod softirqs;
 pub mod solisten;
 pub mod tcpaccept;
 pub mod tcpcong;

@@ -245,9 +245,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
             .ok()
             .flatten()
             .map_or(0, |v| {
-                v.iter()
-                    .filter_map(|b| runtime::read_event::<u64>(b))
-                    .sum()
+                v.iter().filter_map(|b| runtime::read_event::<u64>(b)).sum()
             })
     };
     if let Some(m) = unseen_message(sum(0), sum(1), sum(2)) {
@@ -291,10 +289,7 @@ mod tests {
             "/run/f"
         );
         // deeper than the walk went
-        assert_eq!(
-            fd_name(0xEF53, 5, &v(&["c", "b"]), 0).unwrap(),
-            ".../b/c"
-        );
+        assert_eq!(fd_name(0xEF53, 5, &v(&["c", "b"]), 0).unwrap(), ".../b/c");
         assert_eq!(fd_name(0xEF53, 2, &[], PATH_FULL).unwrap(), "/");
     }
 
@@ -302,7 +297,11 @@ mod tests {
     fn name_filter_fits_a_comm() {
         assert_eq!(parse_name("main").unwrap(), "main");
         assert!(parse_name("").is_err());
-        assert!(parse_name("a-name-of-16-byt").unwrap_err().contains("15 bytes"));
+        assert!(
+            parse_name("a-name-of-16-byt")
+                .unwrap_err()
+                .contains("15 bytes")
+        );
         assert!(parse_name("fifteen-bytes-x").is_ok());
     }
 
