@@ -27,6 +27,8 @@ struct sofdsnoop_event _sofdsnoop_event = {};
 #define SOFD_MAX_FDS 64
 #define SOFD_MAX_MMSG 8
 
+#define EEXIST 17
+
 /* -t: only this thread; 0: any */
 const volatile __u32 filter_tid = 0;
 /* -n: only processes whose comm contains this (filter_comm_len bytes); 0: any */
@@ -62,6 +64,10 @@ struct {
 	__type(key, __u64);
 	__type(value, struct fd_call);
 } calls SEC(".maps");
+
+/* entries in `calls`: while there are none, which is nearly always, an exit returns after one load
+ * instead of a map lookup (a thread's own entry, added before its exit, is seen by that exit) */
+__u64 calls_in_flight = 0;
 
 static __always_inline bool comm_ok(void)
 {
@@ -130,6 +136,7 @@ static __always_inline void on_enter(long fd, __u64 umsg, __u32 vlen)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct fd_call c = {.msg = umsg, .sock_fd = fd, .vlen = vlen};
+	long err;
 
 	if (!ids_ok(id))
 		return;
@@ -145,7 +152,14 @@ static __always_inline void on_enter(long fd, __u64 umsg, __u32 vlen)
 	}
 	if (!unix_sock_file(fd) || !comm_ok())
 		return;
-	map_update_counted(&calls, &id, &c, BPF_ANY);
+	err = bpf_map_update_elem(&calls, &id, &c, BPF_NOEXIST);
+	if (!err)
+		__sync_fetch_and_add(&calls_in_flight, 1);
+	else if (err == -EEXIST)
+		/* left by a call whose exit was not seen (it entered while the tool was attaching) */
+		bpf_map_update_elem(&calls, &id, &c, BPF_EXIST);
+	else
+		count_lost_as(LOST_CAPACITY);
 }
 
 /* Reads what fd refers to into e: the file's magic, inode, and its path (dentry names up to the root). */
@@ -233,12 +247,34 @@ __noinline int sofd_emit(__u32 action_index, __s32 sock_fd, __s32 fd, __u32 coun
 	return 0;
 }
 
+/* The n fds of one SCM_RIGHTS control message, at data in user memory: one record each. Global, as
+ * sofd_emit: the verifier walks this loop once, not once for each control message. */
+__noinline int sofd_walk_fds(__u64 data, __u32 n, __u32 action, __s32 sock_fd, __u64 sock_ino)
+{
+	int fds[SOFD_MAX_FDS];
+	/* a 64-bit copy the compiler cannot trace back to n, bounded where the verifier sees it */
+	__u64 k = n;
+
+	asm volatile("" : "+r"(k));
+	if (k > SOFD_MAX_FDS) {
+		count_unseen(0, k - SOFD_MAX_FDS);
+		k = SOFD_MAX_FDS;
+	}
+	if (!k || bpf_probe_read_user(fds, k * sizeof(int), (void *)data))
+		return 0;
+	for (int j = 0; j < SOFD_MAX_FDS; j++) {
+		if (j >= k)
+			break;
+		sofd_emit(action << 16 | j, sock_fd, fds[j], n, sock_ino);
+	}
+	return 0;
+}
+
 /* Every SCM_RIGHTS fd in the control messages of the user msghdr at umsg. Global, as sofd_emit. */
 __noinline int sofd_walk_msg(__u64 umsg, __u32 action, __s32 sock_fd, __u64 sock_ino)
 {
 	__u64 ctl[2] = {};
 	__u64 p, end;
-	int fds[SOFD_MAX_FDS];
 
 	if (bpf_probe_read_user(ctl, sizeof(ctl), (void *)(umsg + offsetof(struct user_msghdr, msg_control))))
 		return 0;
@@ -248,7 +284,6 @@ __noinline int sofd_walk_msg(__u64 umsg, __u32 action, __s32 sock_fd, __u64 sock
 	end = p + ctl[1];
 	for (int i = 0; i < SOFD_MAX_CMSGS; i++) {
 		struct cmsghdr h;
-		__u32 n, shown;
 
 		if (p + sizeof(h) > end)
 			return 0;
@@ -256,28 +291,9 @@ __noinline int sofd_walk_msg(__u64 umsg, __u32 action, __s32 sock_fd, __u64 sock
 			return 0;
 		if (h.cmsg_len < sizeof(h) || h.cmsg_len > end - p)
 			return 0;
-		if (h.cmsg_level == SOL_SOCKET && h.cmsg_type == SCM_RIGHTS) {
-			n = (h.cmsg_len - sizeof(h)) / sizeof(int);
-			shown = n < SOFD_MAX_FDS ? n : SOFD_MAX_FDS;
-			if (n > shown)
-				count_unseen(0, n - shown);
-			if (shown > 0) {
-				/* a 64-bit copy the compiler cannot trace back to n, bounded where the verifier
-				 * sees it */
-				__u64 k = shown;
-
-				asm volatile("" : "+r"(k));
-				if (k > SOFD_MAX_FDS)
-					k = SOFD_MAX_FDS;
-				if (bpf_probe_read_user(fds, k * sizeof(int), (void *)(p + sizeof(h))))
-					return 0;
-			}
-			for (int j = 0; j < SOFD_MAX_FDS; j++) {
-				if (j >= shown)
-					break;
-				sofd_emit(action << 16 | j, sock_fd, fds[j], n, sock_ino);
-			}
-		}
+		if (h.cmsg_level == SOL_SOCKET && h.cmsg_type == SCM_RIGHTS)
+			sofd_walk_fds(p + sizeof(h), (h.cmsg_len - sizeof(h)) / sizeof(int), action, sock_fd,
+				      sock_ino);
 		/* CMSG_NXTHDR: the next header at an 8-byte boundary */
 		p += (h.cmsg_len + 7) & ~7ULL;
 	}
@@ -288,18 +304,21 @@ __noinline int sofd_walk_msg(__u64 umsg, __u32 action, __s32 sock_fd, __u64 sock
 
 static __always_inline void on_exit(long ret, __u32 action)
 {
-	__u64 id = bpf_get_current_pid_tgid();
 	struct fd_call *cp, c;
 	struct file *sf;
-	__u64 sock_ino;
+	__u64 sock_ino, id;
 
+	if (!calls_in_flight)
+		return;
+	id = bpf_get_current_pid_tgid();
 	if (!ids_ok(id))
 		return;
 	cp = bpf_map_lookup_elem(&calls, &id);
 	if (!cp)
 		return;
 	c = *cp;
-	bpf_map_delete_elem(&calls, &id);
+	if (!bpf_map_delete_elem(&calls, &id))
+		__sync_fetch_and_add(&calls_in_flight, -1);
 	if (ret < 0)
 		return;
 	sf = file_of_fd(c.sock_fd);
