@@ -78,7 +78,7 @@ impl Default for Options {
 }
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
-pub const TOOLS: [&str; 9] = [
+pub const TOOLS: [&str; 10] = [
     "tcplife",
     "tcpstates",
     "tcpconnect",
@@ -88,11 +88,24 @@ pub const TOOLS: [&str; 9] = [
     "tcpsubnet",
     "tcprtt",
     "tcpcong",
+    "sofdsnoop",
 ];
 
 /// The tools on the data path (a hook per send, receive or segment), measured by default under the
 /// transfer load (`--load transfer`); the others by default under the connection flood.
 pub const DATA_PATH_TOOLS: [&str; 3] = ["tcptop", "tcpsubnet", "tcprtt"];
+
+/// The load a tool is measured under by default: the one that runs its hooks most often without giving
+/// it anything to show (sofdsnoop: sendmsg/recvmsg on a Unix socket without control messages).
+pub fn default_load(tool: &str) -> Load {
+    if DATA_PATH_TOOLS.contains(&tool) {
+        Load::Transfer
+    } else if tool == "sofdsnoop" {
+        Load::UnixMsg
+    } else {
+        Load::Connections
+    }
+}
 
 /// The load the tracers are measured under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +114,9 @@ pub enum Load {
     Connections,
     /// one loopback connection carrying 1 KiB writes (the worst case for per-send hooks)
     Transfer,
+    /// sendmsg() of 64 bytes and recvmsg() of them over a Unix socketpair, without control messages
+    /// (what sofdsnoop's hooks must let pass cheaply)
+    UnixMsg,
 }
 
 impl Load {
@@ -108,6 +124,7 @@ impl Load {
         match s {
             "conn" | "connections" => Some(Load::Connections),
             "transfer" | "xfer" => Some(Load::Transfer),
+            "unixmsg" => Some(Load::UnixMsg),
             _ => None,
         }
     }
@@ -117,6 +134,7 @@ impl Load {
         match self {
             Load::Connections => "conn",
             Load::Transfer => "transfer",
+            Load::UnixMsg => "unixmsg",
         }
     }
 
@@ -125,7 +143,7 @@ impl Load {
     fn mark_every(self) -> u32 {
         match self {
             Load::Connections => 250,
-            Load::Transfer => 10_000,
+            Load::Transfer | Load::UnixMsg => 10_000,
         }
     }
 
@@ -134,6 +152,7 @@ impl Load {
         match self {
             Load::Connections => "CONN",
             Load::Transfer => "WRITE",
+            Load::UnixMsg => "MSG",
         }
     }
 
@@ -141,6 +160,7 @@ impl Load {
         match self {
             Load::Connections => "a running loopback connection load",
             Load::Transfer => "a running loopback transfer in 1 KiB writes",
+            Load::UnixMsg => "sendmsg()/recvmsg() over a Unix socketpair, no control messages",
         }
     }
 }
@@ -680,6 +700,9 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
     };
     let (every, max_s) = (arg(0)?, arg(1)?);
     let transfer = args.get(2).and_then(|a| a.to_str()) == Some("transfer");
+    if args.get(2).and_then(|a| a.to_str()) == Some("unixmsg") {
+        return unixmsg_load(every, max_s);
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -723,6 +746,92 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
     }
     // the server thread is blocked in accept(): leave without joining it
     std::process::exit(0)
+}
+
+/// `__load W MAX_S unixmsg`: sendmsg() of 64 bytes on one end of a Unix stream socketpair, recvmsg()
+/// of them on the other, by one thread, no control messages; until stdin closes (or MAX_S seconds);
+/// prints the time at the start and after every W messages (a sendmsg and its recvmsg).
+fn unixmsg_load(every: u64, max_s: u64) -> Result<(), String> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let (a, b) = (
+        std::os::fd::AsRawFd::as_raw_fd(&a),
+        std::os::fd::AsRawFd::as_raw_fd(&b),
+    );
+    let mut out = [b'x'; 64];
+    let mut back = [0u8; 64];
+    let mut iov_out = Iovec {
+        base: out.as_mut_ptr(),
+        len: out.len(),
+    };
+    let mut iov_back = Iovec {
+        base: back.as_mut_ptr(),
+        len: back.len(),
+    };
+    let send_hdr = Msghdr::over(&mut iov_out);
+    let mut recv_hdr = Msghdr::over(&mut iov_back);
+    let deadline = Instant::now() + Duration::from_secs(max_s);
+    println!("{}", mono_ns());
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        // SAFETY: msghdrs over live buffers, on our own sockets
+        let (s, r) = unsafe { (sendmsg(a, &send_hdr, 0), recvmsg(b, &mut recv_hdr, 0)) };
+        if s != 64 || r != 64 {
+            return Err(format!(
+                "sendmsg/recvmsg: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        n += 1;
+        if n.is_multiple_of(every) {
+            println!("{}", mono_ns());
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct Iovec {
+    base: *mut u8,
+    len: usize,
+}
+
+/// struct msghdr (x86_64), without name or control messages
+#[repr(C)]
+struct Msghdr {
+    name: *mut u8,
+    namelen: u32,
+    iov: *mut Iovec,
+    iovlen: usize,
+    control: *mut u8,
+    controllen: usize,
+    flags: i32,
+}
+
+impl Msghdr {
+    fn over(iov: &mut Iovec) -> Msghdr {
+        Msghdr {
+            name: std::ptr::null_mut(),
+            namelen: 0,
+            iov,
+            iovlen: 1,
+            control: std::ptr::null_mut(),
+            controllen: 0,
+            flags: 0,
+        }
+    }
+}
+
+unsafe extern "C" {
+    fn sendmsg(fd: i32, msg: *const Msghdr, flags: i32) -> isize;
+    fn recvmsg(fd: i32, msg: *mut Msghdr, flags: i32) -> isize;
 }
 
 /// `__load W MAX_S transfer`: one loopback connection, the client writing 1 KiB at a time (one write()
