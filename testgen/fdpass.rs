@@ -42,6 +42,9 @@ pub struct FdPassArgs {
     /// send both messages of a round with one sendmmsg(), receive them with one recvmmsg()
     #[arg(long)]
     mmsg: bool,
+    /// instead, each round one message carrying MANY fds (the file, dup'ed; at most 253)
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=253))]
+    many: u32,
 }
 
 fn gettid() -> u32 {
@@ -63,7 +66,8 @@ fn fds_json(fds: &[RawFd]) -> Value {
     )
 }
 
-const CMSG_ROOM: usize = 128;
+/// room for SCM_MAX_FD (253) fds
+const CMSG_ROOM: usize = 1040;
 
 /// A msghdr over `data` with `fds` as one SCM_RIGHTS control message in `ctl`.
 fn msghdr_with_fds(
@@ -309,12 +313,21 @@ pub fn fd_pass(a: &FdPassArgs) -> Result<()> {
                 return Err(io::Error::last_os_error()).context("start byte");
             }
             let f = file.as_raw_fd();
+            // SAFETY: dups of our own open file, closed when the process ends
+            let dups: Vec<RawFd> = (0..a.many).map(|_| unsafe { libc::dup(f) }).collect();
+            if dups.iter().any(|&d| d < 0) {
+                return Err(io::Error::last_os_error()).context("dup");
+            }
             for r in 0..a.rounds {
-                send_round(
-                    a,
-                    mine.as_raw_fd(),
-                    &[&[f], &[udp.as_raw_fd(), f, pr.as_raw_fd()]],
-                )?;
+                if a.many > 0 {
+                    send_round(a, mine.as_raw_fd(), &[&dups])?;
+                } else {
+                    send_round(
+                        a,
+                        mine.as_raw_fd(),
+                        &[&[f], &[udp.as_raw_fd(), f, pr.as_raw_fd()]],
+                    )?;
+                }
                 emit(&json!({"role": "round", "round": r}));
                 std::thread::sleep(Duration::from_millis(a.interval_ms));
             }

@@ -296,3 +296,43 @@ fn duration_ends_it() {
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with("{\"lost\":0,"), "{stdout}");
 }
+
+/// A message with more fds than the walk takes (64 of a control message): the first 64 shown on each
+/// side, each with the message's count, and the rest counted and said at exit.
+#[test]
+fn fds_beyond_the_bound_are_counted() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let ns = Netns::new();
+    let t = Tracer::start("sofdsnoop", &[]);
+    let lines = run_gen(&ns, &gen_args(&["--many", "70"]));
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    let sent = msgs(&lines, "sent");
+    let received = msgs(&lines, "received");
+    assert_eq!(sent[0].fds.len(), 70, "{lines:?}");
+    assert_eq!(received[0].fds.len(), 70, "{lines:?}");
+    for (action, m) in [("SEND", &sent[0]), ("RECV", &received[0])] {
+        let rows: Vec<&Value> = trace
+            .rows
+            .iter()
+            .filter(|r| r["action"] == action && u(r, "pid") == m.pid)
+            .collect();
+        assert_eq!(rows.len(), 64, "{action}: the first 64 fds: {rows:#?}");
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(u(r, "index"), i as u64, "{r}");
+            assert_eq!(u(r, "count"), 70, "{r}");
+            assert_eq!(u(r, "fd"), m.fds[i].0, "{r}");
+            assert_eq!(s(r, "name"), m.fds[i].1, "{r}");
+        }
+    }
+    assert!(
+        trace
+            .stderr
+            .contains("sofdsnoop: not shown: 12 fds beyond the 64th of a control message"),
+        "stderr:\n{}",
+        trace.stderr
+    );
+}
