@@ -336,3 +336,45 @@ fn fds_beyond_the_bound_are_counted() {
         trace.stderr
     );
 }
+
+/// The table of calls in progress full (one entry: the child's recvmsg() waiting for the next
+/// message holds it): a call that finds no room is counted in lost_capacity, one per message whose
+/// rows are missing, never dropped silently.
+#[test]
+fn calls_that_find_no_room_are_counted() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let ns = Netns::new();
+    let t = Tracer::start_env("sofdsnoop", &[], &[("SOCKRAY_MAP_ENTRIES", "calls=1")]);
+    let lines = run_gen(&ns, &gen_args(&["--rounds", "2"]));
+    std::thread::sleep(SETTLE);
+    let trace = t.stop_with_capacity();
+    let sent = msgs(&lines, "sent");
+    let received = msgs(&lines, "received");
+    // messages shown: their first fd's row (index 0), per side
+    let shown = |action: &str, pid: u64| {
+        trace
+            .rows
+            .iter()
+            .filter(|r| r["action"] == action && u(r, "pid") == pid && u(r, "index") == 0)
+            .count() as u64
+    };
+    let missing = (sent.len() as u64 - shown("SEND", sent[0].pid))
+        + (received.len() as u64 - shown("RECV", received[0].pid));
+    assert_eq!(
+        trace.capacity, missing,
+        "one lost_capacity per message not shown; rows: {:#?}\nstderr:\n{}",
+        trace.rows, trace.stderr
+    );
+    if missing > 0 {
+        assert!(
+            trace.stderr.contains(
+                "records could not be kept (a table was full; the calls in progress that may pass fds"
+            ),
+            "{}",
+            trace.stderr
+        );
+    }
+}

@@ -175,6 +175,11 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     )
     .with_secs_decimals(9);
 
+    // what the lost-event report says when the table of calls in progress was full
+    runtime::set_map_entries(
+        String::new(),
+        "the calls in progress that may pass fds: 16,384 threads at once",
+    );
     let tid = a.tid.unwrap_or(0);
     let name = a.name.clone().unwrap_or_default();
     let mut storage = MaybeUninit::uninit();
