@@ -372,7 +372,8 @@ impl Printer {
             v.push(Col::left("TIME", "", 8));
         }
         if self.time.secs {
-            v.push(Col::left("TIME(s)", "", 9));
+            // BCC's %-9.6f / %-9.3f, and %-14.9f with nanoseconds (sofdsnoop)
+            v.push(Col::left("TIME(s)", "", 9.max(self.secs_decimals + 5)));
         }
         v
     }
@@ -684,6 +685,19 @@ mod tests {
         p.event(Some(2_234_567_890), &f).unwrap();
         let out = String::from_utf8(buf.0.borrow().clone()).unwrap();
         assert_eq!(out, "0.000     1\n1.235     1\n");
+        // nanoseconds: BCC's %-14.9f (sofdsnoop)
+        let buf = Shared::default();
+        let cols = vec![Col::left("PID", "pid", 5)];
+        let mut p = Printer::to_writer(Mode::Table, cols, time, Box::new(buf.clone()))
+            .with_secs_decimals(9);
+        p.header().unwrap();
+        p.event(Some(1_000_000_000), &f).unwrap();
+        p.event(Some(2_234_567_890), &f).unwrap();
+        let out = String::from_utf8(buf.0.borrow().clone()).unwrap();
+        assert_eq!(
+            out,
+            "TIME(s)        PID\n0.000000000    1\n1.234567890    1\n"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 mod backlog;
+mod fdpass;
 mod hold;
 mod listen_accept;
 mod stall;
@@ -133,6 +134,9 @@ enum Cmd {
     /// A listener with a known backlog that never accepts (or accepts at once), and a client connecting
     /// CLIENTS times (tcpsynbl tests).
     Backlog(backlog::BacklogArgs),
+    /// File descriptors passed over a Unix socketpair to a forked child, one and then three per round
+    /// (sofdsnoop tests).
+    FdPass(fdpass::FdPassArgs),
     /// Connect COUNT times to ADDR:PORT, a fresh socket each time, and print one JSON line per attempt:
     /// connect()'s return value (`ret`: 0 or -errno), the final outcome (`result`: 0 or -errno) and the
     /// local port getsockname() reports after connect() returned (the kernel keeps it after a refusal).
@@ -279,6 +283,7 @@ fn main() {
         Cmd::Transfer(a) => transfer::transfer(&a),
         Cmd::ListenCases(a) => listen_accept::listen_cases(&a),
         Cmd::Backlog(a) => backlog::backlog(&a),
+        Cmd::FdPass(a) => fdpass::fd_pass(&a),
     };
     if let Err(e) = res {
         eprintln!("sockray-testgen: {e:#}");

@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 
 pub mod netqtop;
+pub mod sofdsnoop;
 pub mod softirqs;
 pub mod solisten;
 pub mod tcpaccept;
@@ -30,6 +31,11 @@ pub const TOOLS: &[Tool] = &[
         name: "netqtop",
         about: "packets, bytes and packet sizes per TX and RX queue of one network interface, every interval",
         run: netqtop::run,
+    },
+    Tool {
+        name: "sofdsnoop",
+        about: "file descriptors passed over Unix sockets (SCM_RIGHTS), sent and received, with their names",
+        run: sofdsnoop::run,
     },
     Tool {
         name: "softirqs",

@@ -82,7 +82,7 @@ impl Default for Options {
 }
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
-pub const TOOLS: [&str; 10] = [
+pub const TOOLS: [&str; 11] = [
     "tcplife",
     "tcpstates",
     "tcpconnect",
@@ -93,6 +93,7 @@ pub const TOOLS: [&str; 10] = [
     "tcprtt",
     "tcpcong",
     "netqtop",
+    "sofdsnoop",
 ];
 
 /// The tools on the packet path (a hook per packet of a device), measured by default under the veth
@@ -103,6 +104,20 @@ pub const PACKET_TOOLS: [&str; 1] = ["netqtop"];
 /// transfer load (`--load transfer`); the others by default under the connection flood.
 pub const DATA_PATH_TOOLS: [&str; 3] = ["tcptop", "tcpsubnet", "tcprtt"];
 
+/// The load a tool is measured under by default: the one that runs its hooks most often without giving
+/// it anything to show (sofdsnoop: sendmsg/recvmsg on a Unix socket without control messages).
+pub fn default_load(tool: &str) -> Load {
+    if DATA_PATH_TOOLS.contains(&tool) {
+        Load::Transfer
+    } else if PACKET_TOOLS.contains(&tool) {
+        Load::Packets
+    } else if tool == "sofdsnoop" {
+        Load::UnixMsg
+    } else {
+        Load::Connections
+    }
+}
+
 /// The load the tracers are measured under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Load {
@@ -112,6 +127,9 @@ pub enum Load {
     Transfer,
     /// 64-byte UDP datagrams over a veth pair between two namespaces (per-packet device hooks)
     Packets,
+    /// sendmsg() of 64 bytes and recvmsg() of them over a Unix socketpair, without control messages
+    /// (what sofdsnoop's hooks must let pass cheaply)
+    UnixMsg,
 }
 
 impl Load {
@@ -120,6 +138,7 @@ impl Load {
             "conn" | "connections" => Some(Load::Connections),
             "transfer" | "xfer" => Some(Load::Transfer),
             "packets" | "veth" => Some(Load::Packets),
+            "unixmsg" => Some(Load::UnixMsg),
             _ => None,
         }
     }
@@ -130,6 +149,7 @@ impl Load {
             Load::Connections => "conn",
             Load::Transfer => "transfer",
             Load::Packets => "packets",
+            Load::UnixMsg => "unixmsg",
         }
     }
 
@@ -138,8 +158,7 @@ impl Load {
     fn mark_every(self) -> u32 {
         match self {
             Load::Connections => 250,
-            Load::Transfer => 10_000,
-            Load::Packets => 10_000,
+            Load::Transfer | Load::Packets | Load::UnixMsg => 10_000,
         }
     }
 
@@ -149,6 +168,7 @@ impl Load {
             Load::Connections => "CONN",
             Load::Transfer => "WRITE",
             Load::Packets => "PKT",
+            Load::UnixMsg => "MSG",
         }
     }
 
@@ -157,6 +177,7 @@ impl Load {
             Load::Connections => "a running loopback connection load",
             Load::Transfer => "a running loopback transfer in 1 KiB writes",
             Load::Packets => "a running UDP packet flood over a veth pair",
+            Load::UnixMsg => "sendmsg()/recvmsg() over a Unix socketpair, no control messages",
         }
     }
 }
@@ -793,6 +814,9 @@ pub fn load(args: &[std::ffi::OsString]) -> Result<(), String> {
     if kind == Some("packets") {
         return packet_load(every, max_s, &stop);
     }
+    if kind == Some("unixmsg") {
+        return unixmsg_load(every, max_s, &stop);
+    }
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     if transfer {
@@ -850,6 +874,88 @@ fn packet_load(every: u64, max_s: u64, stop: &std::sync::atomic::AtomicBool) -> 
         }
     }
     Ok(())
+}
+
+/// `__load W MAX_S unixmsg`: sendmsg() of 64 bytes on one end of a Unix stream socketpair, recvmsg()
+/// of them on the other, by one thread, no control messages; until stdin closes (or MAX_S seconds);
+/// prints the time at the start and after every W messages (a sendmsg and its recvmsg).
+fn unixmsg_load(
+    every: u64,
+    max_s: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+    let (a, b) = (
+        std::os::fd::AsRawFd::as_raw_fd(&a),
+        std::os::fd::AsRawFd::as_raw_fd(&b),
+    );
+    let mut out = [b'x'; 64];
+    let mut back = [0u8; 64];
+    let mut iov_out = Iovec {
+        base: out.as_mut_ptr(),
+        len: out.len(),
+    };
+    let mut iov_back = Iovec {
+        base: back.as_mut_ptr(),
+        len: back.len(),
+    };
+    let send_hdr = Msghdr::over(&mut iov_out);
+    let mut recv_hdr = Msghdr::over(&mut iov_back);
+    let deadline = Instant::now() + Duration::from_secs(max_s);
+    println!("{}", mono_ns());
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+        // SAFETY: msghdrs over live buffers, on our own sockets
+        let (s, r) = unsafe { (sendmsg(a, &send_hdr, 0), recvmsg(b, &mut recv_hdr, 0)) };
+        if s != 64 || r != 64 {
+            return Err(format!(
+                "sendmsg/recvmsg: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        n += 1;
+        if n.is_multiple_of(every) {
+            println!("{}", mono_ns());
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct Iovec {
+    base: *mut u8,
+    len: usize,
+}
+
+/// struct msghdr (x86_64), without name or control messages
+#[repr(C)]
+struct Msghdr {
+    name: *mut u8,
+    namelen: u32,
+    iov: *mut Iovec,
+    iovlen: usize,
+    control: *mut u8,
+    controllen: usize,
+    flags: i32,
+}
+
+impl Msghdr {
+    fn over(iov: &mut Iovec) -> Msghdr {
+        Msghdr {
+            name: std::ptr::null_mut(),
+            namelen: 0,
+            iov,
+            iovlen: 1,
+            control: std::ptr::null_mut(),
+            controllen: 0,
+            flags: 0,
+        }
+    }
+}
+
+unsafe extern "C" {
+    fn sendmsg(fd: i32, msg: *const Msghdr, flags: i32) -> isize;
+    fn recvmsg(fd: i32, msg: *mut Msghdr, flags: i32) -> isize;
 }
 
 /// `__load W MAX_S transfer`: one loopback connection, the client writing 1 KiB at a time (one write()

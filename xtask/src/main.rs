@@ -26,17 +26,20 @@ commands:
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test --release
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local)
   bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose] [--starts N] [--startup-only]
-        [--load conn|transfer|packets]
+        [--load conn|transfer|packets|unixmsg]
                                        start-up, RSS and the cost under a load vs libbpf-tools
                                        (20 rounds; T: tcplife, tcpstates, tcpconnect, tcpretrans,
-                                       tcpsynbl, tcptop, tcpsubnet, tcprtt, tcpcong or netqtop; CMD: any
+                                       tcpsynbl, tcptop, tcpsubnet, tcprtt, tcpcong, netqtop or
+                                       sofdsnoop; CMD: any
                                        other tracer command line to compare, e.g. a variant;
                                        --verbose: every interval's rate; --starts: timed starts
                                        per tracer, 11; --startup-only: no load runs; --load:
                                        a loopback connection flood (conn, the default: every
-                                       tool but tcptop, tcpsubnet, tcprtt) or a loopback transfer
-                                       in 1 KiB writes (transfer: those three) or a UDP packet
-                                       flood over a veth pair (packets: netqtop))
+                                       tool but tcptop, tcpsubnet, tcprtt, netqtop, sofdsnoop) or
+                                       a loopback transfer in 1 KiB writes (transfer: those three)
+                                       or a UDP packet flood over a veth pair (packets: netqtop) or
+                                       sendmsg/recvmsg over a Unix socketpair without control
+                                       messages (unixmsg: sofdsnoop))
   bench --scale [--conns N] [--close-rate R]
                                        a server's worth of sockets: N connections (500,000: a
                                        million sockets) held, then closed at R a second (25,000;
@@ -325,7 +328,9 @@ fn cmd_bench(args: &[OsString]) -> Res {
             "--load" => {
                 let v = value()?;
                 opts.load = bench::Load::parse(&v).ok_or_else(|| {
-                    usage_err(format!("bench: --load {v:?}: conn, transfer or packets"))
+                    usage_err(format!(
+                        "bench: --load {v:?}: conn, transfer, packets or unixmsg"
+                    ))
                 })?;
             }
             "--scale" => {
@@ -376,12 +381,7 @@ fn cmd_bench(args: &[OsString]) -> Res {
         tools.retain(|t| only.contains(t));
     } else {
         // by default the tools whose hooks run per operation of that load
-        let data_path = opts.load == bench::Load::Transfer;
-        let packets = opts.load == bench::Load::Packets;
-        tools.retain(|t| {
-            bench::PACKET_TOOLS.contains(&t.as_str()) == packets
-                && (packets || bench::DATA_PATH_TOOLS.contains(&t.as_str()) == data_path)
-        });
+        tools.retain(|t| bench::default_load(t) == opts.load);
     }
     // the bench itself (its output readers) shares CPU 0 with the tracers
     let _ = Command::new("taskset")
