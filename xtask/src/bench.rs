@@ -82,7 +82,7 @@ impl Default for Options {
 }
 
 /// The tools the bench knows (`--tool`), each measured against libbpf-tools' tool of the same name.
-pub const TOOLS: [&str; 11] = [
+pub const TOOLS: [&str; 12] = [
     "tcplife",
     "tcpstates",
     "tcpconnect",
@@ -94,6 +94,7 @@ pub const TOOLS: [&str; 11] = [
     "tcpcong",
     "netqtop",
     "sofdsnoop",
+    "softirqs",
 ];
 
 /// The tools on the packet path (a hook per packet of a device), measured by default under the veth
@@ -109,7 +110,8 @@ pub const DATA_PATH_TOOLS: [&str; 3] = ["tcptop", "tcpsubnet", "tcprtt"];
 pub fn default_load(tool: &str) -> Load {
     if DATA_PATH_TOOLS.contains(&tool) {
         Load::Transfer
-    } else if PACKET_TOOLS.contains(&tool) {
+    } else if PACKET_TOOLS.contains(&tool) || tool == "softirqs" {
+        // softirqs: every packet of the flood raises net_rx (and net_tx) softirqs
         Load::Packets
     } else if tool == "sofdsnoop" {
         Load::UnixMsg

@@ -29,15 +29,15 @@ commands:
         [--load conn|transfer|packets|unixmsg]
                                        start-up, RSS and the cost under a load vs libbpf-tools
                                        (20 rounds; T: tcplife, tcpstates, tcpconnect, tcpretrans,
-                                       tcpsynbl, tcptop, tcpsubnet, tcprtt, tcpcong, netqtop or
-                                       sofdsnoop; CMD: any
+                                       tcpsynbl, tcptop, tcpsubnet, tcprtt, tcpcong, netqtop,
+                                       sofdsnoop or softirqs; CMD: any
                                        other tracer command line to compare, e.g. a variant;
                                        --verbose: every interval's rate; --starts: timed starts
                                        per tracer, 11; --startup-only: no load runs; --load:
                                        a loopback connection flood (conn, the default: every
-                                       tool but tcptop, tcpsubnet, tcprtt, netqtop, sofdsnoop) or
-                                       a loopback transfer in 1 KiB writes (transfer: those three)
-                                       or a UDP packet flood over a veth pair (packets: netqtop) or
+                                       tool but those below) or a loopback transfer in 1 KiB
+                                       writes (transfer: tcptop, tcpsubnet, tcprtt) or a UDP packet
+                                       flood over a veth pair (packets: netqtop, softirqs) or
                                        sendmsg/recvmsg over a Unix socketpair without control
                                        messages (unixmsg: sofdsnoop))
   bench --scale [--conns N] [--close-rate R]
