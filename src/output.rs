@@ -373,7 +373,12 @@ impl Printer {
         }
         if self.time.secs {
             // BCC's %-9.6f / %-9.3f, and %-14.9f with nanoseconds (sofdsnoop)
-            v.push(Col::left("TIME(s)", "", 9.max(self.secs_decimals + 5)));
+            let width = if self.secs_decimals > 6 {
+                self.secs_decimals + 5
+            } else {
+                9
+            };
+            v.push(Col::left("TIME(s)", "", width));
         }
         v
     }
