@@ -5,7 +5,7 @@
 //! count is lost between the read and the clear, and the entries of flows that ended are freed each
 //! interval.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
 use libbpf_rs::libbpf_sys;
@@ -28,7 +28,8 @@ impl FlowTable {
     pub fn apply(&self) {
         let n = crate::runtime::flow_entries(self.max_flows, FLOWS_FLOOR);
         crate::runtime::set_map_entries(
-            format!("flows={n},flows_a={n},flows_b={n}"),
+            // walk_seen: --walk's last-seen counters per socket (bpf/tcpwalk.bpf.c)
+            format!("flows={n},flows_a={n},flows_b={n},walk_seen={n}"),
             "raise it with --max-flows N",
         );
     }
@@ -38,6 +39,11 @@ pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/tcptop.skel.rs"));
 }
 pub use skel::{TcptopSkelBuilder, types};
+
+/// `--walk`'s object (bpf/tcpwalk.bpf.c): the same flow maps, filled from the sockets' own counters.
+pub mod walkskel {
+    include!(concat!(env!("OUT_DIR"), "/tcpwalk.skel.rs"));
+}
 
 /// The number of tcp_recvmsg's parameters in the running kernel's BTF (5 since Linux 5.19, 6 before),
 /// for the fallback that reads its return value (bpf/tcptop.bpf.c); 0 when not known, or when the
@@ -99,18 +105,122 @@ impl FlowCounter {
 
     /// Everything counted since the last call, and the retired map emptied.
     pub fn take(&mut self, maps: &skel::TcptopMaps) -> Result<Vec<Flow>> {
-        let (retired, next) = if self.active_b {
-            (&maps.flows_b, &maps.flows_a)
-        } else {
-            (&maps.flows_a, &maps.flows_b)
-        };
-        let fd = next.as_fd().as_raw_fd() as u32;
+        self.take_from(&maps.flows, &maps.flows_a, &maps.flows_b)
+    }
+
+    /// [`take`](Self::take) for either object's maps: the slot and its two inner maps.
+    pub fn take_from<M: MapCore>(
+        &mut self,
+        slot: &impl MapCore,
+        a: &M,
+        b: &M,
+    ) -> Result<Vec<Flow>> {
+        let fd = if self.active_b { a } else { b }.as_fd().as_raw_fd() as u32;
         // waits for every program that may still hold the retired map (synchronize_rcu in the kernel)
-        maps.flows
-            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+        slot.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
             .context("switching the flow maps")?;
         self.active_b = !self.active_b;
-        drain(retired)
+        if self.active_b { drain(a) } else { drain(b) }
+    }
+}
+
+/// tcptop's and tcpsubnet's counting, loaded: the send/recv hooks (the default), or `--walk`'s socket
+/// walk (bpf/tcpwalk.bpf.c), whose iterator runs once at start (the baselines) and before each read.
+pub enum Counting<'obj> {
+    Hooks {
+        skel: skel::TcptopSkel<'obj>,
+        _links: Vec<libbpf_rs::Link>,
+    },
+    Walk {
+        skel: walkskel::TcpwalkSkel<'obj>,
+        _links: Vec<libbpf_rs::Link>,
+        delta: libbpf_rs::Link,
+    },
+}
+
+/// Runs an iterator link's program over every TCP socket once.
+fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
+    let mut it = libbpf_rs::Iter::new(link).context("starting the socket walk")?;
+    std::io::copy(&mut it, &mut std::io::sink()).context("walking the TCP sockets")?;
+    Ok(())
+}
+
+impl<'obj> Counting<'obj> {
+    /// Loads and attaches tool's counting (`walk`: the socket walk), the filters in the kernel;
+    /// `send_only`: the send hooks only (tcpsubnet).
+    pub fn load(
+        storage: &'obj mut std::mem::MaybeUninit<libbpf_rs::OpenObject>,
+        walk: bool,
+        send_only: bool,
+        tool: &str,
+        common: &crate::cli::Common,
+        filters: &crate::filter::Filters,
+    ) -> Result<Counting<'obj>> {
+        use crate::cli::load_tool;
+        if !walk {
+            let nargs = recvmsg_nargs();
+            let (skel, links) = load_tool!(
+                TcptopSkelBuilder,
+                storage,
+                tool,
+                common,
+                filters,
+                |ro: &mut types::rodata| ro.recvmsg_nargs = nargs,
+                |prog: &str| send_only && prog.starts_with("tcptop_recv")
+            );
+            return Ok(Counting::Hooks {
+                skel,
+                _links: links,
+            });
+        }
+        let (skel, links) = load_tool!(
+            walkskel::TcpwalkSkelBuilder,
+            storage,
+            tool,
+            common,
+            filters,
+            |_: &mut walkskel::types::rodata| {},
+            // no hook on the data path: the per-recv owner refresh (6.3+) is left out; accept()
+            // (its alternative) names the process that took a connection
+            |prog: &str| prog.starts_with("sockowner_refresh") && prog.ends_with("__recv")
+        );
+        let base = skel
+            .progs
+            .tcpwalk_base
+            .attach()
+            .context("attaching the socket walk (iter/tcp, Linux 5.9+)")?;
+        let delta = skel
+            .progs
+            .tcpwalk_delta
+            .attach()
+            .context("attaching the socket walk (iter/tcp, Linux 5.9+)")?;
+        // the baselines: every socket's counters now (the socket owners are seeded by then)
+        run_walk(&base)?;
+        Ok(Counting::Walk {
+            skel,
+            _links: links,
+            delta,
+        })
+    }
+
+    pub fn object(&self) -> &libbpf_rs::Object {
+        use libbpf_rs::skel::Skel as _;
+        match self {
+            Counting::Hooks { skel, .. } => skel.object(),
+            Counting::Walk { skel, .. } => skel.object(),
+        }
+    }
+
+    /// The flows since the last call (walk mode: the sockets walked first).
+    pub fn take(&self, counter: &mut FlowCounter) -> Result<Vec<Flow>> {
+        match self {
+            Counting::Hooks { skel, .. } => counter.take(&skel.maps),
+            Counting::Walk { skel, delta, .. } => {
+                run_walk(delta)?;
+                let m = &skel.maps;
+                counter.take_from(&m.flows, &m.flows_a, &m.flows_b)
+            }
+        }
     }
 }
 
