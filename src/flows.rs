@@ -138,10 +138,54 @@ pub enum Counting<'obj> {
     },
 }
 
-/// Runs an iterator link's program over every TCP socket once.
+/// Runs an iterator link's program over every TCP socket once, in every network namespace: a tcp
+/// iterator walks the namespace of the thread that creates it, so this thread enters each namespace a
+/// process is in (found by /proc/PID/ns/net, each once) to create one, and comes back. A namespace
+/// that no process is in (bind-mounted only) holds no socket of a process; its sessions are still
+/// counted at their CLOSE.
 fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
-    let mut it = libbpf_rs::Iter::new(link).context("starting the socket walk")?;
-    std::io::copy(&mut it, &mut std::io::sink()).context("walking the TCP sockets")?;
+    use std::os::unix::fs::MetadataExt;
+    let drain = |it: &mut libbpf_rs::Iter| -> Result<()> {
+        std::io::copy(it, &mut std::io::sink()).context("walking the TCP sockets")?;
+        Ok(())
+    };
+    let own = std::fs::File::open("/proc/thread-self/ns/net").context("this thread's netns")?;
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(own.metadata()?.ino());
+    drain(&mut libbpf_rs::Iter::new(link).context("starting the socket walk")?)?;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Ok(());
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let path = std::path::Path::new("/proc").join(&name).join("ns/net");
+        // a process that exited meanwhile, or a kernel thread: nothing to walk
+        let Ok(md) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !seen.insert(md.ino()) {
+            continue;
+        }
+        let Ok(ns) = std::fs::File::open(&path) else {
+            continue;
+        };
+        // SAFETY: setns on open namespace files; this thread only, and back to its own before return
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            continue;
+        }
+        let it = libbpf_rs::Iter::new(link);
+        // SAFETY: as above
+        if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!(
+                "returning to the tool's network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        drain(&mut it.context("starting the socket walk")?)?;
+    }
     Ok(())
 }
 
