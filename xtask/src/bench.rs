@@ -94,6 +94,9 @@ pub const TOOLS: [&str; 9] = [
 /// transfer load (`--load transfer`); the others by default under the connection flood.
 pub const DATA_PATH_TOOLS: [&str; 3] = ["tcptop", "tcpsubnet", "tcprtt"];
 
+/// The tools with a `--walk` mode (sockets' counters walked each interval), measured beside the default.
+pub const WALK_TOOLS: [&str; 2] = ["tcptop", "tcpsubnet"];
+
 /// The load the tracers are measured under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Load {
@@ -260,6 +263,20 @@ fn tracers(sockray: &Path, tools: &[String]) -> Vec<Tracer> {
             ]),
             sockray: true,
         });
+        if WALK_TOOLS.contains(&tool) {
+            // issue 15's design (b): the same counts from a socket walk per interval, no data-path hook
+            v.push(Tracer {
+                name: format!("sockray {tool} --walk"),
+                argv: Some(vec![
+                    sockray.display().to_string(),
+                    tool.into(),
+                    "--walk".into(),
+                    "--json".into(),
+                    "--verbose".into(),
+                ]),
+                sockray: true,
+            });
+        }
         let libbpf = Path::new("/usr/sbin").join(tool);
         if libbpf.exists() {
             v.push(Tracer {
