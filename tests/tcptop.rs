@@ -286,6 +286,16 @@ fn raw_tp_path() {
 /// -p: only the client's flow, though the server moves as many bytes.
 #[test]
 fn pid_filter() {
+    pid_filter_mode(false);
+}
+
+/// --walk -p: the filter on the socket's owner, in the kernel.
+#[test]
+fn walk_pid_filter() {
+    pid_filter_mode(true);
+}
+
+fn pid_filter_mode(walk: bool) {
     if !length_hooks_run("tcptop") {
         return;
     }
@@ -308,7 +318,7 @@ fn pid_filter() {
     );
     let ready = g.wait_role("client-ready", Duration::from_secs(10));
     let pid = u(&ready, "pid").to_string();
-    let t = Tracer::start("tcptop", &["-p", &pid, "1"]);
+    let t = Tracer::start("tcptop", &with_walk(walk, &["-p", &pid, "1"]));
     g.go();
     let lines = g.finish(Duration::from_secs(30));
     std::thread::sleep(SETTLE);
@@ -322,12 +332,16 @@ fn pid_filter() {
 
 /// -4 and -6: the other family's flows are not counted.
 fn family_filter(flag: &str, want: u64) {
+    family_filter_mode(flag, want, false);
+}
+
+fn family_filter_mode(flag: &str, want: u64, walk: bool) {
     if !length_hooks_run("tcptop") {
         return;
     }
     let _serial = serial();
     let ns = Netns::new();
-    let t = Tracer::start("tcptop", &[flag, "1"]);
+    let t = Tracer::start("tcptop", &with_walk(walk, &[flag, "1"]));
     let (s4, c4) = transfer(
         &ns,
         &["--addr", "127.0.0.1", "--send", "4444", "--reply", "44"],
@@ -363,6 +377,11 @@ fn ipv4_only() {
 #[test]
 fn ipv6_only() {
     family_filter("-6", 6);
+}
+
+#[test]
+fn walk_ipv4_only() {
+    family_filter_mode("-4", 4, true);
 }
 
 /// A person watching: each interval's rows appear on its tick while the tool keeps running, at a
