@@ -25,11 +25,16 @@ const FLOWS_FLOOR: u64 = 16_384;
 
 impl FlowTable {
     /// Sizes both flow maps (and the array of maps' template) before the tool loads.
-    pub fn apply(&self) {
+    /// `walk`: --walk's object, whose last-seen counters per socket (walk_seen) are sized the same.
+    pub fn apply(&self, walk: bool) {
         let n = crate::runtime::flow_entries(self.max_flows, FLOWS_FLOOR);
+        let seen = if walk {
+            format!(",walk_seen={n}")
+        } else {
+            String::new()
+        };
         crate::runtime::set_map_entries(
-            // walk_seen: --walk's last-seen counters per socket (bpf/tcpwalk.bpf.c)
-            format!("flows={n},flows_a={n},flows_b={n},walk_seen={n}"),
+            format!("flows={n},flows_a={n},flows_b={n}{seen}"),
             "raise it with --max-flows N",
         );
     }

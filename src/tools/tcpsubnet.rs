@@ -261,7 +261,7 @@ fn print_interval(
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
-    a.flows.apply();
+    a.flows.apply(a.walk);
     if a.common.ebpf {
         return cli::print_ebpf(if a.walk { "tcpwalk" } else { "tcptop" });
     }

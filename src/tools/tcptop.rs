@@ -253,7 +253,7 @@ fn stdout_is_tty() -> bool {
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
-    a.flows.apply();
+    a.flows.apply(a.walk);
     if a.common.ebpf {
         return cli::print_ebpf(if a.walk { "tcpwalk" } else { "tcptop" });
     }
