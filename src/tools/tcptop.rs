@@ -38,7 +38,8 @@ that made the calls.
 --walk: no hook on the send/receive path; each interval the TCP sockets are walked and their own
 counters read: TX is the bytes the peer acknowledged, RX the bytes TCP received (in order), and
 --json adds retrans_bytes (bytes sent again); PID/COMM: the socket's owner (the process that
-connected, accepted or last closed it), not the caller of send/recv.";
+connected it; for an accepted connection, the listener's until the process that took it closes it),
+not the caller of send/recv.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Sort {
