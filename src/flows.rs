@@ -154,6 +154,7 @@ fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
         std::io::copy(it, &mut std::io::sink()).context("walking the TCP sockets")?;
         Ok(())
     };
+    let started = std::time::Instant::now();
     let own = std::fs::File::open("/proc/thread-self/ns/net").context("this thread's netns")?;
     let mut seen = std::collections::HashSet::new();
     seen.insert(own.metadata()?.ino());
@@ -191,6 +192,11 @@ fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
         }
         drain(&mut it.context("starting the socket walk")?)?;
     }
+    crate::cli::debug(format_args!(
+        "walked the TCP sockets of {} network namespaces in {:?}",
+        seen.len(),
+        started.elapsed()
+    ));
     Ok(())
 }
 
