@@ -549,12 +549,23 @@ fn table_in_a_pipe_and_on_a_terminal() {
 /// (lost_capacity) with the flag to raise named, and no shown flow with more than it moved.
 #[test]
 fn full_flow_table_is_counted() {
+    full_flow_table(false);
+}
+
+/// --walk --max-flows 1: the flow table and the last-seen counters (walk_seen) have room for one:
+/// what found none is counted, never a flow shown with more than it moved.
+#[test]
+fn walk_full_tables_are_counted() {
+    full_flow_table(true);
+}
+
+fn full_flow_table(walk: bool) {
     if !length_hooks_run("tcptop") {
         return;
     }
     let _serial = serial();
     let ns = Netns::new();
-    let t = Tracer::start("tcptop", &["--max-flows", "1", "1"]);
+    let t = Tracer::start("tcptop", &with_walk(walk, &["--max-flows", "1", "1"]));
     let (srv, cli) = transfer(
         &ns,
         &[
