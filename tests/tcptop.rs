@@ -36,6 +36,16 @@ const KEYS_WALK: &[&str] = &[
     "retrans_bytes",
 ];
 
+/// Whether the test can run: --walk needs no length tracepoints (its hooks are the state change and the
+/// socket iterator), so it runs on every path, the forced raw_tp one before Linux 6.3 included.
+fn can_run(walk: bool) -> bool {
+    if walk {
+        require_bpf()
+    } else {
+        length_hooks_run("tcptop")
+    }
+}
+
 /// The tool's arguments, with --walk first when walk.
 fn with_walk<'a>(walk: bool, args: &[&'a str]) -> Vec<&'a str> {
     let mut v = if walk { vec!["--walk"] } else { vec![] };
@@ -109,7 +119,7 @@ fn both_ways_env(addr: &str, how: &str, env: &[(&str, &str)]) {
 /// Known byte counts each way; walk: with --walk (counted from the sockets' counters: the same exact
 /// payload bytes, attributed to each socket's owner).
 fn both_ways_mode(addr: &str, how: &str, env: &[(&str, &str)], walk: bool) {
-    if !length_hooks_run("tcptop") {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
@@ -296,7 +306,7 @@ fn walk_pid_filter() {
 }
 
 fn pid_filter_mode(walk: bool) {
-    if !length_hooks_run("tcptop") {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
@@ -336,7 +346,7 @@ fn family_filter(flag: &str, want: u64) {
 }
 
 fn family_filter_mode(flag: &str, want: u64, walk: bool) {
-    if !length_hooks_run("tcptop") {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
@@ -397,7 +407,7 @@ fn walk_live_intervals_at_a_trickle() {
 }
 
 fn live_intervals(walk: bool) {
-    if !length_hooks_run("tcptop") {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
@@ -560,7 +570,7 @@ fn walk_full_tables_are_counted() {
 }
 
 fn full_flow_table(walk: bool) {
-    if !length_hooks_run("tcptop") {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
