@@ -14,8 +14,9 @@ use libbpf_rs::{MapCore, MapFlags};
 /// `--max-flows`: tcptop's and tcpsubnet's room for flows per interval.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct FlowTable {
-    /// room for this many flows (process and both ends) per interval; a flow that finds no room is
-    /// counted (lost_capacity); default: 16,384, or twice the TCP sockets at start when there are more
+    /// room for this many flows (process and both ends) per interval (--walk: and sockets whose last
+    /// counters are kept); a flow that finds no room is counted (lost_capacity); default: 16,384, or
+    /// twice the TCP sockets at start when there are more
     #[arg(long = "max-flows", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: Option<u32>,
 }
