@@ -634,6 +634,44 @@ static __always_inline void owner_of_listener(__u32 rec_flags, const struct sock
 	listener_owner(&k, o);
 }
 
+/* The kernel's counters count sequence numbers: bytes_acked includes our SYN (active open) and our FIN
+ * once acked; bytes_received includes the peer's FIN. Take those out so TX/RX are payload bytes
+ * (tcplife; tcptop --walk). flags: the socket's record's (SOCK_ACTIVE_OPEN, SOCK_FIN_SENT).
+ * btp: sk_tcp_d(sk, direct) (NULL: helper reads). */
+static __always_inline void payload_bytes(const struct sock *sk, const struct tcp_sock *btp, __u32 flags,
+					  __u64 *tx, __u64 *rx)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u64 acked, received;
+	__u32 snd_una, write_seq;
+	unsigned long sk_flags;
+
+	if (btp) {
+		/* typed pointer: plain loads */
+		acked = btp->bytes_acked;
+		received = btp->bytes_received;
+		snd_una = btp->snd_una;
+		write_seq = btp->write_seq;
+		sk_flags = btp->inet_conn.icsk_inet.sk.__sk_common.skc_flags;
+	} else {
+		acked = BPF_CORE_READ(tp, bytes_acked);
+		received = BPF_CORE_READ(tp, bytes_received);
+		snd_una = BPF_CORE_READ(tp, snd_una);
+		write_seq = BPF_CORE_READ(tp, write_seq);
+		sk_flags = SK_R(sk, __sk_common.skc_flags);
+	}
+	if ((flags & SOCK_ACTIVE_OPEN) && acked)
+		acked--;
+	if ((flags & SOCK_FIN_SENT) && acked && snd_una == write_seq)
+		acked--;
+	/* tcp_fin() sets SOCK_DONE when the peer's FIN arrives (enum sock_flags: SOCK_DEAD, SOCK_DONE, ...;
+	 * unchanged since Linux 2.6, so a constant rather than a CO-RE enum relocation) */
+	if ((sk_flags & (1UL << 1)) && received)
+		received--;
+	*tx = acked;
+	*rx = received;
+}
+
 /* Does an owner pass the process filters (-p, -u, --cgroup, --cgroupmap, --mntnsmap)? */
 static __always_inline bool owner_ok(const struct sock_owner *o)
 {

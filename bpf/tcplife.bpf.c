@@ -11,43 +11,6 @@ struct tcplife_event _tcplife_event = {};
 /* A session's start and who opened it are in the socket-owner component's record of the socket
  * (struct sock_rec: born_ns, flags), kept by owner_on_state_d(): no map of tcplife's own. */
 
-/* The kernel's counters count sequence numbers: bytes_acked includes our SYN (active open) and our FIN
- * once acked; bytes_received includes the peer's FIN. Take those out so TX/RX are payload bytes.
- * btp: sk_tcp_d(sk, direct) (NULL: helper reads). */
-static __always_inline void payload_bytes(const struct sock *sk, const struct tcp_sock *btp, __u32 flags,
-					  __u64 *tx, __u64 *rx)
-{
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	__u64 acked, received;
-	__u32 snd_una, write_seq;
-	unsigned long sk_flags;
-
-	if (btp) {
-		/* typed pointer: plain loads */
-		acked = btp->bytes_acked;
-		received = btp->bytes_received;
-		snd_una = btp->snd_una;
-		write_seq = btp->write_seq;
-		sk_flags = btp->inet_conn.icsk_inet.sk.__sk_common.skc_flags;
-	} else {
-		acked = BPF_CORE_READ(tp, bytes_acked);
-		received = BPF_CORE_READ(tp, bytes_received);
-		snd_una = BPF_CORE_READ(tp, snd_una);
-		write_seq = BPF_CORE_READ(tp, write_seq);
-		sk_flags = SK_R(sk, __sk_common.skc_flags);
-	}
-	if ((flags & SOCK_ACTIVE_OPEN) && acked)
-		acked--;
-	if ((flags & SOCK_FIN_SENT) && acked && snd_una == write_seq)
-		acked--;
-	/* tcp_fin() sets SOCK_DONE when the peer's FIN arrives (enum sock_flags: SOCK_DEAD, SOCK_DONE, ...;
-	 * unchanged since Linux 2.6, so a constant rather than a CO-RE enum relocation) */
-	if ((sk_flags & (1UL << 1)) && received)
-		received--;
-	*tx = acked;
-	*rx = received;
-}
-
 /* direct: true in the tp_btf program (plain loads from sk), false in raw_tp (helper reads) */
 static __always_inline int handle_set_state(const struct sock *sk, int oldstate, int newstate, bool direct)
 {

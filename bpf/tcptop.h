@@ -13,12 +13,14 @@ struct tcptop_key {
 	__u8 raddr[16];
 };
 
-/* What one flow moved since its map was last read (payload bytes the calls returned). */
+/* What one flow moved since its map was last read (payload bytes the calls returned; with --walk,
+ * bpf/tcpwalk.bpf.c: bytes acked by the peer and received by TCP, no calls counted). */
 struct tcptop_val {
 	__u64 tx_bytes;
 	__u64 rx_bytes;
 	__u64 tx_calls;
 	__u64 rx_calls;
+	__u64 retrans_bytes; /* --walk: bytes the socket sent again (tcp_sock.bytes_retrans); 0 otherwise */
 	__u32 uid;
 	__u32 pad;
 	char comm[16];   /* the thread that first moved bytes on the flow in the interval */

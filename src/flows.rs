@@ -5,7 +5,7 @@
 //! count is lost between the read and the clear, and the entries of flows that ended are freed each
 //! interval.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 
 use anyhow::{Context, Result};
 use libbpf_rs::libbpf_sys;
@@ -14,8 +14,9 @@ use libbpf_rs::{MapCore, MapFlags};
 /// `--max-flows`: tcptop's and tcpsubnet's room for flows per interval.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct FlowTable {
-    /// room for this many flows (process and both ends) per interval; a flow that finds no room is
-    /// counted (lost_capacity); default: 16,384, or twice the TCP sockets at start when there are more
+    /// room for this many flows (process and both ends) per interval (--walk: and sockets whose last
+    /// counters are kept); a flow that finds no room is counted (lost_capacity); default: 16,384, or
+    /// twice the TCP sockets at start when there are more
     #[arg(long = "max-flows", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: Option<u32>,
 }
@@ -25,10 +26,16 @@ const FLOWS_FLOOR: u64 = 16_384;
 
 impl FlowTable {
     /// Sizes both flow maps (and the array of maps' template) before the tool loads.
-    pub fn apply(&self) {
+    /// `walk`: --walk's object, whose last-seen counters per socket (walk_seen) are sized the same.
+    pub fn apply(&self, walk: bool) {
         let n = crate::runtime::flow_entries(self.max_flows, FLOWS_FLOOR);
+        let seen = if walk {
+            format!(",walk_seen={n}")
+        } else {
+            String::new()
+        };
         crate::runtime::set_map_entries(
-            format!("flows={n},flows_a={n},flows_b={n}"),
+            format!("flows={n},flows_a={n},flows_b={n}{seen}"),
             "raise it with --max-flows N",
         );
     }
@@ -38,6 +45,11 @@ pub mod skel {
     include!(concat!(env!("OUT_DIR"), "/tcptop.skel.rs"));
 }
 pub use skel::{TcptopSkelBuilder, types};
+
+/// `--walk`'s object (bpf/tcpwalk.bpf.c): the same flow maps, filled from the sockets' own counters.
+pub mod walkskel {
+    include!(concat!(env!("OUT_DIR"), "/tcpwalk.skel.rs"));
+}
 
 /// The number of tcp_recvmsg's parameters in the running kernel's BTF (5 since Linux 5.19, 6 before),
 /// for the fallback that reads its return value (bpf/tcptop.bpf.c); 0 when not known, or when the
@@ -99,18 +111,175 @@ impl FlowCounter {
 
     /// Everything counted since the last call, and the retired map emptied.
     pub fn take(&mut self, maps: &skel::TcptopMaps) -> Result<Vec<Flow>> {
-        let (retired, next) = if self.active_b {
-            (&maps.flows_b, &maps.flows_a)
-        } else {
-            (&maps.flows_a, &maps.flows_b)
-        };
-        let fd = next.as_fd().as_raw_fd() as u32;
+        self.take_from(&maps.flows, &maps.flows_a, &maps.flows_b)
+    }
+
+    /// [`take`](Self::take) for either object's maps: the slot and its two inner maps.
+    pub fn take_from<M: MapCore>(
+        &mut self,
+        slot: &impl MapCore,
+        a: &M,
+        b: &M,
+    ) -> Result<Vec<Flow>> {
+        let fd = if self.active_b { a } else { b }.as_fd().as_raw_fd() as u32;
         // waits for every program that may still hold the retired map (synchronize_rcu in the kernel)
-        maps.flows
-            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+        slot.update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
             .context("switching the flow maps")?;
         self.active_b = !self.active_b;
-        drain(retired)
+        if self.active_b { drain(a) } else { drain(b) }
+    }
+}
+
+/// tcptop's and tcpsubnet's counting, loaded: the send/recv hooks (the default), or `--walk`'s socket
+/// walk (bpf/tcpwalk.bpf.c), whose iterator runs once at start (the baselines) and before each read.
+pub enum Counting<'obj> {
+    Hooks {
+        skel: skel::TcptopSkel<'obj>,
+        _links: Vec<libbpf_rs::Link>,
+    },
+    Walk {
+        skel: walkskel::TcpwalkSkel<'obj>,
+        _links: Vec<libbpf_rs::Link>,
+        delta: libbpf_rs::Link,
+    },
+}
+
+/// Runs an iterator link's program over every TCP socket once, in every network namespace: a tcp
+/// iterator walks the namespace of the thread that creates it, so this thread enters each namespace a
+/// process is in (found by /proc/PID/ns/net, each once) to create one, and comes back. A namespace
+/// that no process is in (bind-mounted only) holds no socket of a process; its sessions are still
+/// counted at their CLOSE.
+fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let drain = |it: &mut libbpf_rs::Iter| -> Result<()> {
+        std::io::copy(it, &mut std::io::sink()).context("walking the TCP sockets")?;
+        Ok(())
+    };
+    let started = std::time::Instant::now();
+    let own = std::fs::File::open("/proc/thread-self/ns/net").context("this thread's netns")?;
+    let mut seen = std::collections::HashSet::new();
+    seen.insert(own.metadata()?.ino());
+    drain(&mut libbpf_rs::Iter::new(link).context("starting the socket walk")?)?;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Ok(());
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let path = std::path::Path::new("/proc").join(&name).join("ns/net");
+        // a process that exited meanwhile, or a kernel thread: nothing to walk
+        let Ok(md) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !seen.insert(md.ino()) {
+            continue;
+        }
+        let Ok(ns) = std::fs::File::open(&path) else {
+            continue;
+        };
+        // SAFETY: setns on open namespace files; this thread only, and back to its own before return
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            continue;
+        }
+        let it = libbpf_rs::Iter::new(link);
+        // SAFETY: as above
+        if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!(
+                "returning to the tool's network namespace: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        drain(&mut it.context("starting the socket walk")?)?;
+    }
+    crate::cli::debug(format_args!(
+        "walked the TCP sockets of {} network namespaces in {:?}",
+        seen.len(),
+        started.elapsed()
+    ));
+    Ok(())
+}
+
+impl<'obj> Counting<'obj> {
+    /// Loads and attaches tool's counting (`walk`: the socket walk), the filters in the kernel;
+    /// `send_only`: the send hooks only (tcpsubnet).
+    pub fn load(
+        storage: &'obj mut std::mem::MaybeUninit<libbpf_rs::OpenObject>,
+        walk: bool,
+        send_only: bool,
+        tool: &str,
+        common: &crate::cli::Common,
+        filters: &crate::filter::Filters,
+    ) -> Result<Counting<'obj>> {
+        use crate::cli::load_tool;
+        if !walk {
+            let nargs = recvmsg_nargs();
+            let (skel, links) = load_tool!(
+                TcptopSkelBuilder,
+                storage,
+                tool,
+                common,
+                filters,
+                |ro: &mut types::rodata| ro.recvmsg_nargs = nargs,
+                |prog: &str| send_only && prog.starts_with("tcptop_recv")
+            );
+            return Ok(Counting::Hooks {
+                skel,
+                _links: links,
+            });
+        }
+        let (skel, links) = load_tool!(
+            walkskel::TcpwalkSkelBuilder,
+            storage,
+            tool,
+            common,
+            filters,
+            |_: &mut walkskel::types::rodata| {},
+            // no hook on the data path, nor on every syscall: the socket-owner refresh is left out,
+            // both its per-recv hook (6.3+) and its alternative, the accept() syscall tracepoints
+            // (enabling any syscall tracepoint puts every syscall of the machine on the slow path:
+            // 7.3% of the bench's transfer, against 0.5% without). An accepted socket is then its
+            // listener's owner's until its process closes or shuts it down (which names it).
+            |prog: &str| prog.starts_with("sockowner_refresh")
+        );
+        let base = skel
+            .progs
+            .tcpwalk_base
+            .attach()
+            .context("attaching the socket walk (iter/tcp, Linux 5.9+)")?;
+        let delta = skel
+            .progs
+            .tcpwalk_delta
+            .attach()
+            .context("attaching the socket walk (iter/tcp, Linux 5.9+)")?;
+        // the baselines: every socket's counters now (the socket owners are seeded by then)
+        run_walk(&base)?;
+        Ok(Counting::Walk {
+            skel,
+            _links: links,
+            delta,
+        })
+    }
+
+    pub fn object(&self) -> &libbpf_rs::Object {
+        use libbpf_rs::skel::Skel as _;
+        match self {
+            Counting::Hooks { skel, .. } => skel.object(),
+            Counting::Walk { skel, .. } => skel.object(),
+        }
+    }
+
+    /// The flows since the last call (walk mode: the sockets walked first).
+    pub fn take(&self, counter: &mut FlowCounter) -> Result<Vec<Flow>> {
+        match self {
+            Counting::Hooks { skel, .. } => counter.take(&skel.maps),
+            Counting::Walk { skel, delta, .. } => {
+                run_walk(delta)?;
+                let m = &skel.maps;
+                counter.take_from(&m.flows, &m.flows_a, &m.flows_b)
+            }
+        }
     }
 }
 

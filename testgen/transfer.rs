@@ -25,7 +25,7 @@ pub enum How {
     Splice,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct TransferArgs {
     #[arg(long)]
     addr: IpAddr,
@@ -61,6 +61,10 @@ pub struct TransferArgs {
     /// The client prints {"role":"client-ready",...} and waits for a line on stdin before connecting.
     #[arg(long)]
     wait_go: bool,
+    /// With --wait-go: the client connects and sends this many of its bytes first, then says
+    /// client-ready (with its ports) and waits (a connection older than the tool).
+    #[arg(long, default_value_t = 0)]
+    pre_send: u64,
 }
 
 pub fn transfer(a: &TransferArgs) -> Result<()> {
@@ -140,7 +144,7 @@ fn server(a: &TransferArgs, mut ready: std::fs::File) -> Result<()> {
 
 fn client(a: &TransferArgs, port: u16) -> Result<()> {
     set_comm(&a.client_comm)?;
-    if a.wait_go {
+    if a.wait_go && a.pre_send == 0 {
         emit(&json!({"role": "client-ready", "pid": getpid(), "comm": a.client_comm}));
         wait_for_go()?;
     }
@@ -154,11 +158,26 @@ fn client(a: &TransferArgs, port: u16) -> Result<()> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let local = s.local_addr()?;
-    let sent = match a.how {
-        How::Write => send_pieces(a, |n| write_n(&mut s, n))?,
-        How::Sendfile => send_sendfile(a, &s)?,
-        How::Splice => send_splice(a, &s)?,
+    let mut pre = 0;
+    if a.wait_go && a.pre_send > 0 {
+        pre = write_n(&mut s, a.pre_send.min(a.send))?;
+        emit(
+            &json!({"role": "client-ready", "pid": getpid(), "comm": a.client_comm,
+            "lport": local.port(), "pre_sent": pre}),
+        );
+        wait_for_go()?;
+    }
+    let rest = TransferArgs {
+        send: a.send - pre,
+        ..a.clone()
     };
+    let a = &rest;
+    let sent = pre
+        + match a.how {
+            How::Write => send_pieces(a, |n| write_n(&mut s, n))?,
+            How::Sendfile => send_sendfile(a, &s)?,
+            How::Splice => send_splice(a, &s)?,
+        };
     let received = read_exact_n(&mut s, a.reply)?;
     s.shutdown(std::net::Shutdown::Write)?;
     wait_eof(&mut s, false)?;

@@ -242,7 +242,19 @@ fn tcptop_command_line() {
     assert!(o.status.success(), "tcptop --help: {}", o.status);
     let out = text(&o.stdout);
     for flag in [
-        "-C", "-S", "-p", "-4", "-6", "-r", "-s", "--cgroup", "--json", "INTERVAL", "COUNT",
+        "-C",
+        "-S",
+        "-p",
+        "-4",
+        "-6",
+        "-r",
+        "-s",
+        "--cgroup",
+        "--json",
+        "INTERVAL",
+        "COUNT",
+        "--walk",
+        "bytes acked by the peer",
     ] {
         assert!(out.contains(flag), "tcptop --help lacks {flag}:\n{out}");
     }
@@ -254,6 +266,11 @@ fn tcptop_command_line() {
         out.contains("sock_send_length") && out.contains("SEC("),
         "{out}"
     );
+    // --walk's program: the socket walk, no data-path hook
+    let o = sockray(&["tcptop", "--walk", "--ebpf"]);
+    let out = text(&o.stdout);
+    assert!(o.status.success() && out.contains("iter/tcp"), "{out}");
+    assert!(!out.contains("SEC(\"tp_btf/sock_send_length"), "{out}");
     for bad in [&["-s", "bytes"][..], &["0"][..], &["-r", "0"][..]] {
         let mut args = vec!["tcptop"];
         args.extend_from_slice(bad);

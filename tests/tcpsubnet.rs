@@ -46,16 +46,27 @@ fn sums(rows: &[Value]) -> BTreeMap<String, u64> {
 
 #[test]
 fn two_subnets_over_a_veth_pair() {
+    two_subnets(false);
+}
+
+/// --walk (the sockets' counters, walked each interval in both namespaces): the same exact sums.
+#[test]
+fn walk_two_subnets_over_a_veth_pair() {
+    two_subnets(true);
+}
+
+fn two_subnets(walk: bool) {
     if !length_hooks_run("tcpsubnet") {
         return;
     }
     let _serial = serial();
     let v = VethPair::new();
     // the client's flows go to 10.77.0.2 (the /32), the server's replies to 10.77.0.1 (the /24)
-    let t = Tracer::start(
-        "tcpsubnet",
-        &["10.77.0.2/32,10.77.0.0/24,fd77::/64", "-i", "1"],
-    );
+    let mut args = vec!["10.77.0.2/32,10.77.0.0/24,fd77::/64", "-i", "1"];
+    if walk {
+        args.push("--walk");
+    }
+    let t = Tracer::start("tcpsubnet", &args);
     let (s4, c4) = veth_transfer(&v, VETH_B4, 300_000, 12_345);
     let (s6, c6) = veth_transfer(&v, VETH_B6, 70_000, 777);
     std::thread::sleep(SETTLE);

@@ -17,6 +17,42 @@ const KEYS: &[&str] = &[
     "tx_bytes", "rx_kb", "tx_kb", "rx_calls", "tx_calls",
 ];
 
+/// --walk's fields: no calls (nothing per call is seen), bytes sent again instead.
+const KEYS_WALK: &[&str] = &[
+    "time_ns",
+    "tick",
+    "pid",
+    "comm",
+    "uid",
+    "ip",
+    "laddr",
+    "lport",
+    "raddr",
+    "rport",
+    "rx_bytes",
+    "tx_bytes",
+    "rx_kb",
+    "tx_kb",
+    "retrans_bytes",
+];
+
+/// Whether the test can run: --walk needs no length tracepoints (its hooks are the state change and the
+/// socket iterator), so it runs on every path, the forced raw_tp one before Linux 6.3 included.
+fn can_run(walk: bool) -> bool {
+    if walk {
+        require_bpf()
+    } else {
+        length_hooks_run("tcptop")
+    }
+}
+
+/// The tool's arguments, with --walk first when walk.
+fn with_walk<'a>(walk: bool, args: &[&'a str]) -> Vec<&'a str> {
+    let mut v = if walk { vec!["--walk"] } else { vec![] };
+    v.extend_from_slice(args);
+    v
+}
+
 /// Runs testgen `transfer` in ns; returns its (server, client) lines.
 fn transfer(ns: &Netns, args: &[&str]) -> (Value, Value) {
     let mut a = vec!["transfer"];
@@ -48,7 +84,13 @@ fn check_side(rows: &[Value], side: &Value) -> usize {
     let (mut rx, mut tx) = (0, 0);
     let mut ticks = BTreeSet::new();
     for r in &mine {
-        assert_keys(r, KEYS);
+        if r.get("retrans_bytes").is_some() {
+            assert_keys(r, KEYS_WALK);
+            // loopback in a namespace of its own: nothing is lost, nothing sent again
+            assert_eq!(u(r, "retrans_bytes"), 0, "{r}");
+        } else {
+            assert_keys(r, KEYS);
+        }
         assert_eq!(s(r, "comm"), s(side, "comm"), "{r}");
         assert_eq!(u(r, "uid"), u(side, "uid"), "{r}");
         assert_eq!(u(r, "ip"), u(side, "family"), "{r}");
@@ -71,12 +113,18 @@ fn check_side(rows: &[Value], side: &Value) -> usize {
 }
 
 fn both_ways_env(addr: &str, how: &str, env: &[(&str, &str)]) {
-    if !length_hooks_run("tcptop") {
+    both_ways_mode(addr, how, env, false);
+}
+
+/// Known byte counts each way; walk: with --walk (counted from the sockets' counters: the same exact
+/// payload bytes, attributed to each socket's owner).
+fn both_ways_mode(addr: &str, how: &str, env: &[(&str, &str)], walk: bool) {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
     let ns = Netns::new();
-    let t = Tracer::start_env("tcptop", &["1"], env);
+    let t = Tracer::start_env("tcptop", &with_walk(walk, &["1"]), env);
     let (srv, cli) = transfer(
         &ns,
         &[
@@ -101,6 +149,9 @@ fn both_ways_env(addr: &str, how: &str, env: &[(&str, &str)]) {
     assert_eq!(u(&cli, "sent"), 1_000_000);
     check_side(&trace.rows, &srv);
     check_side(&trace.rows, &cli);
+    if walk {
+        return;
+    }
     // the client's sends, one call each (a sendfile or splice of 1000 bytes is one sendmsg too on
     // Linux 6.5+; before, the fallback's tcp_sendpage runs once per page, a piece may span two)
     let calls: u64 = rows_of_side(&trace.rows, &cli)
@@ -123,6 +174,100 @@ fn v4_bytes_both_ways() {
 #[test]
 fn v6_bytes_both_ways() {
     both_ways_env("::1", "write", &[]);
+}
+
+#[test]
+fn walk_v4_bytes_both_ways() {
+    both_ways_mode("127.0.0.1", "write", &[], true);
+}
+
+#[test]
+fn walk_v6_bytes_both_ways() {
+    both_ways_mode("::1", "write", &[], true);
+}
+
+/// --walk on the raw_tp path (its CLOSE hook then reads the socket with helpers).
+#[test]
+fn walk_raw_tp_path() {
+    both_ways_mode(
+        "127.0.0.1",
+        "sendfile",
+        &[("SOCKRAY_ATTACH", "raw_tp")],
+        true,
+    );
+}
+
+/// --walk: sessions that open and close between two walks (a 10 s interval, stopped after the
+/// transfers) are counted at their CLOSE, every byte, both families.
+#[test]
+fn walk_session_within_one_interval() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let t = Tracer::start("tcptop", &["--walk", "10"]);
+    let (s4, c4) = transfer(
+        &ns,
+        &["--addr", "127.0.0.1", "--send", "300000", "--reply", "4321"],
+    );
+    let (s6, c6) = transfer(&ns, &["--addr", "::1", "--send", "77777", "--reply", "999"]);
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    for side in [&s4, &c4, &s6, &c6] {
+        check_side(&trace.rows, side);
+    }
+    // all of it in the one interval that Ctrl-C ended: no walk saw these sessions
+    for r in &trace.rows {
+        assert_eq!(u(r, "tick"), 1, "{r}");
+    }
+}
+
+/// --walk: a connection older than the tool is its owners' (seeded at start) and counted from the
+/// start only: the bytes sent before are not in its rows.
+#[test]
+fn walk_older_connection_counted_from_start() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new();
+    let mut g = Gen::spawn(
+        &ns,
+        &gen_args(&[
+            "transfer",
+            "--addr",
+            "127.0.0.1",
+            "--send",
+            "500000",
+            "--pre-send",
+            "200000",
+            "--reply",
+            "30000",
+            "--wait-go",
+            "--server-comm",
+            "tw-old-srv",
+            "--client-comm",
+            "tw-old-cli",
+        ]),
+    );
+    let ready = g.wait_role("client-ready", Duration::from_secs(10));
+    assert_eq!(u(&ready, "pre_sent"), 200_000, "{ready}");
+    // the first bytes received and acked well before the tool starts
+    std::thread::sleep(SETTLE);
+    let t = Tracer::start("tcptop", &["--walk", "1"]);
+    g.go();
+    let lines = g.finish(Duration::from_secs(30));
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    let role = |r: &str| lines.iter().find(|v| v["role"] == r).unwrap().clone();
+    let (mut srv, mut cli) = (role("server"), role("client"));
+    assert_eq!(u(&cli, "lport"), u(&ready, "lport"));
+    // what moved while the tool ran
+    cli["sent"] = (u(&cli, "sent") - 200_000).into();
+    srv["received"] = (u(&srv, "received") - 200_000).into();
+    check_side(&trace.rows, &srv);
+    check_side(&trace.rows, &cli);
 }
 
 #[test]
@@ -151,7 +296,17 @@ fn raw_tp_path() {
 /// -p: only the client's flow, though the server moves as many bytes.
 #[test]
 fn pid_filter() {
-    if !length_hooks_run("tcptop") {
+    pid_filter_mode(false);
+}
+
+/// --walk -p: the filter on the socket's owner, in the kernel.
+#[test]
+fn walk_pid_filter() {
+    pid_filter_mode(true);
+}
+
+fn pid_filter_mode(walk: bool) {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
@@ -173,7 +328,7 @@ fn pid_filter() {
     );
     let ready = g.wait_role("client-ready", Duration::from_secs(10));
     let pid = u(&ready, "pid").to_string();
-    let t = Tracer::start("tcptop", &["-p", &pid, "1"]);
+    let t = Tracer::start("tcptop", &with_walk(walk, &["-p", &pid, "1"]));
     g.go();
     let lines = g.finish(Duration::from_secs(30));
     std::thread::sleep(SETTLE);
@@ -187,12 +342,16 @@ fn pid_filter() {
 
 /// -4 and -6: the other family's flows are not counted.
 fn family_filter(flag: &str, want: u64) {
-    if !length_hooks_run("tcptop") {
+    family_filter_mode(flag, want, false);
+}
+
+fn family_filter_mode(flag: &str, want: u64, walk: bool) {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
     let ns = Netns::new();
-    let t = Tracer::start("tcptop", &[flag, "1"]);
+    let t = Tracer::start("tcptop", &with_walk(walk, &[flag, "1"]));
     let (s4, c4) = transfer(
         &ns,
         &["--addr", "127.0.0.1", "--send", "4444", "--reply", "44"],
@@ -230,16 +389,30 @@ fn ipv6_only() {
     family_filter("-6", 6);
 }
 
+#[test]
+fn walk_ipv4_only() {
+    family_filter_mode("-4", 4, true);
+}
+
 /// A person watching: each interval's rows appear on its tick while the tool keeps running, at a
 /// trickle of 100 bytes every 100 ms, and the intervals add up to every byte.
 #[test]
 fn live_intervals_at_a_trickle() {
-    if !length_hooks_run("tcptop") {
+    live_intervals(false);
+}
+
+#[test]
+fn walk_live_intervals_at_a_trickle() {
+    live_intervals(true);
+}
+
+fn live_intervals(walk: bool) {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
     let ns = Netns::new();
-    let t = Tracer::start("tcptop", &["1"]);
+    let t = Tracer::start("tcptop", &with_walk(walk, &["1"]));
     let started = Instant::now();
     let g = Gen::spawn(
         &ns,
@@ -386,12 +559,23 @@ fn table_in_a_pipe_and_on_a_terminal() {
 /// (lost_capacity) with the flag to raise named, and no shown flow with more than it moved.
 #[test]
 fn full_flow_table_is_counted() {
-    if !length_hooks_run("tcptop") {
+    full_flow_table(false);
+}
+
+/// --walk --max-flows 1: the flow table and the last-seen counters (walk_seen) have room for one:
+/// what found none is counted, never a flow shown with more than it moved.
+#[test]
+fn walk_full_tables_are_counted() {
+    full_flow_table(true);
+}
+
+fn full_flow_table(walk: bool) {
+    if !can_run(walk) {
         return;
     }
     let _serial = serial();
     let ns = Netns::new();
-    let t = Tracer::start("tcptop", &["--max-flows", "1", "1"]);
+    let t = Tracer::start("tcptop", &with_walk(walk, &["--max-flows", "1", "1"]));
     let (srv, cli) = transfer(
         &ns,
         &[

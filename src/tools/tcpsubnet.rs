@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, load_tool};
+use crate::cli::{self, Common};
 use crate::filter::Filters;
-use crate::flows::{Flow, FlowCounter, TcptopSkelBuilder};
+use crate::flows::{Counting, Flow, FlowCounter};
 use crate::format::ip_addr;
 use crate::output::{Fields, Mode, Printer, TimeCols, Value};
 use crate::runtime;
@@ -36,7 +35,10 @@ const EXAMPLES: &str = "examples:
 
 Bytes sent: what the senders' send calls returned (sendfile and splice included), per destination
 address; each flow counts in the first subnet that holds its remote address (an IPv4-mapped IPv6
-address as IPv4).";
+address as IPv4).
+
+--walk: no hook on the send path; each interval the TCP sockets are walked and their own counters
+read: bytes sent is then what the peer acknowledged (retransmits not counted twice).";
 
 /// Summarize TCP send and aggregate by subnet
 #[derive(Parser, Debug)]
@@ -54,6 +56,10 @@ struct Args {
     /// output interval, in seconds
     #[arg(short = 'i', long = "interval", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     interval: u64,
+    /// count from the sockets' own counters, walked every interval (no hook per send): bytes acked by
+    /// the peer
+    #[arg(long)]
+    walk: bool,
     #[command(flatten)]
     flows: crate::flows::FlowTable,
     #[command(flatten)]
@@ -255,9 +261,9 @@ fn print_interval(
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
-    a.flows.apply();
+    a.flows.apply(a.walk);
     if a.common.ebpf {
-        return cli::print_ebpf("tcptop");
+        return cli::print_ebpf(if a.walk { "tcpwalk" } else { "tcptop" });
     }
     let subnets = match &a.subnets {
         Some(s) => s.0.clone(),
@@ -276,16 +282,8 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         ..Default::default()
     };
     let mut storage = MaybeUninit::uninit();
-    let (skel, _links) = load_tool!(
-        TcptopSkelBuilder,
-        &mut storage,
-        "tcpsubnet",
-        &a.common,
-        &filters,
-        |_| {},
-        |prog: &str| prog.starts_with("tcptop_recv")
-    );
-    let obj = skel.object();
+    let counting = Counting::load(&mut storage, a.walk, true, "tcpsubnet", &a.common, &filters)?;
+    let obj = counting.object();
     let mode = a.common.mode(false);
     let mut printer = Printer::new(mode, Vec::new(), TimeCols::default());
     let mut counter = FlowCounter::new();
@@ -314,7 +312,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         Some(Duration::from_secs(a.interval)),
         || {
             ticks += 1;
-            let flows = counter.take(&skel.maps)?;
+            let flows = counting.take(&mut counter)?;
             print_interval(&mut printer, &a, &subnets, &flows, ticks)?;
             Ok(true)
         },
@@ -323,7 +321,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     if a.common.json {
         // Ctrl-C, SIGTERM, SIGHUP: what was sent since the last interval
         ticks += 1;
-        let flows = counter.take(&skel.maps)?;
+        let flows = counting.take(&mut counter)?;
         print_interval(&mut printer, &a, &subnets, &flows, ticks)?;
     }
     runtime::report_lost(&mut printer, "tcpsubnet", runtime::lost_events(obj))

@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
-use libbpf_rs::skel::Skel as _;
 
-use crate::cli::{self, Common, FamilyArgs, ScopeArgs, load_tool};
+use crate::cli::{self, Common, FamilyArgs, ScopeArgs};
 use crate::filter::{Filters, parse_id};
-use crate::flows::{Flow, FlowCounter, TcptopSkelBuilder};
+use crate::flows::{Counting, Flow, FlowCounter};
 use crate::format::{AF_INET6, comm, hms, ip_addr, ip_version, owner_fields};
 use crate::output::{Fields, Mode, Printer, TimeCols, Value};
 use crate::runtime;
@@ -34,7 +33,13 @@ const EXAMPLES: &str = "examples:
 
 RX_KB/TX_KB: payload bytes the process received/sent on the connection in the interval (what its
 recv/send calls returned, sendfile and splice to a socket included), in KiB. PID/COMM: the process
-that made the calls.";
+that made the calls.
+
+--walk: no hook on the send/receive path; each interval the TCP sockets are walked and their own
+counters read: TX is the bytes the peer acknowledged, RX the bytes TCP received (in order), and
+--json adds retrans_bytes (bytes sent again); PID/COMM: the socket's owner (the process that
+connected it; for an accepted connection, the listener's until the process that took it closes it),
+not the caller of send/recv.";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Sort {
@@ -77,6 +82,10 @@ struct Args {
     /// number of outputs
     #[arg(value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
+    /// count from the sockets' own counters, walked every interval (no hook per send or receive):
+    /// bytes acked by the peer (TX) and received by TCP (RX), attributed to the socket's owner
+    #[arg(long)]
+    walk: bool,
     #[command(flatten)]
     flows: crate::flows::FlowTable,
     #[command(flatten)]
@@ -187,7 +196,7 @@ fn screen(flows: &[Flow], a: &Args, clear: bool) -> String {
     s
 }
 
-fn json_fields(f: &Flow, tick: u64, time_ns: u64) -> Fields {
+fn json_fields(f: &Flow, tick: u64, time_ns: u64, walk: bool) -> Fields {
     let k = &f.key;
     let v = &f.val;
     let mut out: Fields = vec![("time_ns", Value::U(time_ns)), ("tick", Value::U(tick))];
@@ -202,9 +211,16 @@ fn json_fields(f: &Flow, tick: u64, time_ns: u64) -> Fields {
         ("tx_bytes", Value::U(v.tx_bytes)),
         ("rx_kb", Value::U(v.rx_bytes / 1024)),
         ("tx_kb", Value::U(v.tx_bytes / 1024)),
-        ("rx_calls", Value::U(v.rx_calls)),
-        ("tx_calls", Value::U(v.tx_calls)),
     ]);
+    if walk {
+        // no calls seen: the socket's own counters
+        out.push(("retrans_bytes", Value::U(v.retrans_bytes)));
+    } else {
+        out.extend([
+            ("rx_calls", Value::U(v.rx_calls)),
+            ("tx_calls", Value::U(v.tx_calls)),
+        ]);
+    }
     out
 }
 
@@ -222,7 +238,7 @@ fn print_interval(
         let (v6, v4): (Vec<&Flow>, Vec<&Flow>) =
             flows.iter().partition(|f| f.key.family == AF_INET6);
         for f in v4.iter().take(rows).chain(v6.iter().take(rows)) {
-            printer.json_record(&json_fields(f, tick, now))?;
+            printer.json_record(&json_fields(f, tick, now, a.walk))?;
         }
         printer.flush()?;
         return Ok(());
@@ -233,9 +249,9 @@ fn print_interval(
 
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
-    a.flows.apply();
+    a.flows.apply(a.walk);
     if a.common.ebpf {
-        return cli::print_ebpf("tcptop");
+        return cli::print_ebpf(if a.walk { "tcpwalk" } else { "tcptop" });
     }
     let filters = Filters {
         pid: a.pid,
@@ -243,17 +259,9 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         scope: a.scope.scope(),
         ..Default::default()
     };
-    let nargs = crate::flows::recvmsg_nargs();
     let mut storage = MaybeUninit::uninit();
-    let (skel, _links) = load_tool!(
-        TcptopSkelBuilder,
-        &mut storage,
-        "tcptop",
-        &a.common,
-        &filters,
-        |ro: &mut crate::flows::types::rodata| ro.recvmsg_nargs = nargs
-    );
-    let obj = skel.object();
+    let counting = Counting::load(&mut storage, a.walk, false, "tcptop", &a.common, &filters)?;
+    let obj = counting.object();
     let mode = a.common.mode(false);
     let mut printer = Printer::new(mode, Vec::new(), TimeCols::default());
     let clear = !a.noclear && crate::output::stdout_is_tty();
@@ -276,7 +284,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         Some(Duration::from_secs(a.interval)),
         || {
             ticks += 1;
-            let flows = counter.take(&skel.maps)?;
+            let flows = counting.take(&mut counter)?;
             print_interval(&mut printer, &a, flows, ticks, clear)?;
             let more = a.count.is_none_or(|c| ticks < c);
             last_printed = !more;
@@ -289,7 +297,7 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         // Ctrl-C, SIGTERM, SIGHUP: the bytes since the last interval, so that the intervals add up to
         // everything counted (the screen is not redrawn for a part of an interval)
         ticks += 1;
-        let flows = counter.take(&skel.maps)?;
+        let flows = counting.take(&mut counter)?;
         print_interval(&mut printer, &a, flows, ticks, false)?;
     }
     runtime::report_lost(&mut printer, "tcptop", runtime::lost_events(obj))

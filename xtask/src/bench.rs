@@ -120,6 +120,9 @@ pub fn default_load(tool: &str) -> Load {
     }
 }
 
+/// The tools with a `--walk` mode (sockets' counters walked each interval), measured beside the default.
+pub const WALK_TOOLS: [&str; 2] = ["tcptop", "tcpsubnet"];
+
 /// The load the tracers are measured under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Load {
@@ -306,6 +309,20 @@ fn tracers(sockray: &Path, tools: &[String]) -> Vec<Tracer> {
             argv: Some(argv),
             sockray: true,
         });
+        if WALK_TOOLS.contains(&tool) {
+            // issue 15's design (b): the same counts from a socket walk per interval, no data-path hook
+            v.push(Tracer {
+                name: format!("sockray {tool} --walk"),
+                argv: Some(vec![
+                    sockray.display().to_string(),
+                    tool.into(),
+                    "--walk".into(),
+                    "--json".into(),
+                    "--verbose".into(),
+                ]),
+                sockray: true,
+            });
+        }
         let libbpf = Path::new("/usr/sbin").join(tool);
         if libbpf.exists() {
             v.push(Tracer {
