@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 fn session(addr: &'static str, srv: &'static str, cli: &'static str) -> Session {
     Session::new(addr, pick_port(), srv, cli)
@@ -415,4 +416,99 @@ fn journal_missing_is_an_error() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `-Y` against a real systemd-journald (the machine's, or one started here when none runs): the
+/// entries are in the journal, queryable by their fields (`journalctl -o json OBJECT_TCP_SOURCE_PORT=...`),
+/// one per row, with BCC's fields.
+#[test]
+fn journal_entries_in_a_real_journal() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let journald = [
+        "/lib/systemd/systemd-journald",
+        "/usr/lib/systemd/systemd-journald",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .expect("systemd-journald (Debian's systemd package; `cargo xtask test` installs it)");
+    let socket = "/run/systemd/journal/socket";
+    let reachable = || {
+        std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect(socket))
+            .is_ok()
+    };
+    // the machine's journald, or ours for the test's length (ended by its PID)
+    let mut ours = None;
+    if !reachable() {
+        std::fs::create_dir_all("/run/systemd/journal").unwrap();
+        ours = Some(
+            std::process::Command::new(journald)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start systemd-journald"),
+        );
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !reachable() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let stop_ours = |ours: &mut Option<std::process::Child>| {
+        if let Some(mut c) = ours.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    };
+    assert!(reachable(), "systemd-journald did not open {socket}");
+
+    let ns = Netns::new();
+    let mut spec = session("127.0.0.1", "ts-Yj-srv", "ts-Yj-cli");
+    spec.hold_ms = 50;
+    let port = spec.port.to_string();
+    let tracer = Tracer::start("tcpstates", &["-Y", "-L", &port]);
+    let _out = spec.run(&ns);
+    std::thread::sleep(SETTLE);
+    let trace = tracer.stop();
+    assert!(!trace.rows.is_empty(), "no rows: {}", trace.stderr);
+
+    // journald writes as it receives; read until the entries are all there (bounded)
+    let query = || -> Vec<serde_json::Value> {
+        let o = std::process::Command::new("journalctl")
+            .args([
+                "--no-pager",
+                "-o",
+                "json",
+                "SYSLOG_IDENTIFIER=tcpstates",
+                &format!("OBJECT_TCP_SOURCE_PORT={port}"),
+            ])
+            .output()
+            .expect("journalctl");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut entries = query();
+    while entries.len() < trace.rows.len() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        entries = query();
+    }
+    stop_ours(&mut ours);
+    assert_eq!(
+        entries.len(),
+        trace.rows.len(),
+        "journal entries for port {port}: {entries:#?}\nrows: {:#?}",
+        trace.rows
+    );
+    for (e, r) in entries.iter().zip(&trace.rows) {
+        assert_eq!(e["OBJECT_TCP_OLD_STATE"], r["oldstate"], "{e}");
+        assert_eq!(e["OBJECT_TCP_NEW_STATE"], r["newstate"], "{e}");
+        assert_eq!(e["OBJECT_IPV4_SOURCE_ADDRESS"], "127.0.0.1", "{e}");
+        assert_eq!(e["PRIORITY"], "5", "{e}");
+        assert_eq!(e["OBJECT_PID"], u(r, "pid").to_string(), "{e}");
+    }
 }

@@ -61,8 +61,8 @@ const BUILD_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 
-/// What the tests need besides (`ip netns`).
-pub(crate) const TEST_PACKAGES: &[&str] = &["iproute2"];
+/// What the tests need besides (`ip netns`; systemd-journald and journalctl for `tcpstates -Y`).
+pub(crate) const TEST_PACKAGES: &[&str] = &["iproute2", "systemd"];
 
 /// What the bench needs besides (libbpf-tools is its baseline; `taskset` from util-linux pins the load
 /// generator).
