@@ -426,8 +426,6 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
     let mut printed: Vec<Counts> = Vec::new();
     let mut since = Instant::now();
     runtime::say_ready(a.common.verbose);
-    let mut ticks = 0u64;
-    let mut last_printed = false;
     let take = |printed: &mut Vec<Counts>, since: &mut Instant| -> Result<(Vec<Counts>, f64)> {
         let now = read_slots(map)?;
         let secs = since.elapsed().as_secs_f64().max(1e-3);
@@ -456,28 +454,23 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         }
         Ok(())
     };
-    let result = runtime::event_loop(
+    let every = Some(Duration::from_secs_f64(a.interval));
+    runtime::interval_loop(
         obj,
         |_| Ok(()),
-        Some(Duration::from_secs_f64(a.interval)),
-        || {
-            ticks += 1;
-            let (delta, secs) = take(&mut printed, &mut since)?;
-            print(&mut printer, &delta, secs, ticks)?;
-            let more = a.count.is_none_or(|c| ticks < c);
-            last_printed = !more;
-            Ok(more)
-        },
+        every,
+        a.count,
         None,
-    );
-    result?;
-    if !last_printed && mode == Mode::Json {
-        // Ctrl-C, SIGTERM, SIGHUP: what came since the last interval, so that the intervals add up to
-        // everything counted (the screen is not redrawn for a part of an interval)
-        ticks += 1;
-        let (delta, secs) = take(&mut printed, &mut since)?;
-        print(&mut printer, &delta, secs, ticks)?;
-    }
+        |n, last| {
+            // at Ctrl-C, SIGTERM, SIGHUP: with --json, what came since the last interval, so that the
+            // intervals add up to everything counted (the screen is not redrawn for a part of one)
+            if last && mode != Mode::Json {
+                return Ok(());
+            }
+            let (delta, secs) = take(&mut printed, &mut since)?;
+            print(&mut printer, &delta, secs, n)
+        },
+    )?;
     runtime::report_lost(&mut printer, "netqtop", runtime::lost_events(obj))
 }
 

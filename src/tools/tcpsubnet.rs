@@ -305,25 +305,22 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         )?;
         out.flush()?;
     }
-    let mut ticks = 0u64;
-    runtime::event_loop(
+    let every = Some(Duration::from_secs(a.interval));
+    runtime::interval_loop(
         obj,
         |_| Ok(()),
-        Some(Duration::from_secs(a.interval)),
-        || {
-            ticks += 1;
-            let flows = counting.take(&mut counter)?;
-            print_interval(&mut printer, &a, &subnets, &flows, ticks)?;
-            Ok(true)
-        },
+        every,
         None,
+        None,
+        |n, last| {
+            // at Ctrl-C, SIGTERM, SIGHUP: with --json, what was sent since the last interval
+            if last && !a.common.json {
+                return Ok(());
+            }
+            let flows = counting.take(&mut counter)?;
+            print_interval(&mut printer, &a, &subnets, &flows, n)
+        },
     )?;
-    if a.common.json {
-        // Ctrl-C, SIGTERM, SIGHUP: what was sent since the last interval
-        ticks += 1;
-        let flows = counting.take(&mut counter)?;
-        print_interval(&mut printer, &a, &subnets, &flows, ticks)?;
-    }
     runtime::report_lost(&mut printer, "tcpsubnet", runtime::lost_events(obj))
 }
 

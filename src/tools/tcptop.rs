@@ -276,30 +276,23 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         )?;
         out.flush()?;
     }
-    let mut ticks = 0u64;
-    let mut last_printed = false;
-    let result = runtime::event_loop(
+    let every = Some(Duration::from_secs(a.interval));
+    runtime::interval_loop(
         obj,
         |_| Ok(()),
-        Some(Duration::from_secs(a.interval)),
-        || {
-            ticks += 1;
-            let flows = counting.take(&mut counter)?;
-            print_interval(&mut printer, &a, flows, ticks, clear)?;
-            let more = a.count.is_none_or(|c| ticks < c);
-            last_printed = !more;
-            Ok(more)
-        },
+        every,
+        a.count,
         None,
-    );
-    result?;
-    if !last_printed && a.common.json {
-        // Ctrl-C, SIGTERM, SIGHUP: the bytes since the last interval, so that the intervals add up to
-        // everything counted (the screen is not redrawn for a part of an interval)
-        ticks += 1;
-        let flows = counting.take(&mut counter)?;
-        print_interval(&mut printer, &a, flows, ticks, false)?;
-    }
+        |n, last| {
+            // at Ctrl-C, SIGTERM, SIGHUP: with --json the bytes since the last interval, so that the
+            // intervals add up to everything counted (the screen is not redrawn for a part of one)
+            if last && !a.common.json {
+                return Ok(());
+            }
+            let flows = counting.take(&mut counter)?;
+            print_interval(&mut printer, &a, flows, n, clear && !last)
+        },
+    )?;
     runtime::report_lost(&mut printer, "tcptop", runtime::lost_events(obj))
 }
 
