@@ -9,6 +9,7 @@ mod format;
 mod hist;
 mod journal;
 mod ksym;
+mod manual;
 mod output;
 mod runtime;
 mod symbolize;
@@ -24,7 +25,8 @@ fn usage() -> String {
     let mut s = String::from(
         "sockray: Linux TCP tracing on eBPF (BCC's network tools, on stable tracepoints)\n\n\
          usage: sockray <tool> [flags]    (or run a symlink named after the tool)\n\
-         \x20      sockray <tool> --help     the tool's flags and examples\n\n\
+         \x20      sockray <tool> --help     the tool's flags and examples\n\
+         \x20      sockray completions bash|zsh|fish   the shell completion script\n\n\
          tools, by the question they answer:\n",
     );
     let mut shown = Vec::new();
@@ -89,6 +91,38 @@ fn main() -> ExitCode {
             println!("sockray {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        "completions" => {
+            let shell = args.get(2).map(|a| a.to_string_lossy().into_owned());
+            match shell.as_deref().map(str::parse::<clap_complete::Shell>) {
+                Some(Ok(shell)) if args.len() == 3 => match manual::print_completions(shell) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        cli::say(format_args!("sockray completions: {e:#}"));
+                        ExitCode::FAILURE
+                    }
+                },
+                _ => {
+                    eprintln!("usage: sockray completions bash|zsh|fish|elvish|powershell");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        "man" => match args.get(2) {
+            Some(dir) if args.len() == 3 => match manual::write_man_pages(Path::new(dir)) {
+                Ok(pages) => {
+                    println!("{} man pages in {}", pages.len(), Path::new(dir).display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    cli::say(format_args!("sockray man: {e:#}"));
+                    ExitCode::FAILURE
+                }
+            },
+            _ => {
+                eprintln!("usage: sockray man DIR   (writes sockray.8, sockray-TOOL.8 and TOOL.8)");
+                ExitCode::from(2)
+            }
+        },
         "--list-tools" => {
             for t in tools::TOOLS {
                 println!("{}", t.name);
