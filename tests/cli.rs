@@ -804,6 +804,11 @@ fn completions_cover_every_tool_and_flag() {
         for t in &tools {
             assert!(script.contains(t.as_str()), "{shell} completions lack {t}");
         }
+        // the shell's own syntax check, where that shell is installed (bash is, below)
+        let check = Command::new(shell).args(["-n", "-c", &script]).output();
+        if let Ok(c) = check {
+            assert!(c.status.success(), "{shell} -n: {}", text(&c.stderr));
+        }
     }
     let o = sockray(&["completions", "tcsh"]);
     assert_eq!(
