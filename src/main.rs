@@ -91,38 +91,8 @@ fn main() -> ExitCode {
             println!("sockray {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        "completions" => {
-            let shell = args.get(2).map(|a| a.to_string_lossy().into_owned());
-            match shell.as_deref().map(str::parse::<clap_complete::Shell>) {
-                Some(Ok(shell)) if args.len() == 3 => match manual::print_completions(shell) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        cli::say(format_args!("sockray completions: {e:#}"));
-                        ExitCode::FAILURE
-                    }
-                },
-                _ => {
-                    eprintln!("usage: sockray completions bash|zsh|fish|elvish|powershell");
-                    ExitCode::from(2)
-                }
-            }
-        }
-        "man" => match args.get(2) {
-            Some(dir) if args.len() == 3 => match manual::write_man_pages(Path::new(dir)) {
-                Ok(pages) => {
-                    println!("{} man pages in {}", pages.len(), Path::new(dir).display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    cli::say(format_args!("sockray man: {e:#}"));
-                    ExitCode::FAILURE
-                }
-            },
-            _ => {
-                eprintln!("usage: sockray man DIR   (writes sockray.8, sockray-TOOL.8 and TOOL.8)");
-                ExitCode::from(2)
-            }
-        },
+        "completions" => manual::completions_main(&args[2..]),
+        "man" => manual::man_main(&args[2..]),
         "--list-tools" => {
             for t in tools::TOOLS {
                 println!("{}", t.name);

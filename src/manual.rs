@@ -1,15 +1,59 @@
 //! Man pages and shell completions, generated from the tools' clap definitions (the same ones `-h`
 //! prints), so they cannot drift from it: `sockray man DIR`, `sockray completions SHELL`.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Arg, ArgAction, Command};
 use clap_complete::Shell;
 use roff::{Roff, bold, roman};
 
+use crate::cli;
 use crate::tools::{self, Tool};
+
+/// `sockray completions SHELL [TOOL]`.
+pub fn completions_main(args: &[OsString]) -> ExitCode {
+    let shell = args.first().map(|a| a.to_string_lossy().parse::<Shell>());
+    let tool = args.get(1).map(|a| tools::find(&a.to_string_lossy()));
+    match (shell, tool) {
+        (Some(Ok(shell)), None | Some(Some(_))) if args.len() <= 2 => {
+            done("completions", print_completions(shell, tool.flatten()))
+        }
+        _ => {
+            eprintln!(
+                "usage: sockray completions bash|zsh|fish|elvish|powershell [TOOL]   \
+                 (with TOOL: for the tool's symlink)"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `sockray man DIR`.
+pub fn man_main(args: &[OsString]) -> ExitCode {
+    let [dir] = args else {
+        eprintln!("usage: sockray man DIR   (writes sockray.8, sockray-TOOL.8 and TOOL.8)");
+        return ExitCode::from(2);
+    };
+    let dir = Path::new(dir);
+    let r = write_man_pages(dir).map(|pages| {
+        println!("{} man pages in {}", pages.len(), dir.display());
+    });
+    done("man", r)
+}
+
+fn done(what: &str, r: Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            cli::say(format_args!("sockray {what}: {e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// BCC's section: system administration commands.
 const SECTION: &str = "8";
@@ -126,10 +170,14 @@ pub fn write_man_pages(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-/// Prints the completion script of `shell` for sockray and its tools on stdout.
-pub fn print_completions(shell: Shell) -> Result<()> {
+/// Prints the completion script of `shell` on stdout: for sockray and its tools, or with `tool` for
+/// that tool run through its symlink (`tcplife -L ...`).
+pub fn print_completions(shell: Shell, tool: Option<&Tool>) -> Result<()> {
     let mut out = Vec::new();
-    clap_complete::generate(shell, &mut command_tree(), "sockray", &mut out);
+    match tool {
+        None => clap_complete::generate(shell, &mut command_tree(), "sockray", &mut out),
+        Some(t) => clap_complete::generate(shell, &mut tool_command(t), t.name, &mut out),
+    }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&out)?;
     stdout.flush()?;

@@ -851,4 +851,35 @@ printf '%s\n' "${{COMPREPLY[@]}}""#
         out.contains("--distributed"),
         "sockray softirqs --dist<TAB>: {out}"
     );
+
+    // each tool run through its symlink has a script of its own
+    for t in &tools {
+        for shell in ["bash", "zsh", "fish"] {
+            let o = sockray(&["completions", shell, t]);
+            assert!(
+                o.status.success(),
+                "completions {shell} {t}: {}",
+                text(&o.stderr)
+            );
+            let script = text(&o.stdout);
+            // fish spells it `-l json`
+            assert!(
+                script.contains(t.as_str()) && script.contains("json"),
+                "{shell} {t}: {script}"
+            );
+            if let Ok(c) = Command::new(shell).args(["-n", "-c", &script]).output() {
+                assert!(c.status.success(), "{shell} -n ({t}): {}", text(&c.stderr));
+            }
+        }
+    }
+    let o = sockray(&["completions", "bash", "nosuchtool"]);
+    assert_eq!(o.status.code(), Some(2), "completions bash nosuchtool");
+    let out = bash(
+        r#"source <("$1" completions bash tcplife) || exit 1
+complete -p tcplife || exit 1
+COMP_WORDS=(tcplife --loc); COMP_CWORD=1
+_tcplife tcplife --loc tcplife
+printf '%s\n' "${COMPREPLY[@]}""#,
+    );
+    assert!(out.ends_with("--localport\n"), "tcplife --loc<TAB>: {out}");
 }
