@@ -685,3 +685,60 @@ fn is_root() -> bool {
     }
     geteuid() == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// install_docs puts what the binary generates where each shell and man look for it.
+    #[test]
+    fn install_docs_paths() {
+        let tmp = env::temp_dir().join(format!("xtask-install-docs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).unwrap();
+        // a stand-in for sockray: `man DIR` and `completions SHELL [TOOL]`
+        let bin = tmp.join("fake-sockray");
+        fs::write(
+            &bin,
+            "#!/bin/sh\ncase $1 in\n  man) mkdir -p \"$2\" && echo page > \"$2/sockray.8\";;\n  \
+             completions) echo \"script $2 ${3:-sockray}\";;\n  *) exit 2;;\nesac\n",
+        )
+        .unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let prefix = tmp.join("prefix");
+        let tools = vec!["tcplife".to_string()];
+        assert!(install_docs(&bin, &prefix, &tools).is_ok());
+        let share = prefix.join("share");
+        let read =
+            |p: &str| fs::read_to_string(share.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert_eq!(read("man/man8/sockray.8"), "page\n");
+        assert_eq!(
+            read("bash-completion/completions/sockray"),
+            "script bash sockray\n"
+        );
+        assert_eq!(
+            read("bash-completion/completions/tcplife"),
+            "script bash tcplife\n"
+        );
+        assert_eq!(
+            read("zsh/vendor-completions/_sockray"),
+            "script zsh sockray\n"
+        );
+        assert_eq!(
+            read("zsh/vendor-completions/_tcplife"),
+            "script zsh tcplife\n"
+        );
+        assert_eq!(
+            read("fish/vendor_completions.d/sockray.fish"),
+            "script fish sockray\n"
+        );
+        assert_eq!(
+            read("fish/vendor_completions.d/tcplife.fish"),
+            "script fish tcplife\n"
+        );
+        // a binary that fails is an error, not a silent gap
+        fs::write(&bin, "#!/bin/sh\nexit 1\n").unwrap();
+        assert!(install_docs(&bin, &prefix, &tools).is_err());
+        let _ = fs::remove_dir_all(&tmp);
+    }
+}
