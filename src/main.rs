@@ -9,6 +9,7 @@ mod format;
 mod hist;
 mod journal;
 mod ksym;
+mod manual;
 mod output;
 mod runtime;
 mod symbolize;
@@ -24,7 +25,8 @@ fn usage() -> String {
     let mut s = String::from(
         "sockray: Linux TCP tracing on eBPF (BCC's network tools, on stable tracepoints)\n\n\
          usage: sockray <tool> [flags]    (or run a symlink named after the tool)\n\
-         \x20      sockray <tool> --help     the tool's flags and examples\n\n\
+         \x20      sockray <tool> --help     the tool's flags and examples\n\
+         \x20      sockray completions bash|zsh|fish   the shell completion script\n\n\
          tools, by the question they answer:\n",
     );
     let mut shown = Vec::new();
@@ -89,6 +91,8 @@ fn main() -> ExitCode {
             println!("sockray {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        "completions" => manual::completions_main(&args[2..]),
+        "man" => manual::man_main(&args[2..]),
         "--list-tools" => {
             for t in tools::TOOLS {
                 println!("{}", t.name);

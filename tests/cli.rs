@@ -616,3 +616,270 @@ fn bcc_usage_examples_parse() {
         text(&o.stderr)
     );
 }
+
+/// The flags a tool's `-h` lists in its options: each `-X` and `--long`, and the aliases it names.
+fn help_flags(help: &str) -> Vec<String> {
+    let mut flags = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if line.starts_with("  ") && t.starts_with('-') {
+            // "-c, --cpu <CPU>    help": the flags are before the first double space
+            let head = t.split("  ").next().unwrap_or("");
+            for w in head.split([',', ' ']) {
+                if w.starts_with('-') && w.len() > 1 {
+                    flags.push(w.to_string());
+                }
+            }
+        }
+        for tag in ["[alias: ", "[aliases: "] {
+            if let Some(i) = line.find(tag) {
+                let rest = &line[i + tag.len()..];
+                let list = rest.split(']').next().unwrap_or("");
+                flags.extend(list.split(", ").map(str::to_string));
+            }
+        }
+    }
+    flags
+}
+
+/// Roff source as plain text: escapes and font changes undone.
+fn unroff(s: &str) -> String {
+    s.replace("\\*(Aq", "'")
+        .replace("\\-", "-")
+        .replace("\\fB", "")
+        .replace("\\fI", "")
+        .replace("\\fR", "")
+        .replace("\\fP", "")
+        .replace("\\&", "")
+        .replace("\\\\", "\\")
+}
+
+/// The text of one `.SH NAME` section of a page (unroffed).
+fn man_section(page: &str, name: &str) -> String {
+    let page = unroff(page);
+    let start = format!(".SH {name}\n");
+    let from = page
+        .find(&start)
+        .unwrap_or_else(|| panic!("no {name} section:\n{page}"))
+        + start.len();
+    let rest = &page[from..];
+    rest[..rest.find("\n.SH ").unwrap_or(rest.len())].to_string()
+}
+
+#[test]
+fn man_pages_say_what_help_says() {
+    let dir = TempDir::new();
+    let o = sockray(&["man", dir.0.to_str().unwrap()]);
+    no_panic(&o);
+    assert!(o.status.success(), "sockray man: {}", text(&o.stderr));
+    let tools: Vec<String> = text(&sockray(&["--list-tools"]).stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(tools.len(), 17, "{tools:?}");
+    let mut files: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut want: Vec<String> = vec!["sockray.8".to_string()];
+    for t in &tools {
+        want.push(format!("sockray-{t}.8"));
+        want.push(format!("{t}.8"));
+    }
+    want.sort();
+    assert_eq!(files, want);
+
+    let main = std::fs::read_to_string(dir.0.join("sockray.8")).unwrap();
+    let listed = man_section(&main, "TOOLS");
+    for t in &tools {
+        assert!(
+            listed.contains(&format!("sockray-{t}(8)")),
+            "sockray.8 lacks {t}:\n{listed}"
+        );
+        let stub = std::fs::read_to_string(dir.0.join(format!("{t}.8"))).unwrap();
+        assert_eq!(stub, format!(".so man8/sockray-{t}.8\n"));
+
+        let page = std::fs::read_to_string(dir.0.join(format!("sockray-{t}.8"))).unwrap();
+        assert!(page.starts_with(".ie \\n(.g"), "{t}: {page}");
+        assert!(
+            page.contains(&format!(".TH SOCKRAY-{} 8 ", t.to_uppercase())),
+            "{t}"
+        );
+        let h = sockray(&[t, "-h"]);
+        assert!(h.status.success(), "{t} -h: {}", text(&h.stderr));
+        let help = text(&h.stdout);
+        let flags = help_flags(&help);
+        assert!(
+            flags.len() >= 4 && flags.iter().any(|f| f == "--json"),
+            "{t}: {flags:?}"
+        );
+        let options = man_section(&page, "OPTIONS");
+        let words: Vec<&str> = options
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .collect();
+        for f in &flags {
+            assert!(
+                words.contains(&f.as_str()),
+                "{t}: -h lists {f}, its man page's OPTIONS do not:\n{options}"
+            );
+        }
+        // the first example line of -h, and every one, as a line of EXAMPLES
+        let examples: Vec<&str> = help
+            .split_once("\nexamples:\n")
+            .unwrap_or_else(|| panic!("{t} -h has no examples:\n{help}"))
+            .1
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        assert!(
+            examples.first().is_some_and(|e| e.starts_with(t.as_str())),
+            "{t}: {examples:?}"
+        );
+        let man_examples = man_section(&page, "EXAMPLES");
+        let man_lines: Vec<&str> = man_examples.lines().map(str::trim).collect();
+        for e in &examples {
+            assert!(
+                man_lines.contains(e),
+                "{t}: -h example `{e}` is not a line of its man page:\n{man_examples}"
+            );
+        }
+    }
+}
+
+/// Rendered by man(1) itself, where it is installed: no warnings, the examples there, and `man TOOL`'s
+/// page reaching sockray-TOOL's through the `.so` stub.
+#[test]
+fn man_pages_render() {
+    if Command::new("man").arg("--version").output().is_err() {
+        eprintln!("man(1) not installed: skipped");
+        return;
+    }
+    let dir = TempDir::new();
+    let man8 = dir.0.join("man8");
+    let o = sockray(&["man", man8.to_str().unwrap()]);
+    assert!(o.status.success(), "sockray man: {}", text(&o.stderr));
+    for page in ["man8/sockray.8", "man8/sockray-tcplife.8", "man8/tcplife.8"] {
+        let o = run_timeout(
+            Command::new("man")
+                .args(["--warnings", "-l", page])
+                .current_dir(&dir.0)
+                .env("MANWIDTH", "100")
+                .env("MANPAGER", "cat")
+                .env("PAGER", "cat"),
+            Duration::from_secs(20),
+        );
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "man -l {page}: {}", text(&o.stderr));
+        assert!(
+            o.stderr.is_empty(),
+            "man -l {page} warns: {}",
+            text(&o.stderr)
+        );
+        if page == "man8/sockray.8" {
+            assert!(out.contains("sockray-tcplife(8)"), "{out}");
+        } else {
+            assert!(out.contains("tcplife -stT"), "{page}:\n{out}");
+            assert!(out.contains("--localport"), "{page}:\n{out}");
+        }
+    }
+}
+
+#[test]
+fn completions_cover_every_tool_and_flag() {
+    let tools: Vec<String> = text(&sockray(&["--list-tools"]).stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for shell in ["bash", "zsh", "fish"] {
+        let o = sockray(&["completions", shell]);
+        no_panic(&o);
+        assert!(
+            o.status.success(),
+            "completions {shell}: {}",
+            text(&o.stderr)
+        );
+        let script = text(&o.stdout);
+        for t in &tools {
+            assert!(script.contains(t.as_str()), "{shell} completions lack {t}");
+        }
+        // the shell's own syntax check, where that shell is installed (bash is, below)
+        let check = Command::new(shell).args(["-n", "-c", &script]).output();
+        if let Ok(c) = check {
+            assert!(c.status.success(), "{shell} -n: {}", text(&c.stderr));
+        }
+    }
+    let o = sockray(&["completions", "tcsh"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "completions tcsh: {}",
+        text(&o.stderr)
+    );
+
+    let bin = sockray_bin();
+    let bash = |script: &str| {
+        let o = run_timeout(
+            Command::new("bash").args(["-c", script, "bash", &bin]),
+            Duration::from_secs(20),
+        );
+        assert!(o.status.success(), "bash: {script}: {}", text(&o.stderr));
+        text(&o.stdout)
+    };
+    let out = bash(r#"source <("$1" completions bash) && complete -p sockray"#);
+    assert!(out.contains("_sockray sockray"), "{out}");
+    // completing a tool name, and a tool's flag
+    let complete = |words: &str| {
+        bash(&format!(
+            r#"source <("$1" completions bash) || exit 1
+COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+_sockray sockray "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+printf '%s\n' "${{COMPREPLY[@]}}""#
+        ))
+    };
+    let out = complete("sockray tcpl");
+    assert_eq!(out.trim(), "tcplife", "sockray tcpl<TAB>: {out}");
+    let out = complete("sockray tcplife --loc");
+    assert_eq!(
+        out.trim(),
+        "--localport",
+        "sockray tcplife --loc<TAB>: {out}"
+    );
+    let out = complete("sockray softirqs --dist");
+    assert!(
+        out.contains("--distributed"),
+        "sockray softirqs --dist<TAB>: {out}"
+    );
+
+    // each tool run through its symlink has a script of its own
+    for t in &tools {
+        for shell in ["bash", "zsh", "fish"] {
+            let o = sockray(&["completions", shell, t]);
+            assert!(
+                o.status.success(),
+                "completions {shell} {t}: {}",
+                text(&o.stderr)
+            );
+            let script = text(&o.stdout);
+            // fish spells it `-l json`
+            assert!(
+                script.contains(t.as_str()) && script.contains("json"),
+                "{shell} {t}: {script}"
+            );
+            if let Ok(c) = Command::new(shell).args(["-n", "-c", &script]).output() {
+                assert!(c.status.success(), "{shell} -n ({t}): {}", text(&c.stderr));
+            }
+        }
+    }
+    let o = sockray(&["completions", "bash", "nosuchtool"]);
+    assert_eq!(o.status.code(), Some(2), "completions bash nosuchtool");
+    let out = bash(
+        r#"source <("$1" completions bash tcplife) || exit 1
+complete -p tcplife || exit 1
+COMP_WORDS=(tcplife --loc); COMP_CWORD=1
+_tcplife tcplife --loc tcplife
+printf '%s\n' "${COMPREPLY[@]}""#,
+    );
+    assert!(out.ends_with("--localport\n"), "tcplife --loc<TAB>: {out}");
+}

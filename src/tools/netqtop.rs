@@ -384,6 +384,11 @@ fn json_fields(nic: &Nic, dir: &str, r: &Row, tick: u64, secs: f64, time_ns: u64
     f
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     if a.common.ebpf {

@@ -155,6 +155,11 @@ fn unseen_message(fds: u64, cmsgs: u64, msgs: u64) -> Option<String> {
     (!parts.is_empty()).then(|| format!("sockray: sofdsnoop: not shown: {}", parts.join(", ")))
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     if a.common.ebpf {

@@ -340,6 +340,11 @@ fn print_tick(printer: &mut Printer, form: &Form, rows: &[Row], tick: u64) -> Re
     Ok(())
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     if a.common.ebpf {

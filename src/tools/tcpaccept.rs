@@ -90,6 +90,11 @@ fn columns(backlog: bool) -> Vec<Col> {
     cols
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     if a.common.ebpf {

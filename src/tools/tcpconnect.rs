@@ -155,6 +155,11 @@ fn connect_fields(e: &types::tcpconnect_event) -> Fields {
     f
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     if a.common.ebpf {

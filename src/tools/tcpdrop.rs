@@ -339,6 +339,11 @@ fn is_tracing_frame(frame: &str) -> bool {
     .any(|p| frame.starts_with(p))
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     runtime::set_max_sockets(a.sockets.max_sockets);

@@ -301,6 +301,11 @@ fn print_tick(printer: &mut Printer, form: &Form, hists: &[Hist], tick: u64) -> 
     Ok(())
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     runtime::set_max_sockets(a.sockets.max_sockets);

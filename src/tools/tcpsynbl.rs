@@ -283,6 +283,11 @@ fn describe_hooks(obj: &libbpf_rs::Object, reason: Option<u32>, range: Option<(u
     }
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     if a.common.ebpf {

@@ -135,6 +135,11 @@ fn type_names(t: u32) -> (&'static str, &'static str) {
     }
 }
 
+/// The flags, as `-h` shows them (for the man pages and shell completions).
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn run(argv: Vec<OsString>) -> Result<()> {
     let a: Args = cli::parse(argv);
     runtime::set_max_sockets(a.sockets.max_sockets);
