@@ -26,6 +26,9 @@ commands:
   test [-- <cargo test args>]          cargo fmt --check, clippy -D warnings, cargo test --release
   install [--prefix DIR] [--debug]     install sockray + one symlink per tool (prefix /usr/local),
                                        man pages (share/man/man8), bash/zsh/fish completions
+  deb [--out DIR]                      a Debian package (target/deb): /usr/bin/sockray, the tools'
+                                       symlinks in /usr/lib/sockray/bin (libbpf-tools has their
+                                       names in /usr/sbin), man pages, completions
   bench [--rounds N] [--tool T]... [--tracer CMD]... [--verbose] [--starts N] [--startup-only]
         [--load conn|transfer|packets|unixmsg]
                                        start-up, RSS and the cost under a load vs libbpf-tools
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Some("run") => cmd_run(&rest),
         Some("test") => cmd_test(&rest),
         Some("install") => cmd_install(&rest),
+        Some("deb") => cmd_deb(&rest),
         Some("bench") => cmd_bench(&rest),
         Some("vmtest") => vmtest::cmd(&rest),
         Some("__load") => bench::load(&rest).map_err(fail),
@@ -295,6 +299,122 @@ fn cmd_install(args: &[OsString]) -> Res {
         linked.join(" ")
     );
     install_docs(&built, &prefix, &tools)
+}
+
+/// Where the .deb puts the tools' names: not /usr/sbin, where Debian's libbpf-tools puts its own
+/// `tcplife`, `tcptop`, ... (bcc's are `*-bpfcc`); users put this directory on PATH, or run
+/// `sockray TOOL`.
+const DEB_TOOL_DIR: &str = "usr/lib/sockray/bin";
+
+/// `cargo xtask deb [--out DIR]`: a Debian package of the release build, made with dpkg-deb from a
+/// staged tree: /usr/bin/sockray, a symlink per tool in /usr/lib/sockray/bin, the man pages and the
+/// completions (as install makes them), the licenses.
+fn cmd_deb(args: &[OsString]) -> Res {
+    let mut out_dir = PathBuf::from("target/deb");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.to_str() {
+            Some("--out") => match it.next() {
+                Some(d) => out_dir = PathBuf::from(d),
+                None => return Err(usage_err("deb: --out needs a directory")),
+            },
+            Some("-h" | "--help") => {
+                print_usage();
+                return Ok(());
+            }
+            _ => return Err(usage_err(format!("deb: unexpected argument {a:?}"))),
+        }
+    }
+    deps()?;
+    let built = build(Profile::Release)?;
+    let tools = list_tools(&built)?;
+    let arch = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .ok_or_else(|| fail("deb: dpkg --print-architecture failed (not a Debian system?)"))?;
+    let deb = stage_deb(&built, &tools, &out_dir, env!("CARGO_PKG_VERSION"), &arch)?;
+    println!("built {}", deb.display());
+    Ok(())
+}
+
+/// Stages the package tree under `out_dir` and builds `sockray_VERSION_ARCH.deb` there.
+fn stage_deb(
+    bin: &Path,
+    tools: &[String],
+    out_dir: &Path,
+    version: &str,
+    arch: &str,
+) -> Res<PathBuf> {
+    let name = format!("sockray_{version}_{arch}");
+    let root = out_dir.join(&name);
+    let _ = fs::remove_dir_all(&root);
+    let usr_bin = root.join("usr/bin");
+    fs::create_dir_all(&usr_bin).map_err(|e| io_fail("cannot create", &usr_bin, e))?;
+    let dest = usr_bin.join("sockray");
+    fs::copy(bin, &dest)
+        .and_then(|_| fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)))
+        .map_err(|e| io_fail("cannot copy the binary to", &dest, e))?;
+    let tool_dir = root.join(DEB_TOOL_DIR);
+    fs::create_dir_all(&tool_dir).map_err(|e| io_fail("cannot create", &tool_dir, e))?;
+    for tool in tools {
+        let link = tool_dir.join(tool);
+        symlink("/usr/bin/sockray", &link)
+            .map_err(|e| io_fail("cannot create symlink", &link, e))?;
+    }
+    install_docs(bin, &root.join("usr"), tools)?;
+    let doc = root.join("usr/share/doc/sockray");
+    fs::create_dir_all(&doc).map_err(|e| io_fail("cannot create", &doc, e))?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let copyright = [
+        "LICENSE",
+        "LICENSES/GPL-2.0-only.txt",
+        "LICENSES/BSD-2-Clause.txt",
+    ]
+    .iter()
+    .filter_map(|f| fs::read_to_string(manifest.join(f)).ok())
+    .collect::<Vec<_>>()
+    .join("\n\n");
+    fs::write(doc.join("copyright"), copyright)
+        .map_err(|e| io_fail("cannot write", &doc.join("copyright"), e))?;
+    let control_dir = root.join("DEBIAN");
+    fs::create_dir_all(&control_dir).map_err(|e| io_fail("cannot create", &control_dir, e))?;
+    let size_kib = dir_size(&root) / 1024 + 1;
+    let control = format!(
+        "Package: sockray\nVersion: {version}\nArchitecture: {arch}\nMaintainer: sockray developers \
+         <sockray@localhost>\nInstalled-Size: {size_kib}\nDepends: libc6\nSection: net\nPriority: \
+         optional\nDescription: TCP and network tracing on eBPF (BCC's network tools, on tracepoints)\n \
+         One binary, sockray, with BCC's network tools (tcplife, tcpstates, tcpconnect, tcptop, ...):\n \
+         `sockray TOOL`, or TOOL from {dir} (not on PATH by default: Debian's\n \
+         libbpf-tools installs tools of the same names in /usr/sbin).\n",
+        dir = format_args!("/{DEB_TOOL_DIR}")
+    );
+    fs::write(control_dir.join("control"), control)
+        .map_err(|e| io_fail("cannot write", &control_dir.join("control"), e))?;
+    let deb = out_dir.join(format!("{name}.deb"));
+    step_quiet(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&root)
+            .arg(&deb),
+    )?;
+    Ok(deb)
+}
+
+/// Bytes of the regular files below `dir` (symlinks not followed).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// Man pages (`sockray man DIR`) and bash, zsh and fish completions (`sockray completions SHELL
@@ -739,6 +859,72 @@ mod tests {
         // a binary that fails is an error, not a silent gap
         fs::write(&bin, "#!/bin/sh\nexit 1\n").unwrap();
         assert!(install_docs(&bin, &prefix, &tools).is_err());
+        let _ = fs::remove_dir_all(&tmp);
+    }
+
+    /// The .deb: the binary in /usr/bin, the tools' symlinks out of /usr/sbin (libbpf-tools' names),
+    /// man pages and completions, the control fields; read back with dpkg-deb.
+    #[test]
+    fn deb_package_contents() {
+        let tmp = env::temp_dir().join(format!("xtask-deb-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).unwrap();
+        let bin = tmp.join("fake-sockray");
+        fs::write(
+            &bin,
+            "#!/bin/sh\ncase $1 in\n  man) mkdir -p \"$2\" && echo page > \"$2/sockray.8\";;\n  \
+             completions) echo \"script $2 ${3:-sockray}\";;\n  *) exit 2;;\nesac\n",
+        )
+        .unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let tools = vec!["tcplife".to_string(), "tcptop".to_string()];
+        let deb =
+            stage_deb(&bin, &tools, &tmp, "0.1.0", "amd64").unwrap_or_else(|f| panic!("{}", f.msg));
+        assert!(
+            deb.ends_with("sockray_0.1.0_amd64.deb"),
+            "{}",
+            deb.display()
+        );
+        let run = |args: &[&str]| {
+            let o = Command::new("dpkg-deb")
+                .args(args)
+                .arg(&deb)
+                .output()
+                .expect("dpkg-deb");
+            assert!(
+                o.status.success(),
+                "dpkg-deb {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        assert_eq!(run(&["--field"]).lines().next(), Some("Package: sockray"));
+        let fields = run(&["--field"]);
+        for f in ["Version: 0.1.0", "Architecture: amd64", "Depends: libc6"] {
+            assert!(fields.contains(f), "{f}: {fields}");
+        }
+        let contents = run(&["--contents"]);
+        for want in [
+            "./usr/bin/sockray",
+            "./usr/lib/sockray/bin/tcplife -> /usr/bin/sockray",
+            "./usr/lib/sockray/bin/tcptop -> /usr/bin/sockray",
+            "./usr/share/man/man8/sockray.8",
+            "./usr/share/bash-completion/completions/tcplife",
+            "./usr/share/zsh/vendor-completions/_sockray",
+            "./usr/share/fish/vendor_completions.d/tcptop.fish",
+            "./usr/share/doc/sockray/copyright",
+        ] {
+            assert!(
+                contents.contains(want),
+                "{want} not in the package:\n{contents}"
+            );
+        }
+        // nothing where libbpf-tools puts its tools, all owned by root
+        assert!(!contents.contains("./usr/sbin/"), "{contents}");
+        assert!(
+            contents.lines().all(|l| l.contains(" root/root ")),
+            "{contents}"
+        );
         let _ = fs::remove_dir_all(&tmp);
     }
 }
