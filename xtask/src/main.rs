@@ -384,7 +384,7 @@ fn stage_deb(
     let size_kib = dir_size(&root) / 1024 + 1;
     let control = format!(
         "Package: sockray\nVersion: {version}\nArchitecture: {arch}\nMaintainer: sockray developers \
-         <sockray@localhost>\nInstalled-Size: {size_kib}\nDepends: libc6\nSection: net\nPriority: \
+         <sockray@localhost>\nInstalled-Size: {size_kib}\nDepends: libc6\nRecommends: bash-completion, man-db\nSection: net\nPriority: \
          optional\nDescription: TCP and network tracing on eBPF (BCC's network tools, on tracepoints)\n \
          One binary, sockray, with BCC's network tools (tcplife, tcpstates, tcpconnect, tcptop, ...):\n \
          `sockray TOOL`, or TOOL from {dir} (not on PATH by default: Debian's\n \
@@ -924,6 +924,74 @@ mod tests {
         assert!(
             contents.lines().all(|l| l.contains(" root/root ")),
             "{contents}"
+        );
+        let _ = fs::remove_dir_all(&tmp);
+    }
+
+    /// The real package on this machine: built from the release binary the workspace's tests were
+    /// built with, installed with dpkg, a tool run from its symlink, its man page found, removed again
+    /// with nothing left. Root only (CI runs as root, where it must run); a machine where a sockray
+    /// package is already installed is left alone.
+    #[test]
+    fn deb_installs_runs_and_removes() {
+        let ci = env::var_os("CI").is_some();
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/sockray");
+        let installed = Command::new("dpkg")
+            .args(["-s", "sockray"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !is_root() || !bin.exists() || installed {
+            assert!(
+                !ci,
+                "CI: root {}, {} exists {}, sockray already installed {installed}",
+                is_root(),
+                bin.display(),
+                bin.exists()
+            );
+            return;
+        }
+        let tmp = env::temp_dir().join(format!("xtask-deb-real-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        let tools = vec!["tcplife".to_string(), "tcpstates".to_string()];
+        let deb =
+            stage_deb(&bin, &tools, &tmp, "0.1.0", "amd64").unwrap_or_else(|f| panic!("{}", f.msg));
+        let ok = |c: &mut Command| {
+            let o = c.output().expect("run");
+            assert!(
+                o.status.success(),
+                "{c:?}: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        ok(Command::new("dpkg").arg("-i").arg(&deb));
+        let help = Command::new("/usr/lib/sockray/bin/tcplife")
+            .arg("--help")
+            .output();
+        let man = Command::new("man").args(["-w", "tcplife"]).output();
+        ok(Command::new("dpkg").args(["-r", "sockray"]));
+        let help = help.expect("run tcplife");
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("Usage: tcplife"),
+            "{help:?}"
+        );
+        if let Ok(man) = man {
+            // man-db present: the page is where man looks (a stub pointing at sockray-tcplife.8)
+            if man.status.code() != Some(127) {
+                assert!(
+                    String::from_utf8_lossy(&man.stdout).contains("tcplife.8"),
+                    "{man:?}"
+                );
+            }
+        }
+        assert!(
+            !Path::new("/usr/bin/sockray").exists(),
+            "left after dpkg -r"
+        );
+        assert!(
+            !Path::new("/usr/lib/sockray").exists(),
+            "left after dpkg -r"
         );
         let _ = fs::remove_dir_all(&tmp);
     }
