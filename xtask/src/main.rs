@@ -810,14 +810,9 @@ fn is_root() -> bool {
 mod tests {
     use super::*;
 
-    /// install_docs puts what the binary generates where each shell and man look for it.
-    #[test]
-    fn install_docs_paths() {
-        let tmp = env::temp_dir().join(format!("xtask-install-docs-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).unwrap();
-        // a stand-in for sockray: `man DIR` and `completions SHELL [TOOL]`
-        let bin = tmp.join("fake-sockray");
+    /// A stand-in for sockray in `dir`: `man DIR` and `completions SHELL [TOOL]`.
+    fn fake_sockray(dir: &Path) -> PathBuf {
+        let bin = dir.join("fake-sockray");
         fs::write(
             &bin,
             "#!/bin/sh\ncase $1 in\n  man) mkdir -p \"$2\" && echo page > \"$2/sockray.8\";;\n  \
@@ -825,6 +820,16 @@ mod tests {
         )
         .unwrap();
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    }
+
+    /// install_docs puts what the binary generates where each shell and man look for it.
+    #[test]
+    fn install_docs_paths() {
+        let tmp = env::temp_dir().join(format!("xtask-install-docs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).unwrap();
+        let bin = fake_sockray(&tmp);
         let prefix = tmp.join("prefix");
         let tools = vec!["tcplife".to_string()];
         assert!(install_docs(&bin, &prefix, &tools).is_ok());
@@ -869,14 +874,7 @@ mod tests {
         let tmp = env::temp_dir().join(format!("xtask-deb-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).unwrap();
-        let bin = tmp.join("fake-sockray");
-        fs::write(
-            &bin,
-            "#!/bin/sh\ncase $1 in\n  man) mkdir -p \"$2\" && echo page > \"$2/sockray.8\";;\n  \
-             completions) echo \"script $2 ${3:-sockray}\";;\n  *) exit 2;;\nesac\n",
-        )
-        .unwrap();
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = fake_sockray(&tmp);
         let tools = vec!["tcplife".to_string(), "tcptop".to_string()];
         let deb =
             stage_deb(&bin, &tools, &tmp, "0.1.0", "amd64").unwrap_or_else(|f| panic!("{}", f.msg));
