@@ -81,13 +81,14 @@ fn rows_of_side<'a>(rows: &'a [Value], side: &Value) -> Vec<&'a Value> {
 fn check_side(rows: &[Value], side: &Value) -> usize {
     let mine = rows_of_side(rows, side);
     assert!(!mine.is_empty(), "no row for {side}: {rows:?}");
-    let (mut rx, mut tx) = (0, 0);
+    let (mut rx, mut tx, mut retrans) = (0, 0, 0);
     let mut ticks = BTreeSet::new();
     for r in &mine {
         if r.get("retrans_bytes").is_some() {
             assert_keys(r, KEYS_WALK);
-            // loopback in a namespace of its own: nothing is lost, nothing sent again
-            assert_eq!(u(r, "retrans_bytes"), 0, "{r}");
+            // loopback loses nothing, but a slow (emulated) machine can time out and send again:
+            // what was resent is part of what was sent
+            retrans += u(r, "retrans_bytes");
         } else {
             assert_keys(r, KEYS);
         }
@@ -109,6 +110,7 @@ fn check_side(rows: &[Value], side: &Value) -> usize {
     }
     assert_eq!(rx, u(side, "received"), "RX of {side}: {mine:?}");
     assert_eq!(tx, u(side, "sent"), "TX of {side}: {mine:?}");
+    assert!(retrans <= tx, "more resent than sent by {side}: {mine:?}");
     ticks.len()
 }
 
