@@ -28,31 +28,12 @@
  * program adds between the two; reading cumulative counters and subtracting would never free the
  * entries of flows that ended. A flow that finds the map full is counted as lost (lost_capacity). */
 #include "common.bpf.h"
-#include "tcptop.h"
+#include "flows.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-struct tcptop_key _tcptop_key = {};
-struct tcptop_val _tcptop_val = {};
 
 #define MSG_PEEK 2
-
-/* user space sets both inner maps' size before load (--max-flows); they must match (map-in-map) */
-struct tcptop_flows {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct tcptop_key);
-	__type(value, struct tcptop_val);
-} flows_a SEC(".maps"), flows_b SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__array(values, struct tcptop_flows);
-} flows SEC(".maps") = {
-	.values = { [0] = &flows_a },
-};
 
 /* direct: a typed sk (tp_btf, fentry/fexit): plain loads; else helper reads (raw_tp) */
 static __always_inline void count_bytes(const struct sock *sk, int bytes, bool rx, bool direct)

@@ -23,29 +23,10 @@
  * tries again from its record: the bytes of the intervals it had no room are missing, never doubled). */
 #include "common.bpf.h"
 #include "sockowner.bpf.h"
-#include "tcptop.h"
+#include "flows.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-struct tcptop_key _tcptop_key = {};
-struct tcptop_val _tcptop_val = {};
-
-/* the same flow maps as bpf/tcptop.bpf.c (src/flows.rs reads either object's) */
-struct tcptop_flows {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct tcptop_key);
-	__type(value, struct tcptop_val);
-} flows_a SEC(".maps"), flows_b SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__array(values, struct tcptop_flows);
-} flows SEC(".maps") = {
-	.values = { [0] = &flows_a },
-};
 
 /* A socket's payload counters at the last walk. */
 struct walk_counts {
