@@ -44,6 +44,19 @@ fn sums(rows: &[Value]) -> BTreeMap<String, u64> {
     m
 }
 
+/// A subnet's sum against what was sent: exact, or, when the kernel skipped `skipped` runs of the
+/// send hook (Linux 7.x runs it preemptibly; a run finding it preempted on its CPU is skipped and
+/// counted), no more than what was sent.
+fn assert_sum(m: &BTreeMap<String, u64>, subnet: &str, sent: u64, skipped: u64) {
+    let got = m.get(subnet).copied().unwrap_or(0);
+    if skipped == 0 {
+        assert_eq!(got, sent, "{subnet}: {m:?}");
+    } else {
+        assert!(got <= sent, "{subnet}: {m:?}");
+        eprintln!("{skipped} skipped run(s): {subnet} {got} of {sent}");
+    }
+}
+
 #[test]
 fn two_subnets_over_a_veth_pair() {
     two_subnets(false);
@@ -70,16 +83,13 @@ fn two_subnets(walk: bool) {
     let (s4, c4) = veth_transfer(&v, VETH_B4, 300_000, 12_345);
     let (s6, c6) = veth_transfer(&v, VETH_B6, 70_000, 777);
     std::thread::sleep(SETTLE);
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     let m = sums(&trace.rows);
-    assert_eq!(m.get("10.77.0.2/32"), Some(&u(&c4, "sent")), "{m:?}");
-    assert_eq!(m.get("10.77.0.0/24"), Some(&u(&s4, "sent")), "{m:?}");
-    assert_eq!(
-        m.get("fd77::/64"),
-        Some(&(u(&c6, "sent") + u(&s6, "sent"))),
-        "{m:?}"
-    );
-    assert_eq!(m.len(), 3, "{m:?}");
+    let k = trace.skipped;
+    assert_sum(&m, "10.77.0.2/32", u(&c4, "sent"), k);
+    assert_sum(&m, "10.77.0.0/24", u(&s4, "sent"), k);
+    assert_sum(&m, "fd77::/64", u(&c6, "sent") + u(&s6, "sent"), k);
+    assert!(m.len() == 3 || k > 0, "{m:?}");
 }
 
 /// BCC's -J: an object per interval with the date and time, values in the unit of -f (bits here).
@@ -131,10 +141,14 @@ fn default_subnets() {
         ]),
     );
     std::thread::sleep(SETTLE);
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     let m = sums(&trace.rows);
     let sent: u64 = lines.iter().filter_map(|l| l["sent"].as_u64()).sum();
-    assert!(m.get("127.0.0.1/32").copied().unwrap_or(0) >= sent, "{m:?}");
+    // at least what the generator sent (other loopback traffic may add), unless runs were skipped
+    assert!(
+        m.get("127.0.0.1/32").copied().unwrap_or(0) >= sent || trace.skipped > 0,
+        "{m:?}"
+    );
     for k in m.keys() {
         assert!(
             [
@@ -201,13 +215,9 @@ fn live_intervals_at_a_trickle() {
     );
     let lines = g.finish(std::time::Duration::from_secs(30));
     std::thread::sleep(std::time::Duration::from_millis(1200));
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     let cli = lines.iter().find(|l| l["role"] == "client").unwrap();
-    assert_eq!(
-        sums(&trace.rows).get("10.77.0.2/32").copied(),
-        Some(u(cli, "sent")),
-        "{:?}",
-        trace.rows
-    );
+    let m = sums(&trace.rows);
+    assert_sum(&m, "10.77.0.2/32", u(cli, "sent"), trace.skipped);
     assert_eq!(u(cli, "sent"), 4000);
 }

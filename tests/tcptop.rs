@@ -78,8 +78,17 @@ fn rows_of_side<'a>(rows: &'a [Value], side: &Value) -> Vec<&'a Value> {
 
 /// Checks one side's flow: every row's fields, and RX/TX summed over the intervals against what the
 /// side moved. Returns the number of intervals it appeared in.
-fn check_side(rows: &[Value], side: &Value) -> usize {
+///
+/// `skipped`: program runs the kernel skipped in this trace (Linux 7.x runs these hooks preemptibly,
+/// and a run that finds the same program preempted on its CPU is skipped and counted). Each one is
+/// a send or receive call not counted, so with skips the sums may fall short (never exceed); without
+/// them they must be exact.
+fn check_side(rows: &[Value], side: &Value, skipped: u64) -> usize {
     let mine = rows_of_side(rows, side);
+    if mine.is_empty() && skipped > 0 {
+        eprintln!("no row for {side}, with {skipped} skipped run(s)");
+        return 0;
+    }
     assert!(!mine.is_empty(), "no row for {side}: {rows:?}");
     let (mut rx, mut tx, mut retrans) = (0, 0, 0);
     let mut ticks = BTreeSet::new();
@@ -108,8 +117,18 @@ fn check_side(rows: &[Value], side: &Value) -> usize {
         rx += u(r, "rx_bytes");
         tx += u(r, "tx_bytes");
     }
-    assert_eq!(rx, u(side, "received"), "RX of {side}: {mine:?}");
-    assert_eq!(tx, u(side, "sent"), "TX of {side}: {mine:?}");
+    if skipped == 0 {
+        assert_eq!(rx, u(side, "received"), "RX of {side}: {mine:?}");
+        assert_eq!(tx, u(side, "sent"), "TX of {side}: {mine:?}");
+    } else {
+        assert!(rx <= u(side, "received"), "RX of {side}: {mine:?}");
+        assert!(tx <= u(side, "sent"), "TX of {side}: {mine:?}");
+        eprintln!(
+            "{skipped} skipped run(s): RX {rx} of {}, TX {tx} of {}",
+            u(side, "received"),
+            u(side, "sent")
+        );
+    }
     assert!(retrans <= tx, "more resent than sent by {side}: {mine:?}");
     ticks.len()
 }
@@ -147,10 +166,10 @@ fn both_ways_mode(addr: &str, how: &str, env: &[(&str, &str)], walk: bool) {
         ],
     );
     std::thread::sleep(SETTLE);
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     assert_eq!(u(&cli, "sent"), 1_000_000);
-    check_side(&trace.rows, &srv);
-    check_side(&trace.rows, &cli);
+    check_side(&trace.rows, &srv, trace.skipped);
+    check_side(&trace.rows, &cli, trace.skipped);
     if walk {
         return;
     }
@@ -215,9 +234,9 @@ fn walk_session_within_one_interval() {
     );
     let (s6, c6) = transfer(&ns, &["--addr", "::1", "--send", "77777", "--reply", "999"]);
     std::thread::sleep(SETTLE);
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     for side in [&s4, &c4, &s6, &c6] {
-        check_side(&trace.rows, side);
+        check_side(&trace.rows, side, trace.skipped);
     }
     // all of it in the one interval that Ctrl-C ended: no walk saw these sessions
     for r in &trace.rows {
@@ -261,15 +280,15 @@ fn walk_older_connection_counted_from_start() {
     g.go();
     let lines = g.finish(Duration::from_secs(30));
     std::thread::sleep(SETTLE);
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     let role = |r: &str| lines.iter().find(|v| v["role"] == r).unwrap().clone();
     let (mut srv, mut cli) = (role("server"), role("client"));
     assert_eq!(u(&cli, "lport"), u(&ready, "lport"));
     // what moved while the tool ran
     cli["sent"] = (u(&cli, "sent") - 200_000).into();
     srv["received"] = (u(&srv, "received") - 200_000).into();
-    check_side(&trace.rows, &srv);
-    check_side(&trace.rows, &cli);
+    check_side(&trace.rows, &srv, trace.skipped);
+    check_side(&trace.rows, &cli, trace.skipped);
 }
 
 #[test]
@@ -334,9 +353,9 @@ fn pid_filter_mode(walk: bool) {
     g.go();
     let lines = g.finish(Duration::from_secs(30));
     std::thread::sleep(SETTLE);
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     let cli = lines.iter().find(|v| v["role"] == "client").unwrap();
-    check_side(&trace.rows, cli);
+    check_side(&trace.rows, cli, trace.skipped);
     for r in &trace.rows {
         assert_eq!(u(r, "pid").to_string(), pid, "another process: {r}");
     }
@@ -360,14 +379,14 @@ fn family_filter_mode(flag: &str, want: u64, walk: bool) {
     );
     let (s6, c6) = transfer(&ns, &["--addr", "::1", "--send", "6666", "--reply", "66"]);
     std::thread::sleep(SETTLE);
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     let (keep, gone) = if want == 4 {
         ([s4, c4], [s6, c6])
     } else {
         ([s6, c6], [s4, c4])
     };
     for side in &keep {
-        check_side(&trace.rows, side);
+        check_side(&trace.rows, side, trace.skipped);
     }
     for side in &gone {
         assert!(
@@ -453,11 +472,11 @@ fn live_intervals(walk: bool) {
     );
     let lines = g.finish(Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(1200));
-    let trace = t.stop();
+    let trace = t.stop_with_skips();
     let cli = lines.iter().find(|v| v["role"] == "client").unwrap();
     let srv = lines.iter().find(|v| v["role"] == "server").unwrap();
-    assert!(check_side(&trace.rows, cli) >= 3);
-    check_side(&trace.rows, srv);
+    assert!(check_side(&trace.rows, cli, trace.skipped) >= 3);
+    check_side(&trace.rows, srv, trace.skipped);
 }
 
 /// `tcptop 1 2`: two intervals, then it exits by itself, with the lost record last.
