@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 mod bench;
+mod rerun;
 mod scale;
 mod vmtest;
 
@@ -212,11 +213,12 @@ fn cmd_test(args: &[OsString]) -> Res {
     ]))?;
     // release: the tests run the tool as users run it (the scale tests' hundreds of thousands of rows
     // outrun an unoptimised build's reader)
-    step(
-        cargo()
-            .args(["test", "--workspace", "--release"])
-            .args(extra),
-    )
+    // every test binary runs (--no-fail-fast); one that failed only on runs the kernel skipped is
+    // run again (src/rerun.rs)
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--release", "--no-fail-fast"])
+        .args(extra);
+    rerun::cargo_test(test, &workspace_root())
 }
 
 fn cmd_install(args: &[OsString]) -> Res {

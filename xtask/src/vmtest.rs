@@ -536,7 +536,26 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
                 ))
             })
             .unwrap_or((-1, 0.0));
-        let parsed = parse_libtest(&log);
+        let mut parsed = parse_libtest(&log);
+        // tests run again after failing on skipped runs only (vm/guest.sh, src/rerun.rs)
+        let reruns: Vec<(String, bool)> = read(&format!("{}.reruns", t.name))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, v)| (name.to_string(), v == "pass"))
+            .collect();
+        for (name, passed) in &reruns {
+            eprintln!(
+                "xtask: vmtest: [{tag}] {}: {name} failed on runs the kernel skipped; rerun: {}",
+                t.name,
+                if *passed { "pass" } else { "fail" }
+            );
+            if *passed {
+                parsed.failures.retain(|f| &f.name != name);
+                parsed.failed = parsed.failed.saturating_sub(1);
+                parsed.passed += 1;
+            }
+        }
         let status = if skipped.is_some() {
             "skip"
         } else if rc.is_none() {
@@ -596,6 +615,20 @@ fn run_one(vm: &Vm, path: &str, tests: &[TestBin], o: &Opts) -> Res<(&'static st
             ("source", vm.source.map(s).unwrap_or(Json::Null)),
             ("rootfs", s(if boot.virtiofs { "virtiofs" } else { "9p" })),
             ("args", Json::Arr(o.test_args.iter().map(s).collect())),
+            (
+                "reruns",
+                Json::Arr(
+                    reruns
+                        .iter()
+                        .map(|(name, passed)| {
+                            obj([
+                                ("name", s(name)),
+                                ("result", s(if *passed { "pass" } else { "fail" })),
+                            ])
+                        })
+                        .collect(),
+                ),
+            ),
         ];
         if let Some(why) = &skipped {
             rec.push(("skipped", s(why)));
@@ -998,37 +1031,22 @@ struct Failure {
 
 fn parse_libtest(log: &str) -> Libtest {
     let mut r = Libtest::default();
-    let mut failed_names = Vec::new();
     for line in log.lines() {
         if let Some(rest) = line.strip_prefix("test ") {
             if rest.ends_with(" ... ok") {
                 r.passed += 1;
-            } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
+            } else if rest.ends_with(" ... FAILED") {
                 r.failed += 1;
-                failed_names.push(name.to_string());
             } else if rest.contains(" ... ignored") {
                 r.ignored += 1;
             }
         }
     }
-    for name in failed_names {
-        let head = format!("---- {name} stdout ----\n");
-        let body = match log.find(&head) {
-            Some(at) => {
-                let body = &log[at + head.len()..];
-                let end = [body.find("\n---- "), body.find("\n\nfailures:\n")]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(body.len());
-                body[..end].trim()
-            }
-            None => "",
-        };
+    for (name, body) in crate::rerun::failure_blocks(log) {
         r.failures.push(Failure {
             name,
-            summary: summarize(body),
-            message: shorten(body, 25, 2500),
+            summary: summarize(&body),
+            message: shorten(&body, 25, 2500),
         });
     }
     r
