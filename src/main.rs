@@ -3,15 +3,18 @@
 
 mod attach;
 mod cli;
+mod dropreason;
 mod filter;
 mod flows;
 mod format;
 mod hist;
+mod http;
 mod journal;
 mod ksym;
 mod manual;
 mod output;
 mod runtime;
+mod serve;
 mod symbolize;
 mod tools;
 
@@ -26,6 +29,7 @@ fn usage() -> String {
         "sockray: Linux TCP tracing on eBPF (BCC's network tools, on stable tracepoints)\n\n\
          usage: sockray <tool> [flags]    (or run a symlink named after the tool)\n\
          \x20      sockray <tool> --help     the tool's flags and examples\n\
+         \x20      sockray serve [--listen ADDR:PORT]  TCP metrics for Prometheus (/metrics)\n\
          \x20      sockray completions bash|zsh|fish   the shell completion script\n\n\
          tools, by the question they answer:\n",
     );
@@ -93,6 +97,17 @@ fn main() -> ExitCode {
         }
         "completions" => manual::completions_main(&args[2..]),
         "man" => manual::man_main(&args[2..]),
+        "serve" => {
+            runtime::install_signal_handlers();
+            args.remove(0);
+            match runtime::finish(serve::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    cli::say(format_args!("sockray serve: {e:#}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         "--list-tools" => {
             for t in tools::TOOLS {
                 println!("{}", t.name);

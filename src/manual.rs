@@ -73,6 +73,7 @@ pub fn command_tree() -> Command {
                         .value_parser(clap::value_parser!(Shell)),
                 ),
         )
+        .subcommand(crate::serve::command())
         .subcommand(
             Command::new("man")
                 .about("Write the man pages (section 8) into DIR")

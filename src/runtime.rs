@@ -1314,6 +1314,12 @@ fn lost_counter(obj: &Object, slot: u32) -> u64 {
 
 /// A loaded program's `recursion_misses` (0 before Linux 5.12, which does not count them).
 fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    prog_info(fd).map_or(0, |i| i.recursion_misses)
+}
+
+/// The kernel's fixed facts and counters of a loaded program (run_cnt and run_time_ns count while
+/// BPF statistics are on: `sysctl kernel.bpf_stats_enabled`, or an fd from BPF_ENABLE_STATS).
+pub fn prog_info(fd: std::os::fd::BorrowedFd<'_>) -> Option<libbpf_rs::libbpf_sys::bpf_prog_info> {
     use libbpf_rs::libbpf_sys;
     use std::os::fd::AsRawFd;
     let mut info = libbpf_sys::bpf_prog_info::default();
@@ -1327,7 +1333,7 @@ fn prog_recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
             &mut len,
         )
     };
-    if rc == 0 { info.recursion_misses } else { 0 }
+    (rc == 0).then_some(info)
 }
 
 /// Copies an event out of ring-buffer bytes into its skeleton type.

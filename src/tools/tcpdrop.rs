@@ -16,6 +16,7 @@ use libbpf_rs::{MapCore as _, MapFlags};
 
 use crate::attach;
 use crate::cli::{self, Common, FamilyArgs, PortArgs, ScopeArgs, SocketTable, load_tool};
+use crate::dropreason::Reasons;
 use crate::filter::{Filters, parse_id};
 use crate::format::{ip_addr, ip_version, owner_fields, tcp_state};
 use crate::output::{Col, Fields, Mode, Printer, TimeCols, Value};
@@ -77,52 +78,6 @@ struct Args {
 /// Bits of the in-kernel reason filter (bpf/tcpdrop.h TCPDROP_REASON_BITS).
 const REASON_BITS: usize = 512;
 
-/// The running kernel's drop reasons: number -> name without the `SKB_DROP_REASON_` (or `SKB_`) prefix,
-/// as the kernel's own drop_reason strings.
-#[derive(Debug, Default, Clone)]
-struct Reasons(HashMap<u32, String>);
-
-impl Reasons {
-    /// From vmlinux BTF's `enum skb_drop_reason`; empty when the kernel has none (before 5.17).
-    fn from_kernel() -> Reasons {
-        use libbpf_rs::btf::{Btf, types::Enum};
-        let Ok(btf) = Btf::from_vmlinux() else {
-            return Reasons::default();
-        };
-        let Some(e) = btf.type_by_name::<Enum>("skb_drop_reason") else {
-            return Reasons::default();
-        };
-        Reasons::from_members(
-            e.iter()
-                .filter_map(|m| Some((m.name?.to_string_lossy().into_owned(), m.value as u32))),
-        )
-    }
-
-    fn from_members(members: impl Iterator<Item = (String, u32)>) -> Reasons {
-        Reasons(
-            members
-                .filter(|(n, _)| !n.ends_with("_MAX") && n != "SKB_DROP_REASON_MAX")
-                .map(|(n, v)| (v, short_name(&n).to_string()))
-                .collect(),
-        )
-    }
-
-    fn name(&self, reason: u32) -> Option<&str> {
-        self.0.get(&reason).map(String::as_str)
-    }
-
-    fn number(&self, name: &str) -> Option<u32> {
-        let want = short_name(&name.trim().to_ascii_uppercase()).to_string();
-        self.0.iter().find(|(_, n)| **n == want).map(|(v, _)| *v)
-    }
-}
-
-fn short_name(n: &str) -> &str {
-    n.strip_prefix("SKB_DROP_REASON_")
-        .or_else(|| n.strip_prefix("SKB_"))
-        .unwrap_or(n)
-}
-
 /// Frees that are no drops, and the reason BCC leaves out too (reason <= NOT_SPECIFIED).
 const NOT_DROPS: &[&str] = &["NOT_DROPPED_YET", "CONSUMED", "NOT_SPECIFIED"];
 
@@ -156,14 +111,6 @@ fn reason_filter(reasons: &Reasons, named: &[String]) -> Result<([u8; REASON_BIT
         high |= r as usize >= REASON_BITS;
     }
     Ok((bits, high))
-}
-
-impl Reasons {
-    fn sorted_names(&self) -> Vec<&str> {
-        let mut v: Vec<(u32, &str)> = self.0.iter().map(|(k, n)| (*k, n.as_str())).collect();
-        v.sort();
-        v.into_iter().map(|(_, n)| n).collect()
-    }
 }
 
 fn columns() -> Vec<Col> {

@@ -67,7 +67,7 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 
 /// What the tests need besides (`ip netns`; systemd-journald and journalctl for `tcpstates -Y`).
-pub(crate) const TEST_PACKAGES: &[&str] = &["iproute2", "systemd"];
+pub(crate) const TEST_PACKAGES: &[&str] = &["iproute2", "systemd", "prometheus"];
 
 /// What the bench needs besides (libbpf-tools is its baseline; `taskset` from util-linux pins the load
 /// generator).
