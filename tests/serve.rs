@@ -550,3 +550,58 @@ fn series_budget_folds() {
     assert!(own + other >= 12.0, "connections missing: {dump}");
     t.stop_text();
 }
+
+/// A person watching a dashboard: one connection at a time, each one in the next scrape while serve
+/// keeps running (the counters follow a trickle, not only a flood).
+#[test]
+fn counters_follow_a_trickle() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let port = pick_port();
+    let t = serve(port, &[]);
+    let ns = Netns::new();
+    let mut expected_bytes = 0;
+    // the sum over this client's series (each session listens on a port of its own)
+    let sum = |m: &BTreeMap<String, f64>, metric: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(&format!("{metric}{{comm=\"st-cli\",role=\"client\"")))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    for i in 1..=3u32 {
+        let mut s = Session::new("127.0.0.1", 0, "st-srv", "st-cli");
+        s.hold_ms = 0;
+        let o = s.run(&ns);
+        expected_bytes += o.clients[0].sent;
+        let m = scrape_until(port, |m| {
+            sum(m, "sockray_tcp_sessions_closed_total") >= i as f64
+        });
+        let dump = format!("{m:#?}");
+        assert_eq!(
+            sum(&m, "sockray_tcp_connections_opened_total"),
+            i as f64,
+            "{dump}"
+        );
+        assert_eq!(
+            sum(&m, "sockray_tcp_sessions_closed_total"),
+            i as f64,
+            "{dump}"
+        );
+        assert_eq!(
+            sum(&m, "sockray_tcp_session_sent_bytes_total"),
+            expected_bytes as f64,
+            "{dump}"
+        );
+        let p = o.port();
+        let key = format!("{{comm=\"st-cli\",role=\"client\",port=\"{p}\"}}");
+        assert_eq!(
+            val(&m, &format!("sockray_tcp_connections_opened_total{key}")),
+            1.0,
+            "{dump}"
+        );
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    t.stop_text();
+}

@@ -1652,9 +1652,14 @@ mod tests {
     fn cpu_time_of_this_process_is_read() {
         // burn a little CPU so the counter is above zero (black_box: an optimised build would otherwise
         // compute the sum in closed form and burn nothing)
+        // The kernel samples CPU time in ticks: a short burn may be charged none, so burn until it is
+        // (a reader that always says 0 still fails, after 5 s)
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = x.wrapping_add(std::hint::black_box(i) * i);
+        while cpu_seconds(std::process::id()) == 0.0 && start.elapsed().as_secs() < 5 {
+            for i in 0..20_000_000u64 {
+                x = x.wrapping_add(std::hint::black_box(i) * i);
+            }
         }
         assert!(x > 0);
         assert!(cpu_seconds(std::process::id()) > 0.0);

@@ -300,7 +300,25 @@ fn cmd_install(args: &[OsString]) -> Res {
         bin_dir.display(),
         linked.join(" ")
     );
-    install_docs(&built, &prefix, &tools)
+    install_docs(&built, &prefix, &tools)?;
+    install_unit(&prefix, &bin_dir)
+}
+
+/// The systemd unit of `sockray serve` (dist/sockray-serve.service) into `<prefix>/lib/systemd/system`,
+/// running the binary in `bin_dir` (where it is once installed: /usr/bin for the package).
+fn install_unit(prefix: &Path, bin_dir: &Path) -> Res {
+    let src = workspace_root().join("dist/sockray-serve.service");
+    let text = fs::read_to_string(&src).map_err(|e| io_fail("cannot read", &src, e))?;
+    let dir = prefix.join("lib/systemd/system");
+    fs::create_dir_all(&dir).map_err(|e| io_fail("cannot create", &dir, e))?;
+    let dest = dir.join("sockray-serve.service");
+    fs::write(&dest, text.replace("@BINDIR@", &bin_dir.to_string_lossy()))
+        .map_err(|e| io_fail("cannot write", &dest, e))?;
+    println!(
+        "installed {} (`systemctl daemon-reload; systemctl enable --now sockray-serve`)",
+        dest.display()
+    );
+    Ok(())
 }
 
 /// Where the .deb puts the tools' names: not /usr/sbin, where Debian's libbpf-tools puts its own
@@ -367,6 +385,7 @@ fn stage_deb(
             .map_err(|e| io_fail("cannot create symlink", &link, e))?;
     }
     install_docs(bin, &root.join("usr"), tools)?;
+    install_unit(&root.join("usr"), Path::new("/usr/bin"))?;
     let doc = root.join("usr/share/doc/sockray");
     fs::create_dir_all(&doc).map_err(|e| io_fail("cannot create", &doc, e))?;
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -863,6 +882,14 @@ mod tests {
             read("fish/vendor_completions.d/tcplife.fish"),
             "script fish tcplife\n"
         );
+        assert!(install_unit(&prefix, Path::new("/opt/x/bin")).is_ok());
+        let unit =
+            fs::read_to_string(prefix.join("lib/systemd/system/sockray-serve.service")).unwrap();
+        assert!(
+            unit.contains("ExecStart=/opt/x/bin/sockray serve"),
+            "{unit}"
+        );
+        assert!(!unit.contains('@'), "{unit}");
         // a binary that fails is an error, not a silent gap
         fs::write(&bin, "#!/bin/sh\nexit 1\n").unwrap();
         assert!(install_docs(&bin, &prefix, &tools).is_err());
@@ -913,6 +940,7 @@ mod tests {
             "./usr/share/zsh/vendor-completions/_sockray",
             "./usr/share/fish/vendor_completions.d/tcptop.fish",
             "./usr/share/doc/sockray/copyright",
+            "./usr/lib/systemd/system/sockray-serve.service",
         ] {
             assert!(
                 contents.contains(want),
