@@ -55,12 +55,7 @@ pub mod walkskel {
 /// for the fallback that reads its return value (bpf/tcptop.bpf.c); 0 when not known, or when the
 /// kernel has sock:sock_recv_length (6.3+), which is used instead.
 pub fn recvmsg_nargs() -> u32 {
-    let has_tp = crate::attach::tracefs_root().is_some_and(|t| {
-        std::path::Path::new(t)
-            .join("events/sock/sock_recv_length")
-            .is_dir()
-    });
-    if has_tp {
+    if crate::attach::tracepoint_in_kernel("sock_recv_length") {
         return 0;
     }
     // SAFETY: libbpf's BTF API: the loaded BTF is freed before return, the type pointers it gives are

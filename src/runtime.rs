@@ -86,10 +86,11 @@ pub fn preflight(tool: &str) -> Result<()> {
     Ok(())
 }
 
-/// Classic tracepoints are attached through tracefs; mount it when it is missing and we may.
+/// Classic tracepoints are attached through tracefs; mount it when it is missing and we may. Not an
+/// error when it cannot be: typed and raw tracepoints need no tracefs, and a hook that has nothing else
+/// says so when it is probed (attach::tracefs_missing).
 fn ensure_tracefs() -> Result<()> {
-    let mounted = |p: &str| Path::new(p).join("events").is_dir();
-    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+    if attach::tracefs_root().is_some() || attach::tracefs_mount().is_some() {
         return Ok(());
     }
     let target = c"/sys/kernel/tracing";
@@ -103,11 +104,11 @@ fn ensure_tracefs() -> Result<()> {
             std::ptr::null(),
         )
     };
-    if rc != 0 || !mounted("/sys/kernel/tracing") {
-        bail!(
-            "tracefs is not mounted and could not be mounted ({}): run `mount -t tracefs tracefs /sys/kernel/tracing`",
+    if rc != 0 {
+        crate::cli::debug(format_args!(
+            "tracefs is not mounted and could not be mounted ({}): classic tracepoints cannot be used",
             std::io::Error::last_os_error()
-        );
+        ));
     }
     Ok(())
 }
@@ -1200,6 +1201,10 @@ impl UnseenCount {
                 };
                 let _ = UNSEEN.set(u);
             }
+            Err(_) if attach::tracefs_unreadable() => crate::cli::say(format_args!(
+                "sockray: state changes the kernel skipped are not counted: {}",
+                attach::tracefs_missing()
+            )),
             Err(e) => crate::cli::debug(format_args!(
                 "not counting state changes no program saw: {e:#}"
             )),
