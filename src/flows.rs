@@ -165,17 +165,32 @@ fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
         }
         let path = std::path::Path::new("/proc").join(&name).join("ns/net");
         // a process that exited meanwhile, or a kernel thread: nothing to walk
-        let Ok(md) = std::fs::metadata(&path) else {
-            continue;
+        let md = match std::fs::metadata(&path) {
+            Ok(md) => md,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    not_walked("see another user's process's /proc/PID/ns/net: CAP_SYS_PTRACE");
+                }
+                continue;
+            }
         };
         if !seen.insert(md.ino()) {
             continue;
         }
-        let Ok(ns) = std::fs::File::open(&path) else {
-            continue;
+        let ns = match std::fs::File::open(&path) {
+            Ok(ns) => ns,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    not_walked("open /proc/PID/ns/net of another user's process: CAP_SYS_PTRACE");
+                }
+                continue;
+            }
         };
         // SAFETY: setns on open namespace files; this thread only, and back to its own before return
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+                not_walked("enter another network namespace (setns): CAP_SYS_ADMIN");
+            }
             continue;
         }
         let it = libbpf_rs::Iter::new(link);
@@ -194,6 +209,18 @@ fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
         started.elapsed()
     ));
     Ok(())
+}
+
+/// Says once (stderr) that the sockets of other network namespaces are not walked, for want of the
+/// capability `what` names: their bytes are counted only when they close.
+fn not_walked(what: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        crate::cli::say(format_args!(
+            "sockray: --walk: the sockets of other network namespaces are not all walked (to {what}); \
+             their bytes are counted when they close"
+        ));
+    }
 }
 
 impl<'obj> Counting<'obj> {

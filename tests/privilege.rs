@@ -514,3 +514,69 @@ fn without_capabilities_every_tool_says_what_it_needs() {
         assert_eq!(err.trim().lines().count(), 1, "{tool}: {err}");
     }
 }
+
+/// `--cgroupmap` (BCC's pinned map of cgroup ids): a pinned map is a file; on a bpf file system of
+/// mode 700 this user may not open it, and the tool says what it needs (not "not a pinned map"); once
+/// the file and its directory are opened to it, the filter works with the two capabilities.
+#[test]
+fn cgroupmap_needs_access_to_the_pinned_map() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let root = cgroup2_root().expect("a cgroup v2 mount");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    let pinned = PinnedIds::new("pv", &[cgroup_id_of(&format!("{root}{own}"))]);
+    let dir = std::path::Path::new(&pinned.path).parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let err = fails(TWO, "tcpconnect", &["--cgroupmap", &pinned.path]);
+    assert!(
+        err.contains("may not open the pinned map") && err.contains("CAP_DAC_OVERRIDE"),
+        "{err}"
+    );
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&pinned.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let ns = Netns::new();
+    let t = start(TWO, "tcpconnect", &["--cgroupmap", &pinned.path]);
+    let out = session(&ns, "pv-srv", "pv-cgm");
+    std::thread::sleep(SETTLE);
+    let trace = t.stop();
+    row_of(&trace.rows, out.client_pid, "pv-cgm", |r| {
+        r["dport"].as_u64() == Some(out.port())
+    });
+}
+
+/// `--walk` (tcptop, tcpsubnet) walks the sockets of other network namespaces by entering them, which
+/// takes CAP_SYS_ADMIN (and CAP_SYS_PTRACE to open another user's /proc/PID/ns/net): without them it
+/// says so, and counts those sockets' bytes when they close.
+#[test]
+fn walk_says_what_other_namespaces_need() {
+    if !require_bpf() {
+        return;
+    }
+    let _g = serial();
+    let ns = Netns::new();
+    let t = start(TWO, "tcptop", &["--walk", "1"]);
+    let (_, cli) = transfer(&ns, "pv-walk", 100_000);
+    std::thread::sleep(Duration::from_millis(1300));
+    let trace = t.stop();
+    assert!(
+        trace
+            .stderr
+            .contains("the sockets of other network namespaces are not all walked"),
+        "{}",
+        trace.stderr
+    );
+    let tx: u64 = trace
+        .rows
+        .iter()
+        .filter(|r| r["pid"].as_u64() == Some(u(&cli, "pid")) && r["comm"] == "pv-walk")
+        .filter_map(|r| r["tx_bytes"].as_u64())
+        .sum();
+    assert_eq!(tx, u(&cli, "sent"), "{:#?}", trace.rows);
+}
