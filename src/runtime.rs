@@ -65,7 +65,12 @@ fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
+const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_SYS_ADMIN: u32 = 21;
+
+fn has_cap(c: u32) -> bool {
+    effective_caps() & (1u64 << c) != 0
+}
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -614,11 +619,33 @@ pub fn prealloc_maps_if_needed(obj: &mut OpenObject) {
 pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
     let msg = e.to_string();
     let hint = if msg.contains("Operation not permitted") || msg.contains("EPERM") {
-        " (permission denied by the kernel: run as root, check lockdown/SELinux, or kernel.unprivileged_bpf_disabled)"
+        match memlock_limit() {
+            // not root: before Linux 5.11 every map counts against this user's locked-memory limit
+            Some(kib) if !has_cap(CAP_SYS_RESOURCE) => format!(
+                " (permission denied by the kernel: kernels before Linux 5.11 count BPF maps against \
+                 RLIMIT_MEMLOCK, {kib} KiB here: raise it (ulimit -l unlimited; systemd: \
+                 LimitMEMLOCK=infinity) or add CAP_SYS_RESOURCE; else run as root, check \
+                 lockdown/SELinux)"
+            ),
+            _ => " (permission denied by the kernel: run as root, check lockdown/SELinux, or \
+                  kernel.unprivileged_bpf_disabled)"
+                .to_string(),
+        }
     } else {
-        " (run with --verbose for libbpf's log)"
+        " (run with --verbose for libbpf's log)".to_string()
     };
     anyhow!("{tool}: loading the BPF programs failed: {msg}{hint}")
+}
+
+/// This process's locked-memory limit in KiB; None when unlimited.
+fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) };
+    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur / 1024)
 }
 
 /// Attaches every chosen program (not iterators); the links detach when dropped.
