@@ -172,7 +172,8 @@ fn vmlinux_btf() -> Option<&'static VmlinuxBtf> {
     BTF.get_or_init(|| {
         // SAFETY: libbpf's loader; an error comes back as a null or an encoded negative pointer.
         let btf = unsafe { libbpf_sys::btf__load_vmlinux_btf() };
-        (!btf.is_null() && !(btf as isize > -4096 && (btf as isize) < 0)).then_some(VmlinuxBtf(btf))
+        let failed = btf.is_null() || (-4096..0).contains(&(btf as isize));
+        (!failed).then_some(VmlinuxBtf(btf))
     })
     .as_ref()
 }
