@@ -131,8 +131,12 @@ pub fn tracefs_root() -> Option<&'static str> {
 /// Where tracefs is mounted, from the mount table (readable by every user, unlike tracefs itself, whose
 /// root is mode 700 by default): None when it is not mounted.
 pub fn tracefs_mount() -> Option<String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mount_of_type(&table, "tracefs")
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    AT.get_or_init(|| {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        mount_of_type(&table, "tracefs")
+    })
+    .clone()
 }
 
 /// The first mount point of a file-system type in /proc/self/mountinfo's text.
@@ -344,7 +348,8 @@ fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
             return Err("this kernel has no BTF".into());
         }
         // cheap checks only; the kernel's own verdict comes at load (then a strict retry)
-        if kind == Kind::TpBtf && !tracepoint_in_kernel(target) {
+        // (where tracefs cannot be read, the load decides: a BTF parse here would cost ~5 ms)
+        if kind == Kind::TpBtf && tracefs_has(target) == Some(false) {
             return Err(format!("no tracepoint {target} in this kernel"));
         }
         return Ok(());
