@@ -317,6 +317,8 @@ fn tcpdrop_with_bpf_and_perfmon() {
     );
 }
 
+/// A listener of backlog 2 and 6 clients: 3 queued, the others' SYNs dropped; the overflows are
+/// counted as the namespace's ListenOverflows counts them (the drop reason's number read from BTF).
 #[test]
 fn tcpsynbl_with_bpf_and_perfmon() {
     if !require_bpf() {
@@ -326,6 +328,7 @@ fn tcpsynbl_with_bpf_and_perfmon() {
     let ns = Netns::new();
     let port = pick_port().to_string();
     let t = start(TWO, "tcpsynbl", &["-L", &port]);
+    let ovf0 = tcp_counter(&ns, "ListenOverflows");
     let lines = run_gen(
         &ns,
         &gen_args(&[
@@ -335,20 +338,31 @@ fn tcpsynbl_with_bpf_and_perfmon() {
             "--port",
             &port,
             "--backlog",
-            "4",
+            "2",
             "--clients",
-            "3",
+            "6",
+            "--hold-ms",
+            "1500",
         ]),
     );
+    let overflows = tcp_counter(&ns, "ListenOverflows") - ovf0;
     std::thread::sleep(SETTLE);
     let trace = t.stop();
+    assert!(
+        !trace.stderr.contains("overflows are not counted")
+            && !trace.stderr.contains("queue are not counted"),
+        "{}",
+        trace.stderr
+    );
     let l = lines
         .iter()
-        .find(|l| l["pid"].is_u64() && l["role"].as_str().is_some_and(|r| r.contains("listen")))
+        .find(|l| l["role"] == "backlog-listen")
         .unwrap_or_else(|| panic!("no listener line: {lines:?}"));
-    row_of(&trace.rows, u(l, "pid"), s(l, "comm"), |r| {
+    assert!(overflows >= 3, "the kernel dropped no SYN? {overflows}");
+    let r = row_of(&trace.rows, u(l, "pid"), s(l, "comm"), |r| {
         r["count"].as_u64().is_some_and(|n| n > 0)
     });
+    assert_eq!(u(r, "overflows"), overflows, "{r}");
 }
 
 #[test]
