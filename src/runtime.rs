@@ -637,6 +637,22 @@ pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
     anyhow!("{tool}: loading the BPF programs failed: {msg}{hint}")
 }
 
+/// Classic tracepoints and kprobes are attached through perf events; at kernel.perf_event_paranoid 3
+/// (Debian's default, a patch of its kernels) some kernels open them only for CAP_SYS_ADMIN, whatever
+/// CAP_PERFMON says (Debian's 5.10). Empty when that is not the case here.
+fn perf_paranoid_hint() -> String {
+    let level = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    match level {
+        Some(n) if n > 2 && !has_cap(CAP_SYS_ADMIN) => format!(
+            "; kernel.perf_event_paranoid is {n}, at which this kernel may open perf events only for \
+             CAP_SYS_ADMIN: set it to 2 (sysctl kernel.perf_event_paranoid=2) or run as root"
+        ),
+        _ => String::new(),
+    }
+}
+
 /// This process's locked-memory limit in KiB; None when unlimited.
 fn memlock_limit() -> Option<u64> {
     let mut r = libc::rlimit {
@@ -667,10 +683,15 @@ pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
         }
         let link = prog.attach().with_context(|| {
             format!(
-                "attaching {}/{} ({})",
+                "attaching {}/{} ({}){}",
                 c.kind.name(),
                 c.target,
-                attach::hook_hint(&c.target)
+                attach::hook_hint(&c.target),
+                if matches!(c.kind, Kind::Tracepoint | Kind::Kprobe | Kind::Kretprobe) {
+                    perf_paranoid_hint()
+                } else {
+                    String::new()
+                }
             )
         });
         match link {
