@@ -432,7 +432,8 @@ fn tcprtt_with_bpf_and_perfmon() {
 
 #[test]
 fn tcptop_with_bpf_and_perfmon() {
-    if !require_bpf() {
+    // (a forced tracepoint path on a kernel before 6.3: the tool's error is checked there)
+    if !length_hooks_run("tcptop") {
         return;
     }
     let _g = serial();
@@ -451,6 +452,21 @@ fn tcpcong_with_bpf_and_perfmon() {
     if !require_bpf() {
         return;
     }
+    // a tracepoint path forced (vmtest --path) on a kernel without tcp:tcp_cong_state_set (before
+    // 5.19): the tool refuses, which tests/tcpcong checks
+    let forced = std::env::var("SOCKRAY_ATTACH").unwrap_or_default();
+    if matches!(forced.as_str(), "raw_tp" | "tp_btf" | "tracepoint")
+        && !["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .iter()
+            .any(|t| {
+                std::path::Path::new(t)
+                    .join("events/tcp/tcp_cong_state_set")
+                    .is_dir()
+            })
+    {
+        eprintln!("note: SOCKRAY_ATTACH={forced}: no tcp_cong_state_set here");
+        return;
+    }
     let _g = serial();
     let ns = Netns::new();
     let t = start(TWO, "tcpcong", &["1"]);
@@ -464,7 +480,8 @@ fn tcpcong_with_bpf_and_perfmon() {
 
 #[test]
 fn tcpsubnet_with_bpf_and_perfmon() {
-    if !require_bpf() {
+    // (a forced tracepoint path on a kernel before 6.3: the tool's error is checked there)
+    if !length_hooks_run("tcpsubnet") {
         return;
     }
     let _g = serial();
