@@ -128,6 +128,115 @@ pub fn tracefs_root() -> Option<&'static str> {
         .find(|p| Path::new(p).join("events").is_dir())
 }
 
+/// Where tracefs is mounted, from the mount table (readable by every user, unlike tracefs itself, whose
+/// root is mode 700 by default): None when it is not mounted.
+pub fn tracefs_mount() -> Option<String> {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    AT.get_or_init(|| {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        mount_of_type(&table, "tracefs")
+    })
+    .clone()
+}
+
+/// The first mount point of a file-system type in /proc/self/mountinfo's text.
+fn mount_of_type(mountinfo: &str, fstype: &str) -> Option<String> {
+    mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some(fstype))
+            .then(|| left.split_whitespace().nth(4).map(str::to_string))
+            .flatten()
+    })
+}
+
+/// Is tracefs mounted but unreadable by this user (a user with CAP_BPF+CAP_PERFMON only: its root is
+/// mode 700)? Then classic tracepoints cannot be attached, though the kernel has them.
+pub fn tracefs_unreadable() -> bool {
+    tracefs_root().is_none() && tracefs_mount().is_some()
+}
+
+/// Why a classic tracepoint cannot be used here for want of tracefs (its id, which perf_event_open
+/// needs, is read there; typed and raw tracepoints need no tracefs).
+pub fn tracefs_missing() -> String {
+    match tracefs_mount() {
+        Some(at) => format!(
+            "tracefs ({at}) is not readable by this user (uid {}): a classic tracepoint's id is read \
+             there; run as root, or add CAP_DAC_READ_SEARCH",
+            // SAFETY: getuid cannot fail.
+            unsafe { libc::getuid() }
+        ),
+        None => "tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".into(),
+    }
+}
+
+/// The kernel's BTF, loaded once per process (~4 ms), for questions tracefs would answer where tracefs
+/// cannot be read. None when the kernel has none.
+fn vmlinux_btf() -> Option<&'static VmlinuxBtf> {
+    static BTF: std::sync::OnceLock<Option<VmlinuxBtf>> = std::sync::OnceLock::new();
+    BTF.get_or_init(|| {
+        // SAFETY: libbpf's loader; an error comes back as a null or an encoded negative pointer.
+        let btf = unsafe { libbpf_sys::btf__load_vmlinux_btf() };
+        let failed = btf.is_null() || (-4096..0).contains(&(btf as isize));
+        (!failed).then_some(VmlinuxBtf(btf))
+    })
+    .as_ref()
+}
+
+/// vmlinux BTF, kept for the process's life (never freed; read only).
+struct VmlinuxBtf(*mut libbpf_sys::btf);
+// SAFETY: the BTF is only read after it is loaded (libbpf's BTF queries do not mutate it).
+unsafe impl Send for VmlinuxBtf {}
+// SAFETY: as above.
+unsafe impl Sync for VmlinuxBtf {}
+
+impl VmlinuxBtf {
+    fn find(&self, name: &str, kind: u32) -> Option<u32> {
+        let name = CString::new(name).ok()?;
+        // SAFETY: a valid BTF and NUL-terminated name.
+        let id = unsafe { libbpf_sys::btf__find_by_name_kind(self.0, name.as_ptr(), kind) };
+        (id > 0).then_some(id as u32)
+    }
+
+    /// The member names of the struct with this id.
+    fn members(&self, id: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        // SAFETY: the type pointer is valid while the BTF lives (for ever); a struct's btf_type is
+        // followed by vlen btf_member records (the BTF format), and names are NUL-terminated strings
+        // of the BTF.
+        unsafe {
+            let t = libbpf_sys::btf__type_by_id(self.0, id);
+            if t.is_null() {
+                return out;
+            }
+            let vlen = ((*t).info & 0xffff) as usize;
+            let members = t.add(1).cast::<libbpf_sys::btf_member>();
+            for i in 0..vlen {
+                let m = members.add(i).read_unaligned();
+                let name = libbpf_sys::btf__name_by_offset(self.0, m.name_off);
+                if !name.is_null() {
+                    out.push(
+                        std::ffi::CStr::from_ptr(name)
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Does the kernel have a tracepoint of this name (the event, without its category)? tracefs when it
+/// can be read, else vmlinux BTF (every tracepoint has a `btf_trace_<name>` type there).
+pub fn tracepoint_in_kernel(name: &str) -> bool {
+    tracefs_has(name).unwrap_or_else(|| {
+        vmlinux_btf().is_some_and(|b| {
+            b.find(&format!("btf_trace_{name}"), libbpf_sys::BTF_KIND_TYPEDEF)
+                .is_some()
+        })
+    })
+}
+
 /// Loads a two-instruction tracing program against a BTF id: the kernel's own answer to
 /// "can I use tp_btf / fentry on this target".
 fn probe_tracing(target: &str, attach_type: libbpf_sys::bpf_attach_type) -> Result<(), String> {
@@ -239,6 +348,7 @@ fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
             return Err("this kernel has no BTF".into());
         }
         // cheap checks only; the kernel's own verdict comes at load (then a strict retry)
+        // (where tracefs cannot be read, the load decides: a BTF parse here would cost ~5 ms)
         if kind == Kind::TpBtf && tracefs_has(target) == Some(false) {
             return Err(format!("no tracepoint {target} in this kernel"));
         }
@@ -262,9 +372,7 @@ fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
             }
         }
         Kind::Tracepoint => match tracefs_root() {
-            None => {
-                Err("tracefs is not mounted (mount -t tracefs tracefs /sys/kernel/tracing)".into())
-            }
+            None => Err(tracefs_missing()),
             Some(root) if Path::new(root).join("events").join(target).is_dir() => Ok(()),
             Some(_) => Err(format!("no tracepoint {target} in this kernel")),
         },
@@ -284,13 +392,29 @@ fn probe_uncached(kind: Kind, target: &str) -> Result<(), String> {
 /// Does the classic tracepoint `category/name` have a field of this name? Read from its format file in
 /// tracefs (one small read, no BTF parse): how a tool learns that a tracepoint gained an argument
 /// (e.g. tcp_retransmit_skb's `err`, which 6.18 has and older kernels lack). None when tracefs or the tracepoint is missing.
+/// Where tracefs cannot be read (a user with CAP_BPF+CAP_PERFMON only), the kernel's BTF answers: the
+/// record a tracepoint defined by its own TRACE_EVENT writes is `struct trace_event_raw_<name>`.
 pub fn tracepoint_has_field(tracepoint: &str, field: &str) -> Option<bool> {
-    let path = Path::new(tracefs_root()?)
-        .join("events")
-        .join(tracepoint)
-        .join("format");
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(format_has_field(&text, field))
+    if let Some(root) = tracefs_root() {
+        let path = Path::new(root)
+            .join("events")
+            .join(tracepoint)
+            .join("format");
+        let text = std::fs::read_to_string(path).ok()?;
+        return Some(format_has_field(&text, field));
+    }
+    let btf = vmlinux_btf()?;
+    let name = tracepoint.rsplit('/').next().unwrap_or(tracepoint);
+    let id = btf.find(
+        &format!("trace_event_raw_{name}"),
+        libbpf_sys::BTF_KIND_STRUCT,
+    )?;
+    let has = btf.members(id).iter().any(|m| m == field);
+    crate::cli::debug(format_args!(
+        "{tracepoint}: field {field} {} (from BTF: tracefs not readable)",
+        if has { "present" } else { "absent" }
+    ));
+    Some(has)
 }
 
 /// Is `field` among the fields a tracepoint format file declares (`field:TYPE NAME;` or `NAME[N];`)?
@@ -455,6 +579,23 @@ pub fn choose(obj: &mut OpenObject, tool: &str, verbose: bool) -> Result<Vec<Cho
                 continue;
             }
             let target = cands.first().map(|c| c.target.as_str()).unwrap_or("");
+            if tracefs_unreadable() && cands.iter().any(|c| c.kind == Kind::Tracepoint) {
+                bail!(
+                    "{group} needs the classic tracepoint {}, and {}{}",
+                    cands
+                        .iter()
+                        .filter(|c| c.kind == Kind::Tracepoint)
+                        .map(|c| c.target.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    tracefs_missing(),
+                    if cands.iter().all(|c| c.kind == Kind::Tracepoint) {
+                        String::new()
+                    } else {
+                        format!(" (the other hooks: {})", why.join("; "))
+                    }
+                );
+            }
             bail!(
                 "this kernel lacks the hook {group} needs ({}): {}",
                 hook_hint(target),
@@ -590,6 +731,21 @@ mod tests {
             &f.replace("int err;", "int state;"),
             "err"
         ));
+    }
+
+    #[test]
+    fn tracefs_in_the_mount_table() {
+        let t = "22 28 0:7 / /sys/kernel/debug rw,nosuid - debugfs debugfs rw\n\
+                 31 22 0:12 / /sys/kernel/tracing rw,nosuid,nodev,noexec,relatime shared:12 - tracefs tracefs rw\n";
+        assert_eq!(
+            mount_of_type(t, "tracefs").as_deref(),
+            Some("/sys/kernel/tracing")
+        );
+        assert_eq!(
+            mount_of_type(t, "debugfs").as_deref(),
+            Some("/sys/kernel/debug")
+        );
+        assert_eq!(mount_of_type(t, "bpf"), None);
     }
 
     #[test]

@@ -104,6 +104,15 @@ impl Scope {
             Some(m) => m,
             None => {
                 let map = libbpf_rs::MapHandle::from_pinned_path(path).map_err(|e| {
+                    if e.kind() == libbpf_rs::ErrorKind::PermissionDenied {
+                        return anyhow::anyhow!(
+                            "{flag} {}: this user may not open the pinned map ({e}): it needs read \
+                             and write permission on the file and search permission on its \
+                             directories (a bpf file system is mode 700 by default: chown or chmod \
+                             them, or add CAP_DAC_OVERRIDE)",
+                            path.display()
+                        );
+                    }
                     anyhow::anyhow!(
                         "{flag} {}: not a pinned BPF map ({e}); pin a hash map with 8-byte keys \
                          there first (e.g. bpftool map create {} type hash key 8 value 8 \

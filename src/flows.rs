@@ -55,12 +55,7 @@ pub mod walkskel {
 /// for the fallback that reads its return value (bpf/tcptop.bpf.c); 0 when not known, or when the
 /// kernel has sock:sock_recv_length (6.3+), which is used instead.
 pub fn recvmsg_nargs() -> u32 {
-    let has_tp = crate::attach::tracefs_root().is_some_and(|t| {
-        std::path::Path::new(t)
-            .join("events/sock/sock_recv_length")
-            .is_dir()
-    });
-    if has_tp {
+    if crate::attach::tracepoint_in_kernel("sock_recv_length") {
         return 0;
     }
     // SAFETY: libbpf's BTF API: the loaded BTF is freed before return, the type pointers it gives are
@@ -170,17 +165,32 @@ fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
         }
         let path = std::path::Path::new("/proc").join(&name).join("ns/net");
         // a process that exited meanwhile, or a kernel thread: nothing to walk
-        let Ok(md) = std::fs::metadata(&path) else {
-            continue;
+        let md = match std::fs::metadata(&path) {
+            Ok(md) => md,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    not_walked("see another user's process's /proc/PID/ns/net: CAP_SYS_PTRACE");
+                }
+                continue;
+            }
         };
         if !seen.insert(md.ino()) {
             continue;
         }
-        let Ok(ns) = std::fs::File::open(&path) else {
-            continue;
+        let ns = match std::fs::File::open(&path) {
+            Ok(ns) => ns,
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    not_walked("open /proc/PID/ns/net of another user's process: CAP_SYS_PTRACE");
+                }
+                continue;
+            }
         };
         // SAFETY: setns on open namespace files; this thread only, and back to its own before return
         if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+                not_walked("enter another network namespace (setns): CAP_SYS_ADMIN");
+            }
             continue;
         }
         let it = libbpf_rs::Iter::new(link);
@@ -199,6 +209,18 @@ fn run_walk(link: &libbpf_rs::Link) -> Result<()> {
         started.elapsed()
     ));
     Ok(())
+}
+
+/// Says once (stderr) that the sockets of other network namespaces are not walked, for want of the
+/// capability `what` names: their bytes are counted only when they close.
+fn not_walked(what: &str) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        crate::cli::say(format_args!(
+            "sockray: --walk: the sockets of other network namespaces are not all walked (to {what}); \
+             their bytes are counted when they close"
+        ));
+    }
 }
 
 impl<'obj> Counting<'obj> {

@@ -65,7 +65,12 @@ fn effective_caps() -> u64 {
         .unwrap_or(0)
 }
 
+const CAP_SYS_RESOURCE: u32 = 24;
 const CAP_SYS_ADMIN: u32 = 21;
+
+fn has_cap(c: u32) -> bool {
+    effective_caps() & (1u64 << c) != 0
+}
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -86,10 +91,11 @@ pub fn preflight(tool: &str) -> Result<()> {
     Ok(())
 }
 
-/// Classic tracepoints are attached through tracefs; mount it when it is missing and we may.
+/// Classic tracepoints are attached through tracefs; mount it when it is missing and we may. Not an
+/// error when it cannot be: typed and raw tracepoints need no tracefs, and a hook that has nothing else
+/// says so when it is probed (attach::tracefs_missing).
 fn ensure_tracefs() -> Result<()> {
-    let mounted = |p: &str| Path::new(p).join("events").is_dir();
-    if mounted("/sys/kernel/tracing") || mounted("/sys/kernel/debug/tracing") {
+    if attach::tracefs_root().is_some() || attach::tracefs_mount().is_some() {
         return Ok(());
     }
     let target = c"/sys/kernel/tracing";
@@ -103,11 +109,11 @@ fn ensure_tracefs() -> Result<()> {
             std::ptr::null(),
         )
     };
-    if rc != 0 || !mounted("/sys/kernel/tracing") {
-        bail!(
-            "tracefs is not mounted and could not be mounted ({}): run `mount -t tracefs tracefs /sys/kernel/tracing`",
+    if rc != 0 {
+        crate::cli::debug(format_args!(
+            "tracefs is not mounted and could not be mounted ({}): classic tracepoints cannot be used",
             std::io::Error::last_os_error()
-        );
+        ));
     }
     Ok(())
 }
@@ -613,11 +619,49 @@ pub fn prealloc_maps_if_needed(obj: &mut OpenObject) {
 pub fn load_error(e: libbpf_rs::Error, tool: &str) -> anyhow::Error {
     let msg = e.to_string();
     let hint = if msg.contains("Operation not permitted") || msg.contains("EPERM") {
-        " (permission denied by the kernel: run as root, check lockdown/SELinux, or kernel.unprivileged_bpf_disabled)"
+        match memlock_limit() {
+            // not root: before Linux 5.11 every map counts against this user's locked-memory limit
+            Some(kib) if !has_cap(CAP_SYS_RESOURCE) => format!(
+                " (permission denied by the kernel: kernels before Linux 5.11 count BPF maps against \
+                 RLIMIT_MEMLOCK, {kib} KiB here: raise it (ulimit -l unlimited; systemd: \
+                 LimitMEMLOCK=infinity) or add CAP_SYS_RESOURCE; else run as root, check \
+                 lockdown/SELinux)"
+            ),
+            _ => " (permission denied by the kernel: run as root, check lockdown/SELinux, or \
+                  kernel.unprivileged_bpf_disabled)"
+                .to_string(),
+        }
     } else {
-        " (run with --verbose for libbpf's log)"
+        " (run with --verbose for libbpf's log)".to_string()
     };
     anyhow!("{tool}: loading the BPF programs failed: {msg}{hint}")
+}
+
+/// Classic tracepoints and kprobes are attached through perf events; at kernel.perf_event_paranoid 3
+/// (Debian's default, a patch of its kernels) some kernels open them only for CAP_SYS_ADMIN, whatever
+/// CAP_PERFMON says (Debian's 5.10). Empty when that is not the case here.
+fn perf_paranoid_hint() -> String {
+    let level = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok());
+    match level {
+        Some(n) if n > 2 && !has_cap(CAP_SYS_ADMIN) => format!(
+            "; kernel.perf_event_paranoid is {n}, at which this kernel may open perf events only for \
+             CAP_SYS_ADMIN: set it to 2 (sysctl kernel.perf_event_paranoid=2) or run as root"
+        ),
+        _ => String::new(),
+    }
+}
+
+/// This process's locked-memory limit in KiB; None when unlimited.
+fn memlock_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) };
+    (rc == 0 && r.rlim_cur != libc::RLIM_INFINITY).then_some(r.rlim_cur / 1024)
 }
 
 /// Attaches every chosen program (not iterators); the links detach when dropped.
@@ -639,10 +683,15 @@ pub fn attach_all(obj: &Object, chosen: &[Choice]) -> Result<Vec<Link>> {
         }
         let link = prog.attach().with_context(|| {
             format!(
-                "attaching {}/{} ({})",
+                "attaching {}/{} ({}){}",
                 c.kind.name(),
                 c.target,
-                attach::hook_hint(&c.target)
+                attach::hook_hint(&c.target),
+                if matches!(c.kind, Kind::Tracepoint | Kind::Kprobe | Kind::Kretprobe) {
+                    perf_paranoid_hint()
+                } else {
+                    String::new()
+                }
             )
         });
         match link {
@@ -1200,6 +1249,10 @@ impl UnseenCount {
                 };
                 let _ = UNSEEN.set(u);
             }
+            Err(_) if attach::tracefs_unreadable() => crate::cli::say(format_args!(
+                "sockray: state changes the kernel skipped are not counted: {}",
+                attach::tracefs_missing()
+            )),
             Err(e) => crate::cli::debug(format_args!(
                 "not counting state changes no program saw: {e:#}"
             )),

@@ -148,8 +148,9 @@ impl Symbolizer {
             ));
             if k.is_empty() {
                 crate::cli::say(format_args!(
-                    "sockray: /proc/kallsyms gives no addresses here (kptr_restrict, or no CAP_SYSLOG): \
-                     stack frames are shown as addresses"
+                    "sockray: /proc/kallsyms shows this user no addresses: kernel stack frames are shown \
+                     as addresses, not names (names need CAP_SYSLOG, or root, and kernel.kptr_restrict \
+                     below 2)"
                 ));
             }
             k

@@ -206,6 +206,12 @@ pub fn run(argv: Vec<OsString>) -> Result<()> {
         cli::debug(format_args!(
             "tcpconnect: local port and result from syscalls:sys_exit_connect"
         ));
+    } else if !a.at_syn_sent && attach::tracefs_unreadable() {
+        cli::say(format_args!(
+            "sockray: tcpconnect: events at SYN_SENT, without local port or result (LPORT 0): the \
+             syscall tracepoints they come from are classic ones, and {}",
+            attach::tracefs_missing()
+        ));
     } else {
         cli::debug(format_args!(
             "tcpconnect: no syscall tracepoints: events at SYN_SENT, LPORT 0, ret unknown"

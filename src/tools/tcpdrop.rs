@@ -252,8 +252,9 @@ impl Stacks<'_> {
                 .take_while(|&a| a != 0)
                 .map(|a| table.name(a))
                 // the tracing machinery above the function that dropped the packet (this tool's own
-                // program, the tracepoint's call into it)
-                .skip_while(|f| is_tracing_frame(f))
+                // program, the tracepoint's call into it); without names (no CAP_SYSLOG) it cannot
+                // be told apart, and every frame is kept, as an address
+                .skip_while(|f| !table.is_empty() && is_tracing_frame(f))
                 .collect();
             self.cache.insert(id, frames);
         }

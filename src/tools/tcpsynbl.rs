@@ -74,9 +74,20 @@ struct Args {
 /// tracefs (`{ 40, "TCP_LISTEN_OVERFLOW" }` on 6.18): Linux 6.15+ drops the handshake's last ACK with it
 /// when the accept queue is full. None: no such reason here.
 fn listen_overflow_reason() -> Option<u32> {
-    let root = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).join("events").is_dir())?;
+    let Some(root) = attach::tracefs_root() else {
+        // tracefs not readable by this user (CAP_BPF+CAP_PERFMON only): vmlinux BTF's
+        // `enum skb_drop_reason`, which the tracepoint's symbols are made from
+        use libbpf_rs::btf::{Btf, types::Enum};
+        let btf = Btf::from_vmlinux().ok()?;
+        let e = btf.type_by_name::<Enum>("skb_drop_reason")?;
+        return e
+            .iter()
+            .find(|m| {
+                m.name
+                    .is_some_and(|n| n.as_encoded_bytes() == b"SKB_DROP_REASON_TCP_LISTEN_OVERFLOW")
+            })
+            .map(|m| m.value as u32);
+    };
     let text = std::fs::read_to_string(format!("{root}/events/skb/kfree_skb/format")).ok()?;
     reason_number(&text, "TCP_LISTEN_OVERFLOW")
 }
