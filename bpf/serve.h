@@ -24,6 +24,7 @@
 
 /* connect latency: log2 of microseconds, slot i counts [2^i, 2^(i+1)) us (0 and 1 in slot 0) */
 #define SERVE_LAT_SLOTS 27 /* the last slot takes 2^26 us (67 s) and above */
+#define SERVE_LAT_ARRAY 32 /* room for an index masked with 31 (Linux 5.10's verifier needs the mask) */
 
 struct serve_key {
 	char comm[16]; /* the owner's name; empty when not known */
@@ -40,7 +41,7 @@ struct serve_val {
 	__u64 rx_bytes;                      /* payload bytes received, of ended sessions */
 	__u64 retrans[SERVE_RETRANS_KINDS];  /* segments sent again, by kind */
 	__u64 lat_sum_ns;                    /* connect latency: sum */
-	__u64 lat_slots[SERVE_LAT_SLOTS];    /* connect latency: log2 histogram of microseconds */
+	__u64 lat_slots[SERVE_LAT_ARRAY];    /* connect latency: log2 histogram of microseconds (SERVE_LAT_SLOTS used) */
 };
 
 struct serve_drop_key {

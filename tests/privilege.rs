@@ -660,3 +660,87 @@ fn walk_says_what_other_namespaces_need() {
         .sum();
     assert_eq!(tx, u(&cli, "sent"), "{:#?}", trace.rows);
 }
+
+/// `sockray serve` with exactly the capabilities its systemd unit (dist/sockray-serve.service) gives it,
+/// as a user that is not root (the unit's DynamicUser): the test's connections are counted, and
+/// nothing says a count is missing. With none: the error that says what it needs.
+#[test]
+fn serve_with_its_units_capabilities() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/sockray-serve.service"
+    ))
+    .unwrap();
+    // the unit's capabilities that this machine can give (a container's bounding set may lack some:
+    // CAP_SYS_RESOURCE here, which only kernels before 5.11 need)
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    let number = |c: &str| match c {
+        "CAP_DAC_READ_SEARCH" => 2,
+        "CAP_SYS_RESOURCE" => 24,
+        "CAP_PERFMON" => 38,
+        "CAP_BPF" => 39,
+        other => panic!("the unit names {other}: add its number here"),
+    };
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities in the unit")
+        .split_whitespace()
+        .filter(|c| {
+            let ok = bounding >> number(c) & 1 == 1;
+            if !ok {
+                eprintln!("note: {c} is not in this machine's bounding set; run without it");
+            }
+            ok
+        })
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_ascii_lowercase()))
+        .collect();
+    assert!(caps.contains(&"+bpf".to_string()) && caps.contains(&"+perfmon".to_string()));
+    let caps = caps.join(",");
+    let port = pick_port();
+    let listen = format!("127.0.0.1:{port}");
+    let w = as_nobody(&caps);
+    let w: Vec<&str> = w.iter().map(String::as_str).collect();
+    let t = Tracer::launch_wrapped(&w, "serve", &["--listen", &listen], &[], false, Sink::Pipe);
+    let ns = Netns::new();
+    let o = session(&ns, "pv-srv", "pv-cli");
+    let key = format!(
+        "sockray_tcp_connections_opened_total{{comm=\"pv-cli\",role=\"client\",port=\"{}\"}}",
+        o.port()
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let m = loop {
+        let (status, body) = get(port, "/metrics", "text/plain");
+        assert_eq!(status, 200, "{body}");
+        let m = samples(&body);
+        if val(&m, &key) >= o.clients.len() as f64 || std::time::Instant::now() > until {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(val(&m, &key), o.clients.len() as f64, "{m:#?}");
+    let err = t.stderr_now();
+    assert!(
+        !err.contains("not counted") && !err.contains("CAP_"),
+        "{err}"
+    );
+    t.stop_text();
+    let err = fails(
+        "",
+        "serve",
+        &["--listen", &format!("127.0.0.1:{}", pick_port())],
+    );
+    assert!(
+        err.contains("needs root, or the capabilities CAP_BPF and CAP_PERFMON"),
+        "{err}"
+    );
+}

@@ -13,45 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// One HTTP/1.1 request to 127.0.0.1:port; (status, body).
-fn http(port: u16, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to serve");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
-    (status, body)
-}
-
-fn get(port: u16, path: &str, accept: &str) -> (u16, String) {
-    http(
-        port,
-        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"),
-    )
-}
-
-/// The samples of a Prometheus text body: "name{labels}" -> value.
-fn samples(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The value of a sample, 0 when absent.
-fn val(m: &BTreeMap<String, f64>, key: &str) -> f64 {
-    m.get(key).copied().unwrap_or(0.0)
-}
-
 /// Scrapes until `done` holds (or 20 s), returning the last samples.
 fn scrape_until(port: u16, done: impl Fn(&BTreeMap<String, f64>) -> bool) -> BTreeMap<String, f64> {
     let until = Instant::now() + Duration::from_secs(20);

@@ -936,6 +936,14 @@ impl Tracer {
     }
 
     /// The stdout lines so far (header included), while the tool runs.
+    /// What the tool wrote to stderr so far.
+    pub fn stderr_now(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn lines_now(&self) -> Vec<String> {
         let lines = self.out.lines.lock().unwrap();
         lines.iter().map(|(l, _)| l.clone()).collect()
@@ -2391,4 +2399,46 @@ pub fn mntns_of(pid: u64) -> u64 {
 pub fn cgroup_id_of(path: &str) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(path).unwrap().ino()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// `sockray serve`: its HTTP side, as a scraper reads it
+
+/// One HTTP/1.1 request to 127.0.0.1:port; (status, body).
+pub fn http(port: u16, request: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to serve");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    (status, body)
+}
+
+pub fn get(port: u16, path: &str, accept: &str) -> (u16, String) {
+    http(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// The samples of a Prometheus text body: "name{labels}" -> value.
+pub fn samples(body: &str) -> std::collections::BTreeMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of a sample, 0 when absent.
+pub fn val(m: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
 }
