@@ -729,10 +729,18 @@ fn serve_with_its_units_capabilities() {
     };
     assert_eq!(val(&m, &key), o.clients.len() as f64, "{m:#?}");
     let err = t.stderr_now();
-    assert!(
-        !err.contains("not counted") && !err.contains("CAP_"),
-        "{err}"
-    );
+    let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map_or(2, |s| s.trim().parse().unwrap_or(2));
+    if paranoid <= 2 {
+        assert!(
+            !err.contains("not counted") && !err.contains("not counting") && !err.contains("CAP_"),
+            "{err}"
+        );
+    } else {
+        // Debian's patch: at 3 only CAP_SYS_ADMIN opens perf events (classic tracepoints); what is
+        // missing is said, with the sysctl that allows it
+        assert!(err.contains("kernel.perf_event_paranoid"), "{err}");
+    }
     t.stop_text();
     let err = fails(
         "",
