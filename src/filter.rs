@@ -104,7 +104,10 @@ impl Scope {
             Some(m) => m,
             None => {
                 let map = libbpf_rs::MapHandle::from_pinned_path(path).map_err(|e| {
-                    if e.kind() == libbpf_rs::ErrorKind::PermissionDenied {
+                    // the kernel says EACCES both for a file this user may not open and for a file
+                    // that is not on a bpf file system at all (/etc/hostname): only the first is about
+                    // permissions
+                    if e.kind() == libbpf_rs::ErrorKind::PermissionDenied && !off_bpffs(path) {
                         return anyhow::anyhow!(
                             "{flag} {}: this user may not open the pinned map ({e}): it needs read \
                              and write permission on the file and search permission on its \
@@ -219,6 +222,20 @@ macro_rules! apply_filters {
     }};
 }
 pub(crate) use apply_filters;
+
+/// Is `path` a file this user can see that is not on a bpf file system (so not a pinned map)? False
+/// when that cannot be told (no search permission on its directories: a permission matter).
+fn off_bpffs(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a statfs buffer of the right type
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type as i64 != BPF_FS_MAGIC
+}
 
 #[cfg(test)]
 mod tests {
