@@ -739,7 +739,12 @@ fn serve_with_its_units_capabilities() {
     } else {
         // Debian's patch: at 3 only CAP_SYS_ADMIN opens perf events (classic tracepoints); what is
         // missing is said, with the sysctl that allows it
-        assert!(err.contains("kernel.perf_event_paranoid"), "{err}");
+        // (7.3: the perf counter of unseen state changes is refused; the note says it is not counting)
+        assert!(
+            err.contains("kernel.perf_event_paranoid")
+                || err.contains("not counting state changes"),
+            "{err}"
+        );
     }
     t.stop_text();
     let err = fails(
