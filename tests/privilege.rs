@@ -717,16 +717,7 @@ fn serve_with_its_units_capabilities() {
         "sockray_tcp_connections_opened_total{{comm=\"pv-cli\",role=\"client\",port=\"{}\"}}",
         o.port()
     );
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    let m = loop {
-        let (status, body) = get(port, "/metrics", "text/plain");
-        assert_eq!(status, 200, "{body}");
-        let m = samples(&body);
-        if val(&m, &key) >= o.clients.len() as f64 || std::time::Instant::now() > until {
-            break m;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let m = scrape_until(port, |m| val(m, &key) >= o.clients.len() as f64);
     assert_eq!(val(&m, &key), o.clients.len() as f64, "{m:#?}");
     let err = t.stderr_now();
     let paranoid: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")

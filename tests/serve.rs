@@ -13,20 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Scrapes until `done` holds (or 20 s), returning the last samples.
-fn scrape_until(port: u16, done: impl Fn(&BTreeMap<String, f64>) -> bool) -> BTreeMap<String, f64> {
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = get(port, "/metrics", "text/plain");
-        assert_eq!(status, 200, "{body}");
-        let m = samples(&body);
-        if done(&m) || Instant::now() > until {
-            return m;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 fn serve(port: u16, extra: &[&str]) -> Tracer {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["--listen", listen.as_str()];

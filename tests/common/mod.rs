@@ -2442,3 +2442,20 @@ pub fn samples(body: &str) -> std::collections::BTreeMap<String, f64> {
 pub fn val(m: &std::collections::BTreeMap<String, f64>, key: &str) -> f64 {
     m.get(key).copied().unwrap_or(0.0)
 }
+
+/// Scrapes until `done` holds (or 20 s), returning the last samples.
+pub fn scrape_until(
+    port: u16,
+    done: impl Fn(&std::collections::BTreeMap<String, f64>) -> bool,
+) -> std::collections::BTreeMap<String, f64> {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = get(port, "/metrics", "text/plain");
+        assert_eq!(status, 200, "{body}");
+        let m = samples(&body);
+        if done(&m) || std::time::Instant::now() > until {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
