@@ -380,7 +380,7 @@ impl Snapshot {
     }
 }
 
-/// A counter family from (labels, value) pairs; only non-zero values unless `all`.
+/// A counter family from (labels, value) pairs (the callers leave out what is zero where that is noise).
 fn counters(
     enc: &mut DescriptorEncoder,
     name: &str,
